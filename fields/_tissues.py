@@ -1,0 +1,21 @@
+"""Tissue labels: the integer codes stored on the grid and in output files."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Tissue(enum.IntEnum):
+    """Integer tissue code of each grid cell."""
+
+    EXCLUDED = 0
+    BONE = 1
+    CARTILAGE = 2
+    SYNOVIAL_FLUID = 3
+    SYNOVIUM = 4
+    CAPSULE = 5
+
+
+#: Tissue names in code order, as used in configs (``[tissues.synovial_fluid]``) and files.
+TISSUE_NAMES: tuple[str, ...] = tuple(t.name.lower() for t in Tissue)
+N_TISSUES = len(TISSUE_NAMES)

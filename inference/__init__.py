@@ -1,0 +1,1 @@
+"""Fitting model parameters to observations (see the inference issue); nothing public yet."""

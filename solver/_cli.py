@@ -1,0 +1,126 @@
+"""The ``synovia`` command: ``run`` a scenario, ``info`` on a run file.
+
+Exit codes: 0 done; 2 bad input (config, arguments, refusing to overwrite); 3 the
+solution diverged (frames so far are kept); 130 interrupted (frames so far are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def _error(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"synovia: error: {message}", file=sys.stderr)
+    return code
+
+
+def _info(message: str) -> None:
+    print(f"synovia: {message}", file=sys.stderr)
+
+
+def _cmd_run(args) -> int:
+    from ._config import ConfigError, config_from_toml, load_config
+    from ._output import RunFile, RunWriter, resume_writer
+    from ._run import Diverged, file_attrs, frame_index, run, state_from_fields
+    from ._scenario import build_scenario
+
+    try:
+        if args.resume:
+            if args.config or args.set:
+                return _error("--resume continues a file with the config stored in it: give no CONFIG and no --set")
+            path = Path(args.resume)
+            if not path.is_file():
+                return _error(f"cannot resume: '{path}' does not exist")
+            with RunFile.open(path) as f:
+                config = config_from_toml(f.attrs["config_toml"], base_dir=f.attrs.get("config_dir", "."))
+            scenario = build_scenario(config)
+            writer, last_time, fields = resume_writer(path)
+            start_frame = frame_index(last_time, scenario.interval)
+            state = state_from_fields(fields, scenario.initial)
+            out = path
+        else:
+            config = load_config(args.config, args.set or [])
+            scenario = build_scenario(config)
+            out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+            if out.exists() and not args.overwrite:
+                return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
+            attrs = file_attrs(scenario)
+            attrs["config_dir"] = str(Path(args.config).resolve().parent) if args.config else str(Path.cwd())
+            writer = RunWriter(out, grid=scenario.geometry.grid, labels=scenario.geometry.labels, species=scenario.options.species,
+                               summary_names=list(_summary_names(scenario)), dtype=scenario.dtype, attrs=attrs,
+                               overwrite=args.overwrite)
+            start_frame, state = 0, None
+    except ConfigError as err:
+        return _error(str(err))
+    except (FileExistsError, OSError, ValueError) as err:
+        return _error(str(err))
+
+    grid = scenario.geometry.grid
+    if start_frame >= scenario.n_frames:
+        writer.close()
+        _info(f"'{out}' already holds every frame to t = {scenario.n_frames * scenario.interval:g} h; nothing to do")
+        return 0
+    _info(
+        f"{'resuming' if args.resume else 'running'} {grid.ndim}D grid {'x'.join(map(str, grid.shape))} "
+        f"({grid.size} cells, {grid.spacing[0]:g} mm), {scenario.config.run.precision}, "
+        f"dt = {scenario.dt:.4g} h x {scenario.n_substeps} steps per {scenario.interval:g} h frame, "
+        f"to t = {scenario.n_frames * scenario.interval:g} h -> {out}"
+    )
+    try:
+        with writer:
+            result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet)
+    except Diverged as err:
+        return _error(f"{err}; frames up to that time are in '{out}'; try a smaller run.safety or run.dt_h", EXIT_DIVERGED)
+    except KeyboardInterrupt:
+        return _error(f"interrupted; finished frames are in '{out}'; continue with: synovia run --resume {out}", EXIT_INTERRUPTED)
+    _info(f"done: {result.steps} steps in {result.wall_s:.1f} s ({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'")
+    return 0
+
+
+def _summary_names(scenario):
+    from ._model import summaries
+
+    return summaries(scenario.initial, scenario.domain, scenario.options).keys()
+
+
+def _cmd_info(args) -> int:
+    from ._output import describe
+
+    path = Path(args.file)
+    if not path.is_file():
+        return _error(f"'{path}' does not exist")
+    try:
+        print(describe(path))
+    except OSError as err:
+        return _error(f"cannot read '{path}': {err}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synovia", description="Simulate inflammation in a synovial joint (JAX PDE solver).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a scenario and write an HDF5 file")
+    p.add_argument("config", nargs="?", help="TOML scenario (e.g. configs/knee2d.toml); omitted: all defaults (2D knee)")
+    p.add_argument("-o", "--output", help="output HDF5 file (default: CONFIG's name with .h5)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--resume", metavar="FILE", help="continue an interrupted run file to its end")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("info", help="print what a run file holds")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""TOML configuration: parsed into frozen dataclasses, validated, with clear one-line errors.
+
+Every key has a default, so an empty file runs the default 2D knee scenario. Errors name
+the key, the value and what is allowed, and suggest the closest key for a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fields import SPECIES, TISSUE_NAMES
+
+from ._params import DIFFUSIVITIES, PARAMETERS
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message is one line for the user."""
+
+
+def _opt(default, doc: str, unit: str = "", choices: tuple | None = None, lower: float | None = None,
+         upper: float | None = None, strict_lower: bool = False):
+    meta = {"doc": doc, "unit": unit, "choices": choices, "lower": lower, "upper": upper, "strict_lower": strict_lower}
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default=tuple(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    """``[run]``: time span, output, numerics."""
+
+    t_end_h: float = _opt(72.0, "simulated time", "h", lower=0, strict_lower=True)
+    output_interval_h: float = _opt(1.0, "time between saved frames", "h", lower=0, strict_lower=True)
+    dt_h: float = _opt(0.0, "time step; 0 chooses it from the stability limits", "h", lower=0)
+    safety: float = _opt(0.9, "fraction of the stable step used when dt_h = 0", "", lower=0, upper=1, strict_lower=True)
+    precision: str = _opt("float32", "floating-point precision", choices=("float32", "float64"))
+    stepper: str = _opt("ssp_rk3", "time stepper", choices=("ssp_rk3", "ssp_rk2", "forward_euler"))
+    chemotaxis_scheme: str = _opt("upwind", "chemotaxis flux: first-order upwind or minmod-limited second order", choices=("upwind", "limited"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GeometrySection:
+    """``[geometry]``: the joint (parametric), a uniform box, or a label map from a file.
+
+    Joint dimension keys (mm) default to the preset's values (``fields.preset_dimensions``).
+    """
+
+    kind: str = _opt("joint", "geometry source", choices=("joint", "box", "file"))
+    ndim: int = _opt(2, "2 (sagittal section) or 3", choices=(2, 3))
+    preset: str = _opt("knee", "joint preset for default dimensions", choices=("knee", "mcp"))
+    spacing_mm: float = _opt(0.25, "grid cell size (joint and box)", "mm", lower=0, strict_lower=True)
+    domain_mm: tuple = _opt((), "joint: domain extent per axis, slowest first (default: preset)", "mm")
+    bone_radius_upper_mm: float = _opt(0.0, "joint: radius of the upper bone end (0: preset)", "mm", lower=0)
+    bone_radius_lower_mm: float = _opt(0.0, "joint: radius of the lower bone end (0: preset)", "mm", lower=0)
+    bone_half_width_mm: float = _opt(0.0, "joint: half width of the bone shafts (0: preset)", "mm", lower=0)
+    cartilage_thickness_mm: float = _opt(0.0, "joint: thickness of each cartilage layer (0: preset)", "mm", lower=0)
+    joint_space_mm: float = _opt(0.0, "joint: radiographic joint space, bone to bone (0: preset)", "mm", lower=0)
+    cavity_half_extent_mm: tuple = _opt((), "joint: half size of the joint cavity per axis (default: preset)", "mm")
+    cavity_corner_radius_mm: float = _opt(0.0, "joint: corner radius of the cavity (0: preset)", "mm", lower=0)
+    synovium_thickness_mm: float = _opt(0.0, "joint: synovial membrane thickness (0: preset)", "mm", lower=0)
+    capsule_thickness_mm: float = _opt(0.0, "joint: capsule thickness (0: preset)", "mm", lower=0)
+    size_mm: tuple = _opt((10.0, 10.0), "box: extent per axis, slowest first (2 or 3 values)", "mm")
+    tissue: str = _opt("synovial_fluid", "box: its tissue", choices=TISSUE_NAMES)
+    path: str = _opt("", "file: .npy or HDF5 file of integer tissue labels (relative to the config file)")
+    dataset: str = _opt("labels", "file: HDF5 dataset name")
+    file_spacing_mm: tuple = _opt((), "file: spacing per axis if the file has none", "mm")
+
+
+@dataclasses.dataclass(frozen=True)
+class InjurySection:
+    """``[injury]``: a TNF source in a ball (cytokine-bearing tissues only)."""
+
+    enabled: bool = _opt(True, "whether there is an injury source")
+    centre_mm: tuple = _opt((), "centre of the injury ball, slowest axis first (default: the geometry's injury site)", "mm")
+    radius_mm: float = _opt(2.0, "radius of the injury ball", "mm", lower=0, strict_lower=True)
+    rate: float = _opt(PARAMETERS["injury_rate"].default, "TNF release rate s_inj", "(pg/mL)/h", lower=0)
+    onset_h: float = _opt(PARAMETERS["injury_onset"].default, "time the injury starts", "h", lower=0)
+    duration_h: float = _opt(PARAMETERS["injury_duration"].default, "time the source lasts", "h", lower=0)
+    decay_h: float = _opt(PARAMETERS["injury_decay"].default, "e-folding time of the source", "h", lower=0, strict_lower=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrugSection:
+    """``[drug]``: anti-TNF dosing into the synovium."""
+
+    enabled: bool = _opt(False, "simulate the anti-TNF drug")
+    dose: float = _opt(PARAMETERS["drug_dose"].default, "concentration delivered per dose", "ug/mL", lower=0)
+    first_dose_h: float = _opt(PARAMETERS["drug_first_dose"].default, "time of the first dose", "h", lower=0)
+    interval_h: float = _opt(PARAMETERS["drug_dose_interval"].default, "time between doses", "h", lower=0, strict_lower=True)
+    infusion_h: float = _opt(PARAMETERS["drug_infusion"].default, "duration of each dose", "h", lower=0, strict_lower=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    """``[[initial.blobs]]``: add a Gaussian ``amplitude * exp(-|x - centre|^2 / (2 sigma^2))``."""
+
+    species: str = _opt("tnf", "species", choices=SPECIES)
+    centre_mm: tuple = _opt((), "centre, slowest axis first (default: the geometry's injury site)", "mm")
+    sigma_mm: float = _opt(1.0, "standard deviation", "mm", lower=0, strict_lower=True)
+    amplitude: float = _opt(100.0, "peak value", "species unit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """``[[initial.regions]]``: set a species to ``value`` inside a ball (e.g. damaged cartilage)."""
+
+    species: str = _opt("cartilage", "species", choices=SPECIES)
+    centre_mm: tuple = _opt((), "centre, slowest axis first (default: the geometry's injury site)", "mm")
+    radius_mm: float = _opt(1.0, "radius", "mm", lower=0, strict_lower=True)
+    value: float = _opt(0.5, "value inside the ball", "species unit", lower=0)
+
+
+#: Default baselines per tissue and species (MODEL.md: OA/healthy synovial fluid; cartilage intact).
+DEFAULT_BASELINE: dict[str, dict[str, float]] = {
+    "cartilage": {"cartilage": 1.0},
+    "synovial_fluid": {"tnf": 2.9, "il1": 1.1, "leukocytes": 100.0},
+    "synovium": {"leukocytes": 100.0},
+}
+
+WALLS = {2: ("y_min", "y_max", "x_min", "x_max"), 3: ("z_min", "z_max", "y_min", "y_max", "x_min", "x_max")}
+WALL_KINDS = ("no_flux", "dirichlet", "robin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole scenario. ``parameters``, ``tissues``, ``initial`` and ``boundary`` are fully resolved mappings."""
+
+    run: RunSection = RunSection()
+    geometry: GeometrySection = GeometrySection()
+    injury: InjurySection = InjurySection()
+    drug: DrugSection = DrugSection()
+    parameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    tissues: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    initial: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    boundary: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+    base_dir: str = "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain TOML-able data (every key, defaults filled in)."""
+        out: dict[str, Any] = {}
+        for name in ("run", "geometry", "injury", "drug"):
+            out[name] = _plain(dataclasses.asdict(getattr(self, name)))
+        out["parameters"] = dict(self.parameters)
+        out["tissues"] = {t: dict(v) for t, v in self.tissues.items()}
+        initial = {t: dict(v) for t, v in self.initial["baseline"].items()}
+        if self.initial["blobs"]:
+            initial["blobs"] = [_plain(dataclasses.asdict(b)) for b in self.initial["blobs"]]
+        if self.initial["regions"]:
+            initial["regions"] = [_plain(dataclasses.asdict(r)) for r in self.initial["regions"]]
+        if self.initial["file"]:
+            initial["file"] = self.initial["file"]
+        out["initial"] = initial
+        if self.boundary:
+            out["boundary"] = {s: {w: dict(c) for w, c in walls.items()} for s, walls in self.boundary.items()}
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _plain(d):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _suggest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(sorted(allowed))}"
+
+
+def _unknown(key: str, where: str, allowed) -> ConfigError:
+    return ConfigError(f"unknown config key '{where}{key}'{_suggest(key, allowed)}")
+
+
+def _type_name(t) -> str:
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false", tuple: "a list of numbers"}[t]
+
+
+def _check_value(key: str, value, field: dataclasses.Field):
+    """Type and range check of one value against a dataclass field's metadata."""
+    meta, kind = field.metadata, type(field.default)
+    shown = repr(value) if isinstance(value, str) else value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' = {shown!s}: must be {_type_name(float)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' = {value}: must be finite")
+    elif kind is int and not isinstance(value, bool) and isinstance(value, int):
+        pass
+    elif kind is tuple:
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+            raise ConfigError(f"config key '{key}' = {shown!s}: must be {_type_name(tuple)}")
+        value = tuple(float(v) for v in value)
+    elif not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}' = {shown!s}: must be {_type_name(kind)}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"config key '{key}' = {shown!s}: allowed values are {', '.join(map(str, meta['choices']))}")
+    lo, hi = meta.get("lower"), meta.get("upper")
+    if kind is float or kind is int:
+        if lo is not None and (value < lo or (meta.get("strict_lower") and value <= lo)):
+            rel = ">" if meta.get("strict_lower") else ">="
+            raise ConfigError(f"config key '{key}' = {value}: must be {rel} {lo:g}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"config key '{key}' = {value}: must be <= {hi:g}")
+    return value
+
+
+def _section(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{where.rstrip('.')}' must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise _unknown(key, where, fields)
+    return cls(**{k: _check_value(where + k, v, fields[k]) for k, v in raw.items()})
+
+
+def _number(key: str, value, lower: float = 0.0, upper: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' = {value!r}: must be a finite number")
+    if not lower <= value <= upper:
+        bound = f">= {lower:g}" if upper == math.inf else f"in [{lower:g}, {upper:g}]"
+        raise ConfigError(f"config key '{key}' = {value}: must be {bound}")
+    return float(value)
+
+
+def _parameters(raw) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ConfigError("config key 'parameters' must be a table")
+    scenario = {"injury_rate", "injury_onset", "injury_duration", "injury_decay",
+                "drug_dose", "drug_first_dose", "drug_dose_interval", "drug_infusion"}
+    allowed = {k: v for k, v in PARAMETERS.items() if k not in scenario}
+    out = {k: v.default for k, v in allowed.items()}
+    for key, value in raw.items():
+        if key not in allowed:
+            hint = " (set it in [injury] or [drug])" if key in scenario else _suggest(key, allowed)
+            raise ConfigError(f"unknown config key 'parameters.{key}'{hint}")
+        info = allowed[key]
+        lower = info.lower if info.lower > 0 else 0.0
+        out[key] = _number(f"parameters.{key}", value, lower, info.upper)
+        if info.lower > 0 and out[key] <= 0:
+            raise ConfigError(f"config key 'parameters.{key}' = {value}: must be > 0")
+    return out
+
+
+def _tissues(raw) -> dict[str, dict[str, float]]:
+    if not isinstance(raw, dict):
+        raise ConfigError("config key 'tissues' must be a table")
+    out = {t: {k: default[i] for k, (default, _) in DIFFUSIVITIES.items()} for i, t in enumerate(TISSUE_NAMES)}
+    for tissue, values in raw.items():
+        if tissue not in out:
+            raise _unknown(tissue, "tissues.", out)
+        if not isinstance(values, dict):
+            raise ConfigError(f"config key 'tissues.{tissue}' must be a table")
+        for key, value in values.items():
+            if key not in DIFFUSIVITIES:
+                raise _unknown(key, f"tissues.{tissue}.", DIFFUSIVITIES)
+            out[tissue][key] = _number(f"tissues.{tissue}.{key}", value)
+    return out
+
+
+def _initial(raw) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError("config key 'initial' must be a table")
+    baseline = {t: {s: DEFAULT_BASELINE.get(t, {}).get(s, 0.0) for s in SPECIES} for t in TISSUE_NAMES}
+    blobs, regions, file = [], [], ""
+    for key, value in raw.items():
+        if key == "blobs":
+            if not isinstance(value, list):
+                raise ConfigError("config key 'initial.blobs' must be an array of tables ([[initial.blobs]])")
+            blobs = [_section(Blob, b, f"initial.blobs[{i}].") for i, b in enumerate(value)]
+        elif key == "regions":
+            if not isinstance(value, list):
+                raise ConfigError("config key 'initial.regions' must be an array of tables ([[initial.regions]])")
+            regions = [_section(Region, r, f"initial.regions[{i}].") for i, r in enumerate(value)]
+        elif key == "file":
+            if not isinstance(value, str):
+                raise ConfigError(f"config key 'initial.file' = {value!r}: must be a string (path)")
+            file = value
+        elif key in baseline:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key 'initial.{key}' must be a table of species values")
+            for species, v in value.items():
+                if species not in SPECIES:
+                    raise _unknown(species, f"initial.{key}.", SPECIES)
+                upper = 1.0 if species == "cartilage" else math.inf
+                baseline[key][species] = _number(f"initial.{key}.{species}", v, 0.0, upper)
+        else:
+            raise _unknown(key, "initial.", [*baseline, "blobs", "regions", "file"])
+    return {"baseline": baseline, "blobs": tuple(blobs), "regions": tuple(regions), "file": file}
+
+
+def _boundary(raw, ndim: int) -> dict[str, dict[str, dict[str, Any]]]:
+    if not isinstance(raw, dict):
+        raise ConfigError("config key 'boundary' must be a table")
+    transported = ("tnf", "il1", "leukocytes", "drug")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for species, walls in raw.items():
+        if species not in transported:
+            raise _unknown(species, "boundary.", transported)
+        if not isinstance(walls, dict):
+            raise ConfigError(f"config key 'boundary.{species}' must be a table of walls")
+        out[species] = {}
+        for wall, cond in walls.items():
+            if wall not in WALLS[ndim]:
+                raise _unknown(wall, f"boundary.{species}.", WALLS[ndim])
+            where = f"boundary.{species}.{wall}"
+            if not isinstance(cond, dict):
+                raise ConfigError(f"config key '{where}' must be a table like {{type = \"dirichlet\", value = 0.0}}")
+            for k in cond:
+                if k not in ("type", "value", "coefficient"):
+                    raise _unknown(k, where + ".", ("type", "value", "coefficient"))
+            kind = cond.get("type", "no_flux")
+            if kind not in WALL_KINDS:
+                raise ConfigError(f"config key '{where}.type' = {kind!r}: allowed values are {', '.join(WALL_KINDS)}")
+            out[species][wall] = {
+                "type": kind,
+                "value": _number(where + ".value", cond.get("value", 0.0)),
+                "coefficient": _number(where + ".coefficient", cond.get("coefficient", 0.0)),
+            }
+    return out
+
+
+SECTIONS = ("run", "geometry", "injury", "drug", "parameters", "tissues", "initial", "boundary")
+
+
+def config_from_dict(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Config:
+    """Validate raw TOML data into a :class:`Config` (ConfigError on the first problem)."""
+    for key in raw:
+        if key not in SECTIONS:
+            raise _unknown(key, "", SECTIONS)
+    geometry = _section(GeometrySection, raw.get("geometry", {}), "geometry.")
+    return Config(
+        run=_section(RunSection, raw.get("run", {}), "run."),
+        geometry=geometry,
+        injury=_section(InjurySection, raw.get("injury", {}), "injury."),
+        drug=_section(DrugSection, raw.get("drug", {}), "drug."),
+        parameters=_parameters(raw.get("parameters", {})),
+        tissues=_tissues(raw.get("tissues", {})),
+        initial=_initial(raw.get("initial", {})),
+        boundary=_boundary(raw.get("boundary", {}), geometry.ndim),
+        base_dir=str(base_dir),
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (path, value); the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    path = [p.strip() for p in key.strip().split(".")]
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: the key must name a section and a key, like run.t_end_h")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a table")
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML file (None: all defaults), apply ``--set`` overrides and validate."""
+    raw: dict[str, Any] = {}
+    base = Path(".")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
+        base = path.parent
+    return config_from_dict(apply_overrides(raw, list(overrides)), base)
+
+
+def config_from_toml(text: str, base_dir: str | Path = ".") -> Config:
+    return config_from_dict(tomllib.loads(text), base_dir)

@@ -1,0 +1,236 @@
+r"""The default joint-inflammation model (../shared/MODEL.md), as a pure right-hand side.
+
+With T = TNF, I = IL-1, L = leukocytes, C = cartilage integrity, A = anti-TNF drug and
+f(T) = T / (K_chi + T)::
+
+    dT/dt = div(D_T grad T) + s_inj(x,t) + a_TL L (1 + b_TI I/(K_I + I)) + a_TC (1 - C) - k_T T - k_AT A T
+    dI/dt = div(D_I grad I) + a_IL L T/(K_T + T) - k_I I
+    dL/dt = div(D_L grad L - chi L grad f(T)) + r_syn(x) (T + w_I I)/(K_r + T + w_I I) (1 - L/L_max) - d_L L
+    dC/dt = r_C (1 - C)/(1 + T/K_rep + I/K_rep) - (g_T T + g_I I) C          (cartilage only)
+    dA/dt = div(D_A grad A) + dose(x,t) - k_A A - s_AT k_AT A T                (optional)
+
+Units: mm, h, pg/mL, cells/uL, ug/mL. s_AT converts TNF bound (pg/mL) into drug used
+(ug/mL). Cytokines and drug live in every tissue but bone and excluded cells; leukocytes
+in synovial fluid, synovium and capsule; C in cartilage. r_syn and dose act in the synovium.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fields import Grid, State, Tissue
+
+from ._operators import NO_FLUX, WallCondition, advection, diffusion, face_diffusivities, gradient_on_faces, lower, upper
+from ._params import Params
+
+CYTOKINE_TISSUES = (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE)
+LEUKOCYTE_TISSUES = (Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE)
+TRANSPORTED = ("tnf", "il1", "leukocytes", "drug")
+
+
+class Domain(NamedTuple):
+    """Arrays derived from the geometry (traced, one compile per grid shape).
+
+    Masks are 0/1 in the state dtype; ``injury`` is the injury region's 0/1 mask.
+    """
+
+    labels: jax.Array
+    cytokine: jax.Array
+    leukocyte: jax.Array
+    cartilage: jax.Array
+    synovium: jax.Array
+    fluid: jax.Array
+    injury: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Static choices: changing one recompiles; everything numeric lives in :class:`Params`."""
+
+    grid: Grid
+    drug: bool = False
+    chemotaxis_scheme: str = "upwind"
+    walls: tuple[tuple[str, tuple[tuple[WallCondition, WallCondition], ...]], ...] = ()
+
+    def walls_for(self, species: str) -> tuple[tuple[WallCondition, WallCondition], ...]:
+        for name, walls in self.walls:
+            if name == species:
+                return walls
+        return ((NO_FLUX, NO_FLUX),) * self.grid.ndim
+
+    @property
+    def species(self) -> tuple[str, ...]:
+        """Species that are integrated and written out."""
+        base = ("tnf", "il1", "leukocytes", "cartilage")
+        return base + ("drug",) if self.drug else base
+
+
+def make_domain(labels: np.ndarray, injury_mask: np.ndarray, dtype) -> Domain:
+    """Masks for each species' region from integer tissue labels."""
+    labels = np.asarray(labels)
+
+    def mask(tissues):
+        return jnp.asarray(np.isin(labels, [int(t) for t in tissues]), dtype=dtype)
+
+    return Domain(
+        labels=jnp.asarray(labels, dtype=jnp.int32),
+        cytokine=mask(CYTOKINE_TISSUES),
+        leukocyte=mask(LEUKOCYTE_TISSUES),
+        cartilage=mask((Tissue.CARTILAGE,)),
+        synovium=mask((Tissue.SYNOVIUM,)),
+        fluid=mask((Tissue.SYNOVIAL_FLUID,)),
+        injury=jnp.asarray(np.asarray(injury_mask) & np.isin(labels, [int(t) for t in CYTOKINE_TISSUES]), dtype=dtype),
+    )
+
+
+class Coefficients(NamedTuple):
+    """Per-run transport coefficients: cell and face diffusivities, open faces for leukocytes."""
+
+    d_cell: dict
+    d_faces: dict
+    leukocyte_faces: tuple
+
+
+def coefficients(params: Params, domain: Domain) -> Coefficients:
+    """Diffusivity fields from the per-tissue table (zero outside each species' region)."""
+    region = {"tnf": domain.cytokine, "il1": domain.cytokine, "drug": domain.cytokine, "leukocytes": domain.leukocyte}
+    d_cell = {s: getattr(params, f"diffusivity_{s}")[domain.labels] * region[s] for s in TRANSPORTED}
+    d_faces = {s: face_diffusivities(d) for s, d in d_cell.items()}
+    leukocyte_faces = tuple(lower(domain.leukocyte, a) * upper(domain.leukocyte, a) for a in range(domain.labels.ndim))
+    return Coefficients(d_cell, d_faces, leukocyte_faces)
+
+
+def injury_profile(params: Params, t) -> jax.Array:
+    """Time profile of the injury source: exp(-(t - onset)/decay) while it lasts, else 0."""
+    since = t - params.injury_onset
+    on = (since >= 0) & (since < params.injury_duration)
+    return jnp.where(on, jnp.exp(-jnp.maximum(since, 0.0) / params.injury_decay), 0.0)
+
+
+def dose_rate(params: Params, t) -> jax.Array:
+    """Drug delivery rate (ug/mL/h) into the synovium: dose/infusion during each infusion."""
+    since = t - params.drug_first_dose
+    phase = jnp.mod(jnp.maximum(since, 0.0), params.drug_dose_interval)
+    on = (since >= 0) & (phase < params.drug_infusion)
+    return jnp.where(on, params.drug_dose / params.drug_infusion, 0.0)
+
+
+def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, options: ModelOptions) -> State:
+    """Time derivative of every field (same units as the state, per hour)."""
+    p = params
+    h = options.grid.spacing
+    T, I, L, C, A = state
+
+    def transport(name, u):
+        with jax.named_scope(f"diffusion_{name}"):
+            return diffusion(u, coeffs.d_faces[name], h, coeffs.d_cell[name], options.walls_for(name))
+
+    with jax.named_scope("reactions"):
+        sensing = T / (p.chemotaxis_half_saturation + T)
+        leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + p.il1_amplification_of_tnf * I / (p.il1_half_saturation_amplification + I))
+        damaged = p.tnf_from_damaged_matrix * (1.0 - C) * domain.cartilage
+        injury = p.injury_rate * injury_profile(p, t) * domain.injury
+        binding = p.drug_tnf_binding * A * T if options.drug else 0.0
+        drive = T + p.il1_weight_recruitment * I
+        recruitment = p.recruitment_rate * domain.synovium * drive / (p.recruitment_half_saturation + drive)
+        capacity = 1.0 - L / p.leukocyte_capacity
+        inhibition = 1.0 + (T + I) / p.repair_inhibition_half_saturation
+
+    dT = transport("tnf", T) + injury + leuk_tnf + damaged - p.decay_tnf * T - binding
+    dI = transport("il1", I) + p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T) - p.decay_il1 * I
+    with jax.named_scope("chemotaxis"):
+        velocities = tuple(p.chemotaxis * g for g in gradient_on_faces(sensing, h))
+        chemotaxis = advection(L, velocities, h, coeffs.leukocyte_faces, options.chemotaxis_scheme)
+    dL = transport("leukocytes", L) + chemotaxis + recruitment * capacity - p.leukocyte_death * L
+    dC = domain.cartilage * (p.cartilage_repair * (1.0 - C) / inhibition - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C)
+    if options.drug:
+        dose = dose_rate(p, t) * domain.synovium
+        dA = transport("drug", A) + dose - p.drug_clearance * A - p.drug_per_tnf_bound * binding
+        dA = dA * domain.cytokine
+    else:
+        dA = jnp.zeros_like(A)
+    return State(dT * domain.cytokine, dI * domain.cytokine, dL * domain.leukocyte, dC, dA)
+
+
+def stable_dt(params: Params, state: State, options: ModelOptions, ssp_coefficient: float = 1.0) -> dict[str, float]:
+    """Largest stable forward-Euler steps (h) per limit, times the stepper's SSP coefficient.
+
+    - diffusion: dt * sum_axes 2 D_max / h_a^2 <= 1 (positivity of the explicit update);
+    - chemotaxis: |f(T_R) - f(T_L)| < 1 bounds the face velocity by chi / h, so
+      dt * sum_axes 2 (D_L + c chi) / h_a^2 <= 1 with c = 1 (upwind) or 2 (limited);
+    - reactions: dt * (fastest linear loss rate) <= 1, with the drug at its largest
+      expected level for TNF binding.
+    """
+    h = np.asarray(options.grid.spacing, dtype=float)
+    inv_h2 = float(np.sum(2.0 / h**2))
+    d_max = max(float(np.max(getattr(params, f"diffusivity_{s}"))) for s in ("tnf", "il1", "drug"))
+    d_leuk = float(np.max(params.diffusivity_leukocytes))
+    c = 2.0 if options.chemotaxis_scheme == "limited" else 1.0
+    a_max = float(np.max(state.drug)) + (float(params.drug_dose) if options.drug else 0.0)
+    # cytokine levels bound the nonlinear loss rates; allow a tenfold rise over the start
+    cyt_max = max(1e3, 10.0 * float(np.max(state.tnf)), 10.0 * float(np.max(state.il1)))
+    rates = [
+        float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.drug else 0.0),
+        float(params.decay_il1),
+        float(params.leukocyte_death) + float(params.recruitment_rate) / float(params.leukocyte_capacity),
+        float(params.cartilage_repair) + (float(params.cartilage_damage_tnf) + float(params.cartilage_damage_il1)) * cyt_max,
+    ]
+    if options.drug:
+        rates.append(float(params.drug_clearance) + float(params.drug_per_tnf_bound * params.drug_tnf_binding) * cyt_max)
+    limits = {
+        "diffusion": 1.0 / (d_max * inv_h2) if d_max > 0 else np.inf,
+        "chemotaxis": 1.0 / ((d_leuk + c * float(params.chemotaxis)) * inv_h2) if (d_leuk + params.chemotaxis) > 0 else np.inf,
+        "reaction": 1.0 / max(rates),
+    }
+    return {k: v * ssp_coefficient for k, v in limits.items()}
+
+
+#: Summary scalars written per frame, with units (2D totals are per mm of depth).
+SUMMARY_UNITS: dict[str, str] = {
+    "synovial_fluid_tnf": "pg/mL",
+    "synovial_fluid_il1": "pg/mL",
+    "synovial_fluid_leukocytes": "cells/uL",
+    "synovial_fluid_drug": "ug/mL",
+    "cartilage_integrity": "1",
+    "total_tnf": "pg",
+    "total_il1": "pg",
+    "total_leukocytes": "cells",
+    "total_drug": "ug",
+}
+
+
+def summaries(state: State, domain: Domain, options: ModelOptions) -> dict[str, jax.Array]:
+    """Per-frame clinical scalars: synovial-fluid means, mean cartilage integrity, totals.
+
+    Totals integrate over the grid: pg/mL * mm^3 * 1e-3 mL/mm^3 = pg; cells/uL * mm^3 = cells.
+    """
+    vol = options.grid.cell_volume
+
+    def mean(u, m):
+        return jnp.sum(u * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+    out = {
+        "synovial_fluid_tnf": mean(state.tnf, domain.fluid),
+        "synovial_fluid_il1": mean(state.il1, domain.fluid),
+        "synovial_fluid_leukocytes": mean(state.leukocytes, domain.fluid),
+        "synovial_fluid_drug": mean(state.drug, domain.fluid),
+        "cartilage_integrity": mean(state.cartilage, domain.cartilage),
+        "total_tnf": jnp.sum(state.tnf) * vol * 1e-3,
+        "total_il1": jnp.sum(state.il1) * vol * 1e-3,
+        "total_leukocytes": jnp.sum(state.leukocytes) * vol,
+        "total_drug": jnp.sum(state.drug) * vol * 1e-3,
+    }
+    if not options.drug:
+        del out["synovial_fluid_drug"], out["total_drug"]
+    return out
+
+
+def health(state: State) -> dict[str, jax.Array]:
+    """Divergence checks: whether all values are finite, and each field's minimum."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in state]))
+    return {"finite": finite, **{f"min_{name}": jnp.min(u) for name, u in state._asdict().items()}}

@@ -1,0 +1,162 @@
+"""Physical parameters of the model: one immutable pytree, with defaults, units and sources.
+
+Every field is a JAX array leaf, so a new value never recompiles the solver and
+``jax.grad`` / ``jax.vmap`` over :class:`Params` work. Per-tissue diffusivities are
+arrays of shape ``(N_TISSUES,)`` indexed by the tissue code (``fields.Tissue``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fields import N_TISSUES, TISSUE_NAMES
+
+
+class Params(NamedTuple):
+    """Model parameters (see :data:`PARAMETERS` for symbol, unit, default and source)."""
+
+    decay_tnf: jax.Array
+    decay_il1: jax.Array
+    tnf_per_leukocyte: jax.Array
+    il1_amplification_of_tnf: jax.Array
+    il1_half_saturation_amplification: jax.Array
+    tnf_from_damaged_matrix: jax.Array
+    il1_per_leukocyte: jax.Array
+    tnf_half_saturation_il1: jax.Array
+    chemotaxis: jax.Array
+    chemotaxis_half_saturation: jax.Array
+    recruitment_rate: jax.Array
+    il1_weight_recruitment: jax.Array
+    recruitment_half_saturation: jax.Array
+    leukocyte_capacity: jax.Array
+    leukocyte_death: jax.Array
+    cartilage_repair: jax.Array
+    repair_inhibition_half_saturation: jax.Array
+    cartilage_damage_tnf: jax.Array
+    cartilage_damage_il1: jax.Array
+    drug_clearance: jax.Array
+    drug_tnf_binding: jax.Array
+    drug_per_tnf_bound: jax.Array
+    injury_rate: jax.Array
+    injury_onset: jax.Array
+    injury_duration: jax.Array
+    injury_decay: jax.Array
+    drug_dose: jax.Array
+    drug_first_dose: jax.Array
+    drug_dose_interval: jax.Array
+    drug_infusion: jax.Array
+    diffusivity_tnf: jax.Array
+    diffusivity_il1: jax.Array
+    diffusivity_leukocytes: jax.Array
+    diffusivity_drug: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamInfo:
+    """What a parameter is: its symbol in MODEL.md, unit, default, allowed range and source."""
+
+    symbol: str
+    unit: str
+    default: float
+    description: str
+    source: str
+    lower: float = 0.0
+    upper: float = math.inf
+
+
+_EST = "estimate; calibrated by `synovia fit` (MODEL.md: not measured directly)"
+
+#: Scalar parameters: config section ``[parameters]`` (injury and drug schedule keys live
+#: in ``[injury]`` and ``[drug]``, see solver._config).
+PARAMETERS: dict[str, ParamInfo] = {
+    "decay_tnf": ParamInfo("k_T", "1/h", 2.25, "TNF decay (t1/2 18.5 min)", "Ferraiolo et al. 1988, Drug Metab Dispos 16:270"),
+    "decay_il1": ParamInfo("k_I", "1/h", 2.2, "IL-1 decay (t1/2 19 min)", "Cancer Res 1990;50:5751"),
+    "tnf_per_leukocyte": ParamInfo("a_TL", "(pg/mL)/h per cell/uL", 0.01, "TNF secretion per leukocyte", _EST),
+    "il1_amplification_of_tnf": ParamInfo("b_TI", "1", 1.0, "maximal IL-1 amplification of leukocyte TNF secretion", _EST),
+    "il1_half_saturation_amplification": ParamInfo("K_I", "pg/mL", 50.0, "IL-1 at half-maximal amplification", _EST, lower=1e-12),
+    "tnf_from_damaged_matrix": ParamInfo("a_TC", "(pg/mL)/h", 1.0, "TNF from damaged cartilage matrix (OA loop)", _EST),
+    "il1_per_leukocyte": ParamInfo("a_IL", "(pg/mL)/h per cell/uL", 0.05, "TNF-induced IL-1 secretion per leukocyte", _EST),
+    "tnf_half_saturation_il1": ParamInfo("K_T", "pg/mL", 20.0, "TNF at half-maximal IL-1 induction", _EST, lower=1e-12),
+    "chemotaxis": ParamInfo("chi", "mm^2/h", 0.05, "chemotactic coefficient up grad f(TNF)", "MODEL.md: not confirmed in literature, a parameter to fit"),
+    "chemotaxis_half_saturation": ParamInfo("K_chi", "pg/mL", 10.0, "receptor saturation of chemotactic sensing", _EST, lower=1e-12),
+    "recruitment_rate": ParamInfo("r_syn", "(cells/uL)/h", 200.0, "maximal leukocyte recruitment in the synovium", _EST),
+    "il1_weight_recruitment": ParamInfo("w_I", "1", 0.5, "weight of IL-1 relative to TNF in recruitment", _EST),
+    "recruitment_half_saturation": ParamInfo("K_r", "pg/mL", 50.0, "cytokine level at half-maximal recruitment", _EST, lower=1e-12),
+    "leukocyte_capacity": ParamInfo("L_max", "cells/uL", 50000.0, "tissue capacity for leukocytes", _EST, lower=1e-12),
+    "leukocyte_death": ParamInfo("d_L", "1/h", 0.03, "leukocyte death/egress (tissue lifetime about a day)", "MODEL.md estimate"),
+    "cartilage_repair": ParamInfo("r_C", "1/h", 0.002, "cartilage matrix repair", _EST),
+    "repair_inhibition_half_saturation": ParamInfo("K_rep", "pg/mL", 50.0, "cytokine level halving repair", _EST, lower=1e-12),
+    "cartilage_damage_tnf": ParamInfo("g_T", "1/h per pg/mL", 2e-4, "TNF-driven matrix degradation", _EST),
+    "cartilage_damage_il1": ParamInfo("g_I", "1/h per pg/mL", 2e-4, "IL-1-driven matrix degradation", _EST),
+    "drug_clearance": ParamInfo("k_A", "1/h", math.log(2) / 96.0, "anti-TNF clearance (t1/2 4 days, etanercept)", "etanercept label (t1/2 ~4 d; adalimumab ~14 d)"),
+    "drug_tnf_binding": ParamInfo("k_AT", "1/h per ug/mL", 20.0, "TNF removal by drug binding", "kon ~1e6 /M/s for a 150 kDa antibody (Jit et al. 2005); estimate"),
+    "drug_per_tnf_bound": ParamInfo("-", "ug/mL per pg/mL", 150.0 / 51.0 * 1e-6, "drug consumed per TNF bound (1:1, 150 kDa per 51 kDa)", "stoichiometry, molar masses"),
+    "injury_rate": ParamInfo("s_inj", "(pg/mL)/h", 500.0, "TNF release rate in the injury region", _EST),
+    "injury_onset": ParamInfo("-", "h", 0.0, "time the injury starts", "scenario"),
+    "injury_duration": ParamInfo("-", "h", 24.0, "time the injury source lasts", "scenario"),
+    "injury_decay": ParamInfo("-", "h", 6.0, "e-folding time of the injury source after onset", "scenario", lower=1e-12),
+    "drug_dose": ParamInfo("-", "ug/mL", 2.0, "drug concentration delivered to the synovium per dose", "scenario"),
+    "drug_first_dose": ParamInfo("-", "h", 24.0, "time of the first dose", "scenario"),
+    "drug_dose_interval": ParamInfo("-", "h", 168.0, "time between doses (weekly)", "scenario", lower=1e-12),
+    "drug_infusion": ParamInfo("-", "h", 1.0, "duration of each dose's delivery", "scenario", lower=1e-12),
+}
+
+_FLUID_TNF, _TISSUE_TNF = 0.27, 0.019
+_ANTIBODY_SCALE = (51.0 / 150.0) ** (1.0 / 3.0)  # Stokes-Einstein, 51 kDa TNF trimer vs 150 kDa IgG
+_IL1_SCALE = 0.39 / 0.27
+
+#: Per-tissue diffusivities, mm^2/h, config section ``[tissues.<name>]`` keys ``diffusivity_<species>``.
+#: Order: excluded, bone, cartilage, synovial_fluid, synovium, capsule.
+DIFFUSIVITIES: dict[str, tuple[tuple[float, ...], str]] = {
+    "diffusivity_tnf": (
+        (0.0, 0.0, _TISSUE_TNF, _FLUID_TNF, _TISSUE_TNF, _TISSUE_TNF),
+        "fluid: Hao & Friedman 2016 (0.27 mm^2/h); dense tissue: GranSim (0.019 mm^2/h)",
+    ),
+    "diffusivity_il1": (
+        (0.0, 0.0, _TISSUE_TNF * _IL1_SCALE, 0.39, _TISSUE_TNF * _IL1_SCALE, _TISSUE_TNF * _IL1_SCALE),
+        "Stokes-Einstein from TNF (17 vs 51 kDa), MODEL.md estimate",
+    ),
+    "diffusivity_leukocytes": (
+        (0.0, 0.0, 0.0, 0.01, 0.01, 0.01),
+        "random motility from neutrophil speed 17 um/min (Butler 2010); none in cartilage and bone",
+    ),
+    "diffusivity_drug": (
+        tuple(d * _ANTIBODY_SCALE for d in (0.0, 0.0, _TISSUE_TNF, _FLUID_TNF, _TISSUE_TNF, _TISSUE_TNF)),
+        "Stokes-Einstein from TNF (150 kDa IgG), estimate",
+    ),
+}
+
+#: Which species each diffusivity belongs to.
+DIFFUSIVITY_OF = {"tnf": "diffusivity_tnf", "il1": "diffusivity_il1", "leukocytes": "diffusivity_leukocytes", "drug": "diffusivity_drug"}
+
+
+def default_params(dtype=jnp.float32, **overrides: float | np.ndarray) -> Params:
+    """Parameters with MODEL.md defaults, overridden by keyword, as arrays of ``dtype``."""
+    values: dict[str, object] = {name: info.default for name, info in PARAMETERS.items()}
+    values.update({name: default for name, (default, _) in DIFFUSIVITIES.items()})
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise KeyError(f"unknown parameter(s) {sorted(unknown)}; known: {sorted(values)}")
+    values.update(overrides)
+    out = {}
+    for name, value in values.items():
+        arr = jnp.asarray(value, dtype=dtype)
+        if name in DIFFUSIVITIES and arr.shape != (N_TISSUES,):
+            raise ValueError(f"{name} needs one value per tissue {TISSUE_NAMES}, got shape {arr.shape}")
+        out[name] = arr
+    return Params(**out)
+
+
+def params_as_dict(params: Params) -> dict[str, object]:
+    """Plain Python values (floats, lists for per-tissue arrays), e.g. for reports."""
+    out: dict[str, object] = {}
+    for name, value in params._asdict().items():
+        arr = np.asarray(value)
+        out[name] = arr.tolist() if arr.ndim else float(arr)
+    return out

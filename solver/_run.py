@@ -1,0 +1,135 @@
+"""The run loop: advance frame by frame, write each frame while the next one computes.
+
+JAX dispatches asynchronously: the next interval is queued on the device before the
+current frame is copied to the host and written, so output does not stall the solver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from importlib import metadata
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from fields import SPECIES, SPECIES_UNITS, State
+
+from ._model import SUMMARY_UNITS, health, summaries
+from ._scenario import Scenario
+from ._simulate import get_solver
+
+
+class Diverged(RuntimeError):
+    """The solution became NaN/Inf or negative beyond round-off."""
+
+
+def version() -> str:
+    try:
+        return metadata.version("synovia")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def file_attrs(scenario: Scenario) -> dict:
+    """Root attributes of a run file: the resolved config and what is needed to read it."""
+    units = {**{s: SPECIES_UNITS[s] for s in scenario.options.species}, **SUMMARY_UNITS, "time": "h", "length": "mm"}
+    return {
+        "config_toml": scenario.config.to_toml(),
+        "synovia_version": version(),
+        "precision": scenario.config.run.precision,
+        "units": json.dumps(units),
+        "dt_h": scenario.dt,
+        "substeps_per_frame": scenario.n_substeps,
+        "stepper": scenario.config.run.stepper,
+        "jax_version": jax.__version__,
+        "jax_backend": jax.default_backend(),
+    }
+
+
+def _check(state_host: State, checks: dict, t: float) -> None:
+    if not bool(checks["finite"]):
+        bad = [s for s, u in state_host._asdict().items() if not np.all(np.isfinite(u))]
+        raise Diverged(f"the solution diverged at t = {t:g} h: {', '.join(bad)} not finite")
+    for s, u in state_host._asdict().items():
+        scale = max(1.0, float(np.max(np.abs(u))))
+        if float(checks[f"min_{s}"]) < -1e-4 * scale:
+            raise Diverged(f"the solution diverged at t = {t:g} h: {s} went negative (min {float(checks[f'min_' + s]):.3g})")
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: State
+    time_h: float
+    frames_written: int
+    steps: int
+    wall_s: float
+
+
+def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None = None, progress: bool = True) -> RunResult:
+    """Advance from frame ``start_frame`` (state ``state``, default the initial one) to the end.
+
+    Frame ``k`` is at ``k * output_interval_h``. A new run writes frame 0 first. Each frame
+    is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host.
+    Raises :class:`Diverged` after writing every good frame.
+    """
+    solver = get_solver(scenario.options, scenario.config.run.stepper, scenario.n_substeps)
+    species = scenario.options.species
+    interval, dt = scenario.interval, scenario.dt
+    params, domain = scenario.params, scenario.domain
+    dtype = scenario.dtype
+    state = scenario.initial if state is None else State(*(jax.numpy.asarray(u, dtype) for u in state))
+
+    def frame_out(st: State, summ: dict):
+        fields = {s: np.asarray(getattr(st, s)) for s in species}
+        return fields, {k: float(v) for k, v in summ.items()}
+
+    if start_frame == 0:
+        fields, summ = frame_out(state, jax.device_get(summaries(state, domain, scenario.options)))
+        writer.append(0.0, fields, summ)
+
+    t_end = scenario.n_frames * interval
+    bar = tqdm(
+        total=round(t_end, 6), initial=round(start_frame * interval, 6), unit="h", disable=not progress,
+        bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.4g}/{total:.4g} h simulated [{elapsed}<{remaining}{postfix}]",
+        desc="synovia", mininterval=0.5, dynamic_ncols=True,
+    )
+    steps, start = 0, time.perf_counter()
+    pending = None
+    try:
+        k = start_frame
+        if k < scenario.n_frames:
+            pending = solver.advance_with_summary(state, k * interval, dt, params, domain)
+        while k < scenario.n_frames:
+            new_state, summ, checks = pending
+            k += 1
+            # queue the next interval before waiting on this one's data
+            pending = solver.advance_with_summary(new_state, k * interval, dt, params, domain) if k < scenario.n_frames else None
+            host_state, summ, checks = jax.device_get((new_state, summ, checks))
+            _check(host_state, checks, k * interval)
+            fields, summ = frame_out(host_state, summ)
+            writer.append(k * interval, fields, summ)
+            state = new_state
+            steps += scenario.n_substeps
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{steps / max(elapsed, 1e-9):.0f} steps/s", refresh=False)
+            bar.update(round(interval, 6))
+    finally:
+        bar.close()
+    return RunResult(state, scenario.n_frames * interval, scenario.n_frames - start_frame + (start_frame == 0), steps,
+                     time.perf_counter() - start)
+
+
+def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:
+    """A state from a file's frame; species not in the file (drug when off) are zero."""
+    return State(*(np.asarray(fields[s]) if s in fields else np.zeros_like(np.asarray(getattr(like, s))) for s in SPECIES))
+
+
+def frame_index(time_h: float, interval: float) -> int:
+    k = round(time_h / interval)
+    if not math.isclose(k * interval, time_h, rel_tol=1e-9, abs_tol=1e-9):
+        raise ValueError(f"time {time_h} h is not a whole number of output intervals ({interval} h)")
+    return k

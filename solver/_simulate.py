@@ -1,0 +1,100 @@
+"""Compiled time integration: one jit-compiled function per geometry advances one output interval.
+
+Sub-steps run in a ``lax.fori_loop`` (static trip count, so it is reverse-differentiable);
+:func:`Solver.trajectory` scans the same interval function over frames for ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fields import State
+
+from ._model import Domain, ModelOptions, coefficients, health, rhs, stable_dt, summaries
+from ._params import Params
+from ._steppers import Stepper, get_stepper
+
+
+class StepTooLarge(ValueError):
+    """A requested time step exceeds the stable limit."""
+
+
+def choose_substeps(
+    interval: float, params: Params, state: State, options: ModelOptions, stepper: Stepper, safety: float, dt: float | None = None
+) -> tuple[int, float, dict[str, float]]:
+    """Sub-steps per output interval and the step (h) from the stability limits.
+
+    With ``dt`` given, it is checked against the limits (:class:`StepTooLarge` if above)
+    and rounded down so that a whole number of steps fits the interval.
+    """
+    limits = stable_dt(params, state, options, stepper.ssp_coefficient)
+    limit = min(limits.values())
+    if dt is not None and dt > 0:
+        if dt > limit * (1 + 1e-12):
+            worst = min(limits, key=limits.get)
+            raise StepTooLarge(
+                f"run.dt_h = {dt:g} h is above the stable limit {limit:.4g} h (set by {worst}); "
+                f"use a value <= {limit:.4g} or 0 for automatic"
+            )
+        target = dt
+    else:
+        target = safety * limit
+    n_sub = max(1, math.ceil(interval / target - 1e-9))
+    return n_sub, interval / n_sub, limits
+
+
+class Solver:
+    """The compiled interval function for one geometry and set of static options."""
+
+    def __init__(self, options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1):
+        self.options = options
+        self.stepper = get_stepper(stepper)
+        self.n_sub = int(n_sub)
+        self.advance = jax.jit(self._advance)
+        self.advance_with_summary = jax.jit(self._advance_with_summary)
+
+    def _advance(self, state: State, t0, dt, params: Params, domain: Domain) -> State:
+        """Advance ``state`` from ``t0`` by ``n_sub`` steps of ``dt`` (hours)."""
+        coeffs = coefficients(params, domain)
+
+        def f(y, t):
+            return rhs(y, t, params, coeffs, domain, self.options)
+
+        def body(i, y):
+            return self.stepper.step(f, y, t0 + i * dt, dt)
+
+        with jax.named_scope("interval"):
+            return lax.fori_loop(0, self.n_sub, body, state)
+
+    def _advance_with_summary(self, state, t0, dt, params, domain):
+        new = self._advance(state, t0, dt, params, domain)
+        return new, summaries(new, domain, self.options), health(new)
+
+    def trajectory(self, state: State, params: Params, domain: Domain, dt, n_frames: int, t0=0.0) -> tuple[State, State]:
+        """Scan the interval function over ``n_frames`` intervals.
+
+        Returns the final state and the stacked states at the end of every interval
+        (leading axis ``n_frames``). Differentiable with ``jax.grad``.
+        """
+        interval = dt * self.n_sub
+
+        def body(y, k):
+            y = self._advance(y, t0 + k * interval, dt, params, domain)
+            return y, y
+
+        return lax.scan(body, state, jnp.arange(n_frames))
+
+
+@functools.cache
+def _cached_solver(options: ModelOptions, stepper: str, n_sub: int) -> Solver:
+    return Solver(options, stepper, n_sub)
+
+
+def get_solver(options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1) -> Solver:
+    """A :class:`Solver`, reused for equal static options so its compiled code is too."""
+    return _cached_solver(options, stepper, int(n_sub))
