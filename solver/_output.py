@@ -41,7 +41,8 @@ normal open fails until the file is repaired. :func:`resume_writer` does that re
 without external tools.
 
 An XDMF sidecar (same stem, ``.xdmf``) next to the file lets ParaView open the run as a
-time series; the writer rewrites it atomically after every frame.
+time series (cell data; a 2D run appears as a sheet one cell thick); the writer rewrites
+it atomically after every frame, listing the committed frames only.
 """
 
 from __future__ import annotations
@@ -197,9 +198,7 @@ class RunWriter:
 
         existed = path.exists()
         if existed and not overwrite:
-            raise FileExistsError(
-                f"{path} already exists; pass --overwrite to replace it (or resume the run)"
-            )
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it (or resume the run)")
         # "x" still guards against a file appearing between the check and the create.
         f = h5py.File(path, "w" if overwrite else "x", libver=_LIBVER)
         try:
@@ -255,10 +254,10 @@ class RunWriter:
         except BaseException:
             f.close()
             raise
-        self = cls.__new__(cls)
-        self._init_open(f, path, grid, species, summary_names, dtype, times)
-        self._update_sidecar()
-        return self
+        writer = cls.__new__(cls)
+        writer._init_open(f, path, grid, species, summary_names, dtype, times)
+        writer._update_sidecar()
+        return writer
 
     @property
     def path(self) -> Path:
@@ -301,9 +300,7 @@ class RunWriter:
         if set(fields) != set(self._species):
             raise ValueError(f"fields must be exactly {list(self._species)}, got {sorted(fields)}")
         if set(summary) != set(self._summary_names):
-            raise ValueError(
-                f"summary must be exactly {list(self._summary_names)}, got {sorted(summary)}"
-            )
+            raise ValueError(f"summary must be exactly {list(self._summary_names)}, got {sorted(summary)}")
         # Convert everything before touching the file so a bad input cannot leave a partial frame.
         arrays = {}
         for name in self._species:
@@ -450,9 +447,7 @@ class RunFile:
         self.summary_names: list[str] = list(_plain(f["summary"].attrs["names"]))
         self.layout_version: int = int(f.attrs["layout_version"])
         #: Root attributes as given to the writer (without ``layout_version``/``species``).
-        self.attrs: dict[str, Any] = {
-            k: _plain(v) for k, v in f.attrs.items() if k not in _RESERVED_ATTRS
-        }
+        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in f.attrs.items() if k not in _RESERVED_ATTRS}
         self.labels: np.ndarray = f["geometry"]["labels"][()]
         self.tissue_names: list[str] = list(_plain(f["geometry"]["labels"].attrs["tissue_names"]))
         self.dtype: np.dtype = f["fields"][self.species[0]].dtype
@@ -622,11 +617,11 @@ def write_xdmf(
 ) -> Path:
     """Write the XDMF sidecar of a run file (same stem, ``.xdmf``) so ParaView can open it.
 
-    A temporal collection with one uniform grid per frame: a CoRectMesh whose cells are
-    the simulation cells (origin and spacing in mm, slowest axis first), each species as
-    a cell attribute read through a HyperSlab of ``/fields/<species>``, and the tissue
-    labels as a cell attribute. Any argument left out is read from the file
-    (``times``: its committed frames).
+    A temporal collection with one uniform grid per frame: a 3DCoRectMesh whose cells
+    are the simulation cells (origin and spacing in mm, slowest axis first; a 2D grid is
+    shown as a sheet one cell thick in z), each species as a cell attribute read through
+    a HyperSlab of ``/fields/<species>``, and the tissue labels as a cell attribute. Any
+    argument left out is read from the file (``times``: its committed frames).
 
     The file is written under a temporary name and then renamed, so readers never see
     a partial sidecar.
@@ -651,19 +646,38 @@ def write_xdmf(
     return out
 
 
+def _xdmf_mesh(grid: Grid) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """Cells per axis, origin and spacing (mm) of the XDMF mesh, always 3D, slowest first.
+
+    vtkXdmfReader puts a 2DCoRectMesh in VTK's y-z plane (seen edge-on in ParaView's 2D
+    view) and fails to read attributes on a mesh one point thick, so a 2D grid becomes a
+    sheet one cell thick in z, its cells cubes of the smallest spacing.
+    """
+    if grid.ndim == 3:
+        return grid.shape, grid.origin, grid.spacing
+    return (1, *grid.shape), (0.0, *grid.origin), (min(grid.spacing), *grid.spacing)
+
+
 def _xdmf_text(h5_name: str, grid: Grid, species: list[str], times: list[float], dtype: np.dtype) -> str:
     nd = grid.ndim
+    cells, origin, spacing = _xdmf_mesh(grid)
+    cell_dims = " ".join(str(n) for n in cells)
     spatial = " ".join(str(n) for n in grid.shape)
-    n_frames = len(times)
     field_type, field_precision = _number_type(dtype)
     label_type, label_precision = _number_type(np.dtype(np.uint8))
 
     def vector(values: Sequence[float]) -> ET.Element:
-        item = ET.Element(
-            "DataItem", Format="XML", Dimensions=str(nd), NumberType="Float", Precision="8"
-        )
+        item = ET.Element("DataItem", Format="XML", Dimensions="3", NumberType="Float", Precision="8")
         item.text = " ".join(repr(float(v)) for v in values)
         return item
+
+    def hyperslab(parent: ET.Element, start: list[int], count: list[int]) -> ET.Element:
+        """A HyperSlab DataItem of shape ``cells``; its source DataItem is for the caller to add."""
+        slab = ET.SubElement(parent, "DataItem", ItemType="HyperSlab", Type="HyperSlab", Dimensions=cell_dims)
+        # Rows: start, stride, count, over the source dataset's axes.
+        selection = ET.SubElement(slab, "DataItem", Format="XML", NumberType="Int", Dimensions=f"3 {len(start)}")
+        selection.text = " ".join(str(v) for v in [*start, *[1] * len(start), *count])
+        return slab
 
     root = ET.Element("Xdmf", Version="2.0")
     domain = ET.SubElement(root, "Domain")
@@ -675,16 +689,21 @@ def _xdmf_text(h5_name: str, grid: Grid, species: list[str], times: list[float],
         ET.SubElement(
             frame,
             "Topology",
-            TopologyType=f"{nd}DCoRectMesh",
-            Dimensions=" ".join(str(n + 1) for n in grid.shape),
+            TopologyType="3DCoRectMesh",
+            Dimensions=" ".join(str(n + 1) for n in cells),
         )
-        geometry = ET.SubElement(frame, "Geometry", GeometryType="ORIGIN_DXDYDZ" if nd == 3 else "ORIGIN_DXDY")
-        geometry.append(vector(grid.origin))
-        geometry.append(vector(grid.spacing))
+        geometry = ET.SubElement(frame, "Geometry", GeometryType="ORIGIN_DXDYDZ")
+        geometry.append(vector(origin))
+        geometry.append(vector(spacing))
 
         labels = ET.SubElement(frame, "Attribute", Name="labels", AttributeType="Scalar", Center="Cell")
+        if nd == 3:
+            parent = labels
+        else:
+            # The 2D labels need a (1, ny, nx) view to fit the sheet's cells.
+            parent = hyperslab(labels, [0] * nd, list(grid.shape))
         item = ET.SubElement(
-            labels,
+            parent,
             "DataItem",
             Format="HDF",
             Dimensions=spatial,
@@ -695,21 +714,12 @@ def _xdmf_text(h5_name: str, grid: Grid, species: list[str], times: list[float],
 
         for name in species:
             attribute = ET.SubElement(frame, "Attribute", Name=name, AttributeType="Scalar", Center="Cell")
-            slab = ET.SubElement(
-                attribute, "DataItem", ItemType="HyperSlab", Type="HyperSlab", Dimensions=spatial
-            )
-            # Rows: start, stride, count over (frame, *spatial).
-            selection = ET.SubElement(
-                slab, "DataItem", Format="XML", NumberType="Int", Dimensions=f"3 {nd + 1}"
-            )
-            selection.text = " ".join(
-                [str(k), *["0"] * nd, *["1"] * (nd + 1), "1", *(str(n) for n in grid.shape)]
-            )
+            slab = hyperslab(attribute, [k, *[0] * nd], [1, *grid.shape])
             source = ET.SubElement(
                 slab,
                 "DataItem",
                 Format="HDF",
-                Dimensions=f"{n_frames} {spatial}",
+                Dimensions=f"{len(times)} {spatial}",
                 NumberType=field_type,
                 Precision=field_precision,
             )

@@ -44,7 +44,9 @@ def make_attrs() -> dict[str, str | int | float]:
 
 
 def make_writer(path: Path, grid: Grid, rng: np.random.Generator, **kw) -> RunWriter:
-    labels = rng.integers(0, len(TISSUE_NAMES), size=grid.shape, dtype=np.uint8)
+    labels = kw.pop("labels", None)
+    if labels is None:
+        labels = rng.integers(0, len(TISSUE_NAMES), size=grid.shape, dtype=np.uint8)
     return RunWriter(
         path,
         grid=grid,
@@ -66,9 +68,9 @@ def test_round_trip(tmp_path: Path, dim: str, dtype: type) -> None:
     times = [0.0, 0.5, 2.25]
     frames = [{s: rng.random(grid.shape).astype(dtype) for s in SPECIES} for _ in times]
     summaries = [{n: float(rng.random()) for n in SUMMARY} for _ in times]
-    with make_writer(path, grid, rng, dtype=dtype) as w:
-        labels = np.array(w._f["geometry/labels"])
-        for t, fr, su in zip(times, frames, summaries):
+    labels = rng.integers(0, len(TISSUE_NAMES), size=grid.shape).astype(np.int64)  # any int dtype is accepted
+    with make_writer(path, grid, rng, dtype=dtype, labels=labels) as w:
+        for t, fr, su in zip(times, frames, summaries, strict=True):
             w.append(t, fr, su)
         assert w.n_frames == 3
 
@@ -216,9 +218,7 @@ def run_child_until_killed(path: Path, grid: Grid, mode: str, min_frames: int) -
             line = proc.stdout.readline()
             if not line:
                 raise AssertionError(f"writer exited early: {proc.stderr.read()}")
-            if (mode == "torn" and line.strip() == "torn") or (
-                mode == "loop" and int(line) >= min_frames
-            ):
+            if (mode == "torn" and line.strip() == "torn") or (mode == "loop" and int(line) >= min_frames):
                 break
         else:
             raise AssertionError("writer too slow")
@@ -336,10 +336,16 @@ def test_read_while_writing(tmp_path: Path) -> None:
             np.testing.assert_array_equal(run.field("tnf", 2), np.full(grid.shape, 7.0))
             # A reader in another process too (what `synovia info` does during a run).
             out = subprocess.run(
-                [sys.executable, "-c", "import sys; from solver._output import RunFile; "
-                 "print(RunFile.open(sys.argv[1]).n_frames)", str(path)],
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from solver._output import RunFile; print(RunFile.open(sys.argv[1]).n_frames)",
+                    str(path),
+                ],
                 env={**os.environ, "PYTHONPATH": str(REPO)},
-                capture_output=True, text=True, timeout=30,
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             assert out.returncode == 0, out.stderr
             assert out.stdout.strip() == "3"
@@ -362,6 +368,9 @@ def test_xdmf_sidecar(tmp_path: Path, dim: str) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
     spatial = " ".join(map(str, grid.shape))
+    # ParaView needs a 3D mesh: a 2D grid is a sheet one cell thick (see solver._output).
+    cells = grid.shape if grid.ndim == 3 else (1, *grid.shape)
+    mesh_origin = list(grid.origin) if grid.ndim == 3 else [0.0, *grid.origin]
     root = ET.parse(xdmf).getroot()
     series = root.find("./Domain/Grid")
     assert series.get("CollectionType") == "Temporal"
@@ -369,20 +378,21 @@ def test_xdmf_sidecar(tmp_path: Path, dim: str) -> None:
     assert [float(g.find("Time").get("Value")) for g in frames] == times
     for k, g in enumerate(frames):
         topology = g.find("Topology")
-        assert topology.get("TopologyType") == f"{grid.ndim}DCoRectMesh"
-        assert topology.get("Dimensions") == " ".join(str(n + 1) for n in grid.shape)
+        assert topology.get("TopologyType") == "3DCoRectMesh"
+        assert topology.get("Dimensions") == " ".join(str(n + 1) for n in cells)
         origin, spacing = (list(map(float, d.text.split())) for d in g.findall("Geometry/DataItem"))
-        assert origin == list(grid.origin) and spacing == list(grid.spacing)
+        assert origin == mesh_origin
+        assert spacing[-grid.ndim :] == list(grid.spacing)
         attributes = {a.get("Name"): a for a in g.findall("Attribute")}
         assert set(attributes) == {*SPECIES, "labels"}
         assert all(a.get("Center") == "Cell" for a in attributes.values())
-        label_item = attributes["labels"].find("DataItem")
+        label_item = attributes["labels"].find(".//DataItem[@Format='HDF']")
         assert label_item.get("Dimensions") == spatial
         assert label_item.text.strip() == "run.h5:/geometry/labels"
         for s in SPECIES:
             slab = attributes[s].find("DataItem")
             assert slab.get("ItemType") == "HyperSlab"
-            assert slab.get("Dimensions") == spatial
+            assert slab.get("Dimensions") == " ".join(map(str, cells))
             selection, source = slab.findall("DataItem")
             assert selection.get("Dimensions") == f"3 {grid.ndim + 1}"
             start, stride, count = np.array(selection.text.split(), int).reshape(3, grid.ndim + 1)
@@ -413,9 +423,7 @@ def test_readable_by_hdf5_tools(tmp_path: Path, dim: str) -> None:
     assert out.returncode == 0, out.stderr
     assert "/fields/tnf" in out.stdout
     if shutil.which("h5dump"):
-        out = subprocess.run(
-            ["h5dump", "-d", "/fields/tnf", str(path)], capture_output=True, text=True, timeout=30
-        )
+        out = subprocess.run(["h5dump", "-d", "/fields/tnf", str(path)], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert "1.5" in out.stdout
 
@@ -427,12 +435,16 @@ def test_describe(tmp_path: Path) -> None:
     labels[:2] = 1  # 10 bone cells
     labels[2:] = 3  # 20 synovial fluid cells
     with RunWriter(
-        path, grid=grid, labels=labels, species=SPECIES, summary_names=SUMMARY,
-        dtype=np.float32, attrs=make_attrs(),
+        path,
+        grid=grid,
+        labels=labels,
+        species=SPECIES,
+        summary_names=SUMMARY,
+        dtype=np.float32,
+        attrs=make_attrs(),
     ) as w:
         for t, v in [(0.0, 1.0), (6.0, 2.0), (24.0, 3.25)]:
-            w.append(t, {s: np.full(grid.shape, v) for s in SPECIES},
-                     {"mean_tnf": 10 * v, "cartilage_loss": 0.0123})
+            w.append(t, {s: np.full(grid.shape, v) for s in SPECIES}, {"mean_tnf": 10 * v, "cartilage_loss": 0.0123})
     text = describe(path)
     assert "0.1.0" in text and "float32" in text
     assert "6 x 5" in text

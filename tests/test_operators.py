@@ -1,0 +1,123 @@
+"""Discrete operators on polynomial and cosine fields, 2D and 3D."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from fields import Grid
+from solver._operators import WallCondition, face_diffusivities, harmonic_face_mean
+from solver._operators import advection as _advection
+from solver._operators import diffusion as _diffusion
+
+
+# one compile per call shape instead of one per primitive (eager dispatch is slow on CPU)
+def diffusion(u, d_faces, spacing, d_cell=None, walls=()):
+    return jax.jit(_diffusion, static_argnums=(2, 4))(u, tuple(d_faces), tuple(spacing), d_cell, walls)
+
+
+def advection(u, velocities, spacing, open_faces, scheme="upwind"):
+    return jax.jit(_advection, static_argnums=(2, 4))(u, tuple(velocities), tuple(spacing), tuple(open_faces), scheme)
+
+SHAPES = {2: (12, 16), 3: (8, 10, 12)}
+
+
+def test_harmonic_face_mean_is_zero_against_impermeable_cells():
+    d = jnp.array([1.0, 3.0, 0.0, 2.0])
+    assert_close(harmonic_face_mean(d, 0), [1.5, 0.0, 0.0], rtol=1e-14)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("axis_of_variation", [0, -1])
+def test_diffusion_of_neumann_cosine_mode_converges_at_second_order(ndim, axis_of_variation):
+    """cos(pi x / L) satisfies no-flux walls; div(D grad u) -> -D (pi/L)^2 u at O(h^2)."""
+    length, d = 2.0, 0.3
+    errors = []
+    for n in (16, 32, 64):
+        shape = [6] * ndim
+        shape[axis_of_variation] = n
+        spacing = [0.1] * ndim
+        spacing[axis_of_variation] = length / n
+        grid = Grid(tuple(shape), tuple(spacing))
+        x = grid.mesh()[axis_of_variation]
+        u = jnp.asarray(np.cos(np.pi * x / length))
+        dc = jnp.full(grid.shape, d)
+        got = diffusion(u, face_diffusivities(dc), grid.spacing)
+        exact = -d * (np.pi / length) ** 2 * u
+        errors.append(float(jnp.max(jnp.abs(got - exact))))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert_close(orders, [2.0, 2.0], rtol=0.02, what=f"errors {errors}")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_diffusion_is_exact_for_quadratics_in_the_interior(ndim, rng):
+    grid = Grid(SHAPES[ndim], tuple(rng.uniform(0.05, 0.2, ndim)))
+    coords = grid.mesh()
+    coeffs = rng.uniform(-1, 1, ndim)
+    u = jnp.asarray(sum(c * x**2 for c, x in zip(coeffs, coords)) + coords[0] * coords[-1])
+    d = 0.7
+    got = diffusion(u, face_diffusivities(jnp.full(grid.shape, d)), grid.spacing)
+    interior = tuple(slice(1, -1) for _ in range(ndim))
+    assert_close(got[interior], np.full(got[interior].shape, 2 * d * coeffs.sum()), rtol=1e-10)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_no_flux_diffusion_conserves_the_sum(ndim, rng):
+    grid = Grid(SHAPES[ndim], (0.1,) * ndim)
+    u = jnp.asarray(rng.uniform(0, 1, grid.shape))
+    d = jnp.asarray(rng.uniform(0, 1, grid.shape) * (rng.uniform(size=grid.shape) > 0.2))
+    assert abs(float(jnp.sum(diffusion(u, face_diffusivities(d), grid.spacing)))) < 1e-12
+
+
+def test_dirichlet_wall_holds_a_linear_profile_steady():
+    """u = 1 - x/L between u(0) = 1 and u(L) = 0 is a discrete steady state."""
+    n, length = 20, 1.0
+    grid = Grid((3, n), (0.1, length / n))
+    x = grid.mesh()[1]
+    u = jnp.asarray(1.0 - x / length)
+    d = jnp.full(grid.shape, 0.4)
+    walls = ((WallCondition(), WallCondition()), (WallCondition("dirichlet", 1.0), WallCondition("dirichlet", 0.0)))
+    got = diffusion(u, face_diffusivities(d), grid.spacing, d, walls)
+    assert float(jnp.max(jnp.abs(got))) < 1e-12
+
+
+def test_robin_wall_drains_at_the_expected_rate():
+    """A single column with a robin wall: outflow = kappa*2D/h/(kappa + 2D/h) * (u - u_ext)."""
+    grid = Grid((1, 1), (1.0, 0.2))
+    u = jnp.array([[3.0]])
+    d = jnp.array([[0.5]])
+    kappa, ext = 0.1, 1.0
+    walls = ((WallCondition(), WallCondition()), (WallCondition(), WallCondition("robin", ext, kappa)))
+    got = diffusion(u, face_diffusivities(d), grid.spacing, d, walls)
+    half = 2 * 0.5 / 0.2
+    assert_close(got, [[-(kappa * half / (kappa + half)) * (3.0 - ext) / 0.2]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("scheme", ["upwind", "limited"])
+def test_advection_of_a_linear_field_is_exact_in_the_interior(ndim, scheme, rng):
+    grid = Grid(SHAPES[ndim], (0.1,) * ndim)
+    coords = grid.mesh()
+    slopes = rng.uniform(-1, 1, ndim)
+    u = jnp.asarray(5.0 + sum(s * x for s, x in zip(slopes, coords)))
+    velocities = rng.uniform(-2, 2, ndim)
+    faces = []
+    for a in range(ndim):
+        shape = list(grid.shape)
+        shape[a] -= 1
+        faces.append(jnp.full(shape, velocities[a]))
+    open_faces = [jnp.ones_like(f) for f in faces]
+    got = advection(u, faces, grid.spacing, open_faces, scheme)
+    interior = tuple(slice(2, -2) for _ in range(ndim))
+    expected = -float(np.dot(velocities, slopes))
+    assert_close(got[interior], np.full(got[interior].shape, expected), rtol=1e-9)
+
+
+@pytest.mark.parametrize("scheme", ["upwind", "limited"])
+def test_advection_carries_nothing_through_closed_faces(scheme, rng):
+    grid = Grid((6, 8), (0.1, 0.1))
+    u = jnp.asarray(rng.uniform(0, 1, grid.shape))
+    faces = [jnp.asarray(rng.uniform(-1, 1, (5, 8))), jnp.asarray(rng.uniform(-1, 1, (6, 7)))]
+    closed = [jnp.zeros((5, 8)), jnp.zeros((6, 7))]
+    assert float(jnp.max(jnp.abs(advection(u, faces, grid.spacing, closed, scheme)))) == 0.0
