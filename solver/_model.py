@@ -185,7 +185,7 @@ def stable_dt(params: Params, state: State, options: ModelOptions, ssp_coefficie
     limits = {
         "diffusion": 1.0 / (d_max * inv_h2) if d_max > 0 else np.inf,
         "chemotaxis": 1.0 / ((d_leuk + c * float(params.chemotaxis)) * inv_h2) if (d_leuk + params.chemotaxis) > 0 else np.inf,
-        "reaction": 1.0 / max(rates),
+        "reaction": 1.0 / max(rates) if max(rates) > 0 else np.inf,
     }
     return {k: v * ssp_coefficient for k, v in limits.items()}
 

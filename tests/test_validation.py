@@ -1,0 +1,134 @@
+"""The solver against exact solutions, convergence orders and conservation laws (2D and 3D)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _problems import TRANSPORT_ONLY, integrate, layered_labels, setup, uniform_labels
+from conftest import assert_close
+from fields import Grid, Tissue
+from solver import WallCondition, get_solver
+from solver._params import DIFFUSIVITIES
+
+D_FLUID = DIFFUSIVITIES["diffusivity_tnf"][0][int(Tissue.SYNOVIAL_FLUID)]
+
+
+def gaussian(grid: Grid, t: float, d: float, k: float, centre) -> np.ndarray:
+    """Unit-mass Gaussian diffusing with D and decaying at k, at time t (its own clock)."""
+    r2 = sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre))
+    return (4 * np.pi * d * t) ** (-grid.ndim / 2) * np.exp(-r2 / (4 * d * t) - k * t)
+
+
+@pytest.mark.parametrize("ndim,sizes", [(2, (24, 48)), (3, (16, 32))])
+def test_diffusion_with_decay_matches_the_exact_gaussian_at_second_order(ndim, sizes):
+    length, k, t0, t1 = 6.0, 2.25, 0.25, 0.75
+    errors = []
+    for n in sizes:
+        grid = Grid((n,) * ndim, (length / n,) * ndim)
+        centre = (length / 2,) * ndim
+        options, params, domain, state = setup(
+            grid, uniform_labels(grid.shape), {"tnf": gaussian(grid, t0, D_FLUID, k, centre)},
+            **{**TRANSPORT_ONLY, "decay_tnf": k},
+        )
+        final, _, _ = integrate(options, params, domain, state, t1 - t0, safety=0.5)
+        exact = gaussian(grid, t1, D_FLUID, k, centre)
+        errors.append(float(jnp.max(jnp.abs(final.tnf - exact)) / exact.max()))
+    order = np.log2(errors[0] / errors[1])
+    assert errors[1] < 0.03, errors
+    assert 1.8 < order < 2.3, (errors, order)
+
+
+@pytest.mark.parametrize("stepper,order", [("ssp_rk3", 3), ("ssp_rk2", 2), ("forward_euler", 1)])
+def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order):
+    """Every term on (injury and dosing off: they switch on in time); error vs a fine-step reference."""
+    grid = Grid((8, 10), (0.5, 0.5))
+    labels = layered_labels(grid.shape)
+    rng = np.random.default_rng(0)
+    init = {
+        "tnf": 50 * rng.uniform(size=grid.shape), "il1": 20 * rng.uniform(size=grid.shape),
+        "leukocytes": 1000 * rng.uniform(size=grid.shape), "cartilage": rng.uniform(0.5, 1.0, grid.shape),
+        "drug": rng.uniform(size=grid.shape),
+    }
+    options, params, domain, state = setup(grid, labels, init, drug=True, injury_rate=0.0, drug_dose=0.0, chemotaxis=0.5)
+    t_end, n_sub = 1.0, 10
+    solver = get_solver(options, stepper, n_sub)
+
+    def solve(m):
+        dt, y = t_end / (n_sub * m), state
+        for i in range(m):
+            y = solver.advance(y, i * n_sub * dt, dt, params, domain)
+        return y
+
+    reference = solve(512)
+    errors = []
+    for m in (8, 16, 32):
+        y = solve(m)
+        errors.append(max(float(jnp.max(jnp.abs(a - b)) / (1 + float(jnp.max(jnp.abs(b))))) for a, b in zip(y, reference)))
+    slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert abs(slopes[-1] - order) < 0.25 and abs(slopes[0] - order) < 0.5, (errors, slopes)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("scheme", ["upwind", "limited"])
+def test_mass_is_conserved_to_round_off_across_tissues_with_chemotaxis(ndim, scheme):
+    shape = (12, 20) if ndim == 2 else (6, 8, 20)
+    grid = Grid(shape, (0.2,) * ndim)
+    labels = layered_labels(shape)
+    rng = np.random.default_rng(1)
+    centre = tuple(0.2 * n / 3 for n in shape)
+    r2 = sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre))
+    init = {"tnf": 200 * np.exp(-r2 / 0.5), "il1": 30 * rng.uniform(size=shape),
+            "leukocytes": 500 * rng.uniform(size=shape), "drug": rng.uniform(size=shape)}
+    options, params, domain, state = setup(grid, labels, init, drug=True, scheme=scheme, chemotaxis=0.3, **TRANSPORT_ONLY)
+    final, n_sub, _ = integrate(options, params, domain, state, 3.0)
+    assert n_sub > 50
+    for name in ("tnf", "il1", "leukocytes", "drug"):
+        before, after = float(jnp.sum(getattr(state, name))), float(jnp.sum(getattr(final, name)))
+        assert_close(after, before, rtol=1e-12, what=name)
+    # something actually moved, across interfaces too
+    assert float(jnp.max(jnp.abs(final.leukocytes - state.leukocytes))) > 1.0
+    assert float(jnp.min(final.leukocytes)) >= 0.0
+    assert float(jnp.max(jnp.abs(final.tnf * (labels == int(Tissue.BONE))))) == 0.0
+
+
+def test_two_layer_steady_state_with_a_jump_in_diffusivity():
+    """Fluid (D1) | capsule (D2) between Dirichlet walls: piecewise linear, flux continuous."""
+    n, length = 20, 1.0
+    h = length / n
+    grid = Grid((1, n), (1.0, h))
+    labels = np.full(grid.shape, int(Tissue.SYNOVIAL_FLUID), np.uint8)
+    labels[:, n // 2:] = int(Tissue.CAPSULE)
+    d1, d2 = 1.0, 0.1
+    table = np.zeros(6)
+    table[int(Tissue.SYNOVIAL_FLUID)], table[int(Tissue.CAPSULE)] = d1, d2
+    walls = (("tnf", ((WallCondition(), WallCondition()), (WallCondition("dirichlet", 1.0), WallCondition("dirichlet", 0.0)))),)
+    options, params, domain, state = setup(
+        grid, labels, {}, walls=walls, diffusivity_tnf=table, diffusivity_il1=table, diffusivity_drug=table,
+        **TRANSPORT_ONLY,
+    )
+    final, _, _ = integrate(options, params, domain, state, 40.0)
+    half = length / 2
+    flux = 1.0 / (half / d1 + half / d2)
+    x = grid.axis_centres(1)
+    exact = np.where(x < half, 1.0 - flux * x / d1, flux * (length - x) / d2)
+    assert_close(final.tnf[0], exact, rtol=0, atol=1e-9)
+    assert_close(1.0 - flux * half / d1, flux * half / d2, rtol=1e-12, what="interface value from both sides")
+
+
+@pytest.mark.parametrize("ndim,scheme", [(2, "upwind"), (2, "limited"), (3, "upwind")])
+def test_leukocytes_stay_non_negative_under_strong_chemotaxis(ndim, scheme):
+    shape = (16, 16) if ndim == 2 else (10, 10, 10)
+    grid = Grid(shape, (0.1,) * ndim)
+    centre = tuple(0.1 * n / 2 for n in shape)
+    r2 = sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre))
+    leuk = np.where(grid.mesh()[-1] < 0.1 * shape[-1] / 3, 1000.0, 0.0)  # a sharp front with empty cells
+    init = {"tnf": 1000 * np.exp(-r2 / 0.02), "leukocytes": leuk}
+    options, params, domain, state = setup(
+        grid, uniform_labels(shape), init, scheme=scheme, chemotaxis=20.0, chemotaxis_half_saturation=50.0,
+        injury_rate=0.0,
+    )
+    final, n_sub, _ = integrate(options, params, domain, state, 0.5, safety=1.0)
+    assert float(jnp.min(final.leukocytes)) >= -1e-10 * 1000
+    # the cells did climb the gradient: more leukocytes near the TNF peak than at the start
+    near = r2 < 0.05
+    assert float(jnp.sum(final.leukocytes * near)) > 1.5 * float(jnp.sum(state.leukocytes * near))
