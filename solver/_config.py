@@ -71,7 +71,7 @@ class GeometrySection:
     tissue: str = _opt("synovial_fluid", "box: its tissue", choices=TISSUE_NAMES)
     path: str = _opt("", "file: .npy or HDF5 file of integer tissue labels (relative to the config file)")
     dataset: str = _opt("labels", "file: HDF5 dataset name")
-    file_spacing_mm: tuple = _opt((), "file: spacing per axis if the file has none", "mm")
+    file_spacing_mm: tuple = _opt((), "file: spacing per axis (default: the file's spacing attribute)", "mm")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ def file_attrs(scenario: Scenario) -> dict:
     units = {**{s: SPECIES_UNITS[s] for s in scenario.options.species}, **SUMMARY_UNITS, "time": "h", "length": "mm"}
     return {
         "config_toml": scenario.config.to_toml(),
-        "synovia_version": version(),
+        "version": version(),
         "precision": scenario.config.run.precision,
         "units": json.dumps(units),
         "dt_h": scenario.dt,

@@ -1,0 +1,83 @@
+"""The config reference in Markdown, generated from the code so that the README cannot drift.
+
+``python -m solver._docs`` prints it; a test checks the README holds exactly this text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fields import SPECIES, SPECIES_UNITS, TISSUE_NAMES
+
+from ._config import DEFAULT_BASELINE, WALL_KINDS, WALLS, Blob, DrugSection, GeometrySection, InjurySection, Region, RunSection
+from ._params import DIFFUSIVITIES, PARAMETERS
+
+_SCENARIO = {"injury_rate", "injury_onset", "injury_duration", "injury_decay", "drug_dose", "drug_first_dose",
+             "drug_dose_interval", "drug_infusion"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f"{v:g}" for v in value) + "]`"
+    if isinstance(value, float):
+        return f"`{value:.4g}`"
+    return f"`{value}`"
+
+
+def _allowed(meta) -> str:
+    if meta.get("choices"):
+        return ", ".join(map(str, meta["choices"]))
+    lo, hi = meta.get("lower"), meta.get("upper")
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if meta.get('strict_lower') else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    return ", ".join(parts)
+
+
+def _section_table(title: str, cls) -> list[str]:
+    lines = [f"#### `{title}`", "", "| key | default | unit | allowed | meaning |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        lines.append(f"| `{f.name}` | {_fmt(f.default)} | {m.get('unit', '')} | {_allowed(m)} | {m.get('doc', '')} |")
+    return lines + [""]
+
+
+def config_reference() -> str:
+    out: list[str] = []
+    for title, cls in (("[run]", RunSection), ("[geometry]", GeometrySection), ("[injury]", InjurySection),
+                       ("[drug]", DrugSection)):
+        out += _section_table(title, cls)
+    out += ["#### `[parameters]`", "", "| key | symbol | default | unit | meaning | source |", "|---|---|---|---|---|---|"]
+    for name, info in PARAMETERS.items():
+        if name not in _SCENARIO:
+            out.append(f"| `{name}` | {info.symbol} | `{info.default:.4g}` | {info.unit} | {info.description} | {info.source} |")
+    out += ["", "#### `[tissues.<tissue>]`: per-tissue diffusivities, mm^2/h", "",
+            "Tissues: " + ", ".join(f"`{t}`" for t in TISSUE_NAMES) + ".", "",
+            "| key | " + " | ".join(TISSUE_NAMES) + " | source |", "|---|" + "---|" * (len(TISSUE_NAMES) + 1)]
+    for name, (values, source) in DIFFUSIVITIES.items():
+        out.append(f"| `{name}` | " + " | ".join(f"{v:.3g}" for v in values) + f" | {source} |")
+    out += ["", "#### `[initial.<tissue>]`: baseline value of each species per tissue", "",
+            "Keys: " + ", ".join(f"`{s}` ({SPECIES_UNITS[s]})" for s in SPECIES) + ". Defaults (all others 0): "
+            + "; ".join(f"`{t}`: " + ", ".join(f"{s} = {v:g}" for s, v in vals.items()) for t, vals in DEFAULT_BASELINE.items())
+            + ". Species are zero outside their region (cytokines and drug: all tissues but bone and excluded; "
+            "leukocytes: synovial fluid, synovium, capsule; cartilage integrity: cartilage).", ""]
+    out += _section_table("[[initial.blobs]] (any number)", Blob)
+    out += _section_table("[[initial.regions]] (any number)", Region)
+    out += ["`initial.file`: an HDF5 file (datasets named by species) or `.npz` of per-species arrays on the grid; "
+            "applied after the baselines, before blobs and regions.", "",
+            "#### `[boundary.<species>]`: wall conditions (default no flux)", "",
+            "Species: `tnf`, `il1`, `leukocytes`, `drug`. Walls: " + ", ".join(f"`{w}`" for w in WALLS[3])
+            + " (2D: no z). Each wall is a table `{type, value, coefficient}` with type one of "
+            + ", ".join(f"`{k}`" for k in WALL_KINDS) + "; `dirichlet` holds the wall at `value`; `robin` drains "
+            "`coefficient` (mm/h) x (u - `value`).", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(config_reference())

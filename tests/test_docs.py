@@ -1,0 +1,21 @@
+"""The README says what the code does."""
+
+import re
+from pathlib import Path
+
+from solver._docs import config_reference
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_config_reference_is_the_generated_one():
+    block = README.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->", 1)[0]
+    assert block == config_reference(), "README is stale: regenerate with `python -m solver._docs`"
+
+
+def test_readme_opens_with_the_run_and_test_commands():
+    commands = re.findall(r"```bash\n(.*?)\n```", README, flags=re.S)
+    assert "synovia run configs/knee2d.toml" in commands[0]
+    assert "pytest" in commands[1]
+    for config in re.findall(r"configs/[\w]+\.toml", README):
+        assert (Path(__file__).resolve().parents[1] / config).is_file(), config

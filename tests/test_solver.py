@@ -1,0 +1,91 @@
+"""The compiled solver: parameters as arguments (no recompile, grad, vmap), step-size limits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _problems import integrate, layered_labels, setup
+from conftest import assert_close
+from fields import Grid
+from solver import StepTooLarge, choose_substeps, get_solver
+from solver._steppers import SSPRK3
+
+
+def _problem(**overrides):
+    grid = Grid((8, 10), (0.25, 0.25))
+    rng = np.random.default_rng(3)
+    init = {"tnf": 20 * rng.uniform(size=grid.shape), "il1": 5 * rng.uniform(size=grid.shape),
+            "leukocytes": 300 * rng.uniform(size=grid.shape), "cartilage": np.ones(grid.shape)}
+    mask = np.zeros(grid.shape, bool)
+    mask[2:5, 3:6] = True
+    return setup(grid, layered_labels(grid.shape), init, injury_mask=mask, **overrides)
+
+
+def test_a_new_parameter_value_does_not_recompile():
+    options, params, domain, state = _problem()
+    solver = get_solver(options, "ssp_rk3", 7)
+    first = solver.advance(state, 0.0, 0.01, params, domain)
+    other = params._replace(chemotaxis=params.chemotaxis * 3, decay_tnf=params.decay_tnf * 0.5,
+                            diffusivity_tnf=params.diffusivity_tnf * 1.1)
+    second = solver.advance(state, 0.0, 0.02, other, domain)
+    assert solver.advance._cache_size() == 1
+    assert float(jnp.max(jnp.abs(first.tnf - second.tnf))) > 1e-3  # and the value was used
+
+
+def test_gradient_through_the_solver_matches_central_differences():
+    options, params, domain, state = _problem()
+    solver = get_solver(options, "ssp_rk3", 5)
+
+    @jax.jit
+    def loss(p):
+        final, frames = solver.trajectory(state, p, domain, 0.01, 3)
+        return jnp.sum(frames.tnf[-1] * domain.fluid) + 1e-2 * jnp.sum(final.leukocytes)
+
+    grads = jax.grad(loss)(params)
+    for name in ("chemotaxis", "decay_tnf", "tnf_per_leukocyte", "recruitment_rate", "injury_rate"):
+        value = getattr(params, name)
+        eps = 1e-5 * max(1.0, abs(float(value)))
+        up = loss(params._replace(**{name: value + eps}))
+        down = loss(params._replace(**{name: value - eps}))
+        fd = (up - down) / (2 * eps)
+        assert_close(getattr(grads, name), fd, rtol=1e-6, atol=1e-9, what=name)
+
+
+def test_vmap_over_parameter_sets_matches_separate_runs():
+    options, params, domain, state = _problem()
+    solver = get_solver(options, "ssp_rk3", 5)
+    rates = jnp.array([100.0, 200.0, 400.0])
+    batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (3, *x.shape)), params)._replace(recruitment_rate=rates)
+    out = jax.vmap(lambda p: solver.advance(state, 0.0, 0.01, p, domain))(batched)
+    for i, r in enumerate(rates):
+        single = solver.advance(state, 0.0, 0.01, params._replace(recruitment_rate=r), domain)
+        assert_close(out.leukocytes[i], single.leukocytes, rtol=1e-12)
+    assert float(jnp.max(jnp.abs(out.leukocytes[2] - out.leukocytes[0]))) > 0
+
+
+def test_a_time_step_above_the_stable_limit_is_refused():
+    options, params, domain, state = _problem()
+    n_sub, dt, limits = choose_substeps(1.0, params, state, options, SSPRK3(), 0.9)
+    assert dt <= 0.9 * min(limits.values()) * (1 + 1e-12)
+    with pytest.raises(StepTooLarge, match="above the stable limit"):
+        choose_substeps(1.0, params, state, options, SSPRK3(), 0.9, dt=2 * min(limits.values()))
+    # right at the limit is accepted and divides the interval exactly
+    n_sub, dt, _ = choose_substeps(1.0, params, state, options, SSPRK3(), 0.9, dt=min(limits.values()))
+    assert_close(n_sub * dt, 1.0, rtol=1e-14)
+
+
+def test_the_stable_limit_is_not_far_from_the_real_one():
+    """Running pure diffusion at 1.5x the diffusion limit blows up; at 0.9x it does not."""
+    from _problems import TRANSPORT_ONLY, uniform_labels
+
+    grid = Grid((16, 16), (0.1, 0.1))
+    rng = np.random.default_rng(0)
+    options, params, domain, state = setup(grid, uniform_labels(grid.shape), {"il1": rng.uniform(size=grid.shape)},
+                                           **TRANSPORT_ONLY)
+    _, _, limits = choose_substeps(1.0, params, state, options, SSPRK3(), 1.0)
+    solver = get_solver(options, "ssp_rk3", 200)
+    ok = solver.advance(state, 0.0, 0.9 * limits["diffusion"], params, domain)
+    bad = solver.advance(state, 0.0, 1.5 * limits["diffusion"], params, domain)
+    assert float(jnp.max(jnp.abs(ok.il1))) <= 1.0
+    assert not float(jnp.max(jnp.abs(bad.il1))) <= 10.0
