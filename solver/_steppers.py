@@ -3,6 +3,14 @@
 A stepper advances ``y`` (any pytree) by ``dt`` for ``dy/dt = f(y, t)``. Each has an
 ``order`` and an ``ssp_coefficient`` (the factor on the forward-Euler step limit under
 which positivity and stability carry over). A new scheme is a new class here.
+
+The SSP schemes below share the Shu-Osher form
+
+    y_0 = y,   y_{s+1} = a_s y + (1 - a_s) (y_s + dt f(y_s, t + c_s dt)),   result y_S,
+
+so one loop over stages with one right-hand side in its body runs them all. The loop is
+what keeps them fast: written out, XLA fused each stage into the next stage's stencils
+and recomputed it for every neighbour (2.7x slower on the 3D knee grid on CPU).
 """
 
 from __future__ import annotations
@@ -11,17 +19,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 
 Rhs = Callable[[Any, Any], Any]
-
-
-def _axpy(a, x, y):
-    """y + a * x over a pytree."""
-    return jax.tree.map(lambda xi, yi: yi + a * xi, x, y)
-
-
-def _combine(a, x, b, y):
-    return jax.tree.map(lambda xi, yi: a * xi + b * yi, x, y)
 
 
 class Stepper(Protocol):
@@ -31,37 +32,46 @@ class Stepper(Protocol):
     def step(self, f: Rhs, y, t, dt): ...
 
 
-class ForwardEuler:
+class ShuOsher:
+    """An SSP Runge-Kutta scheme given by its Shu-Osher tables ``a`` and ``c``."""
+
+    order: ClassVar[int]
+    ssp_coefficient: ClassVar[float] = 1.0
+    a: ClassVar[tuple[float, ...]]
+    c: ClassVar[tuple[float, ...]]
+
+    def step(self, f: Rhs, y, t, dt):
+        if len(self.a) == 1:
+            return jax.tree.map(lambda yi, ki: (yi + dt * ki).astype(yi.dtype), y, f(y, t))
+        a = jnp.asarray(self.a, dtype=jnp.result_type(dt, float))
+        c = jnp.asarray(self.c, dtype=a.dtype)
+
+        def stage(s, ys):
+            k = f(ys, t + c[s] * dt)
+            return jax.tree.map(lambda y0, yi, ki: (a[s] * y0 + (1 - a[s]) * (yi + dt * ki)).astype(yi.dtype), y, ys, k)
+
+        return lax.fori_loop(0, len(self.a), stage, y)
+
+
+class ForwardEuler(ShuOsher):
     """First order; the reference step for the stability limits."""
 
     order = 1
-    ssp_coefficient = 1.0
-
-    def step(self, f: Rhs, y, t, dt):
-        return _axpy(dt, f(y, t), y)
+    a, c = (0.0,), (0.0,)
 
 
-class SSPRK2:
+class SSPRK2(ShuOsher):
     """Heun's method in Shu-Osher form, second order, SSP coefficient 1."""
 
     order = 2
-    ssp_coefficient = 1.0
-
-    def step(self, f: Rhs, y, t, dt):
-        y1 = _axpy(dt, f(y, t), y)
-        return _combine(0.5, y, 0.5, _axpy(dt, f(y1, t + dt), y1))
+    a, c = (0.0, 0.5), (0.0, 1.0)
 
 
-class SSPRK3:
+class SSPRK3(ShuOsher):
     """Shu-Osher three-stage third-order SSP Runge-Kutta, SSP coefficient 1."""
 
     order = 3
-    ssp_coefficient = 1.0
-
-    def step(self, f: Rhs, y, t, dt):
-        y1 = _axpy(dt, f(y, t), y)
-        y2 = _combine(0.75, y, 0.25, _axpy(dt, f(y1, t + dt), y1))
-        return _combine(1.0 / 3.0, y, 2.0 / 3.0, _axpy(dt, f(y2, t + 0.5 * dt), y2))
+    a, c = (0.0, 0.75, 1.0 / 3.0), (0.0, 1.0, 0.5)
 
 
 STEPPERS: dict[str, type] = {"forward_euler": ForwardEuler, "ssp_rk2": SSPRK2, "ssp_rk3": SSPRK3}
