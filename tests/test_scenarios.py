@@ -41,17 +41,19 @@ def test_knee_scenario_runs_to_the_end(tmp_path, name):
     out = tmp_path / f"{name}.h5"
     assert main(["run", str(CONFIGS[[p.stem for p in CONFIGS].index(name)]), "-o", str(out), "-q"]) == 0
     with RunFile.open(out) as f:
-        s = f.summary
         assert f.time[-1] == 72.0
-        # an acute response: synovial-fluid TNF rises above baseline, then resolves
-        peak = int(np.argmax(s["synovial_fluid_tnf"]))
-        assert 0 < peak < len(f.time) - 1
-        assert s["synovial_fluid_tnf"][peak] > 2 * s["synovial_fluid_tnf"][0]
-        assert s["synovial_fluid_tnf"][-1] < s["synovial_fluid_tnf"][peak]
-        # leukocytes follow: recruited in the synovium, peaking after TNF
+        # an acute response: TNF at the injury rises far above baseline, then resolves...
+        tnf_max = [float(np.max(f.field("tnf", k))) for k in range(f.n_frames)]
+        peak = int(np.argmax(tnf_max))
+        assert 0 < peak < f.n_frames - 1
+        assert tnf_max[peak] > 10 * tnf_max[0] and tnf_max[-1] < 0.1 * tnf_max[peak]
+        # ...and leukocytes follow: recruited in the synovium, peaking after TNF, then falling
         leuk_max = [float(np.max(f.field("leukocytes", k))) for k in range(f.n_frames)]
-        assert max(leuk_max) > 500
-        assert int(np.argmax(leuk_max)) > peak
+        leuk_peak = int(np.argmax(leuk_max))
+        assert leuk_max[leuk_peak] > 5 * leuk_max[0] and leuk_peak > peak
+        assert leuk_max[-1] < leuk_max[leuk_peak]
+        # TNF-induced IL-1 from the leukocytes
+        assert max(float(np.max(f.field("il1", k))) for k in range(f.n_frames)) > 5 * float(np.max(f.field("il1", 0)))
         for species in f.species:
             assert np.all(np.isfinite(f.field(species, -1)))
             assert np.min(f.field(species, -1)) >= 0
