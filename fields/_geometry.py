@@ -355,8 +355,10 @@ def joint(grid_spacing_mm: float, dims: JointDimensions) -> Geometry:
         dims: joint dimensions, e.g. ``preset_dimensions('knee', 2)``.
 
     Returns:
-        The geometry, with landmarks (mm, grid axis order): ``joint_centre``; ``injury_site`` (on the upper
-        cartilage surface at the centre, facing the fluid gap; also ``upper_cartilage_surface``);
+        The geometry, with landmarks (mm, grid axis order): ``joint_centre``; ``injury_site`` (the default
+        injury location: the joint margin, also ``joint_margin``, at the joint line on the low side of the last
+        axis, mid-way through the synovium, where recruitment happens); ``upper_cartilage_surface`` (on the
+        upper cartilage surface at the centre, facing the fluid gap);
         ``lower_cartilage_surface``; ``upper_bone_centre`` / ``lower_bone_centre`` (on the axis, midway
         between the subchondral bone surface and the top / bottom wall, so inside the bone);
         ``upper_condyle_centre`` / ``lower_condyle_centre`` (centres of the end balls, which may lie outside
@@ -406,9 +408,12 @@ def joint(grid_spacing_mm: float, dims: JointDimensions) -> Geometry:
         return (centre[0] + dv,) + tuple(centre[1:])
 
     top, half_js = grid.extent[0] / 2, dims.joint_space_mm / 2
+    # the joint margin: at the joint line, on the low side of the last axis, mid-way through the synovium
+    margin = centre[:-1] + (centre[-1] - dims.cavity_half_extent_mm[-1] - dims.synovium_thickness_mm / 2,)
     landmarks = {
         "joint_centre": point(0.0),
-        "injury_site": point(half_js - t),
+        "injury_site": margin,
+        "joint_margin": margin,
         "upper_cartilage_surface": point(half_js - t),
         "lower_cartilage_surface": point(-(half_js - t)),
         "upper_bone_centre": point((half_js + top) / 2),

@@ -80,7 +80,7 @@ class InjurySection:
 
     enabled: bool = _opt(True, "whether there is an injury source")
     centre_mm: tuple = _opt((), "centre of the injury ball, slowest axis first (default: the geometry's injury site)", "mm")
-    radius_mm: float = _opt(2.0, "radius of the injury ball", "mm", lower=0, strict_lower=True)
+    radius_mm: float = _opt(2.5, "radius of the injury ball", "mm", lower=0, strict_lower=True)
     rate: float = _opt(PARAMETERS["injury_rate"].default, "TNF release rate s_inj", "(pg/mL)/h", lower=0)
     onset_h: float = _opt(PARAMETERS["injury_onset"].default, "time the injury starts", "h", lower=0)
     duration_h: float = _opt(PARAMETERS["injury_duration"].default, "time the source lasts", "h", lower=0)

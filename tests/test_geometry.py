@@ -156,11 +156,18 @@ def test_landmarks() -> None:
     geo = _joint("knee", 2, 0.25)
     dims = PRESETS["knee"]
     assert geo.landmarks["joint_centre"] == pytest.approx((25.0, 22.0))
-    site = geo.landmarks["injury_site"]
+    site = geo.landmarks["upper_cartilage_surface"]
     assert site == pytest.approx((25.0 + dims.joint_space_mm / 2 - dims.cartilage_thickness_mm, 22.0))
-    # within 1.5 cells of the injury site there is both cartilage and fluid: it is on the articular surface
+    # within 1.5 cells of the cartilage surface there is both cartilage and fluid: it is on the articular surface
     near = ball_mask(geo.grid, site, 1.5 * geo.grid.spacing[0])
     assert {Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID} <= set(np.unique(geo.labels[near]).tolist())
+    # the default injury site is the joint margin: in the synovium, with fluid and capsule nearby
+    margin = geo.landmarks["injury_site"]
+    assert margin == geo.landmarks["joint_margin"]
+    idx = tuple(int(c // h) for c, h in zip(margin, geo.grid.spacing, strict=True))
+    assert geo.labels[idx] == Tissue.SYNOVIUM
+    near = ball_mask(geo.grid, margin, 2.0)
+    assert {Tissue.SYNOVIAL_FLUID, Tissue.CAPSULE} <= set(np.unique(geo.labels[near]).tolist())
     for name in ("upper_bone_centre", "lower_bone_centre"):
         idx = tuple(int(c // h) for c, h in zip(geo.landmarks[name], geo.grid.spacing, strict=True))
         assert geo.labels[idx] == Tissue.BONE
