@@ -181,3 +181,74 @@ def test_set_overrides_reach_the_stored_config(tmp_path):
         assert f.n_frames == 3
         assert "chemotaxis = 0.125" in f.config_toml
         assert "drug" in f.species
+
+
+def test_label_map_and_initial_arrays_from_files(tmp_path):
+    """A segmented joint from HDF5 (with its spacing) and per-species initial arrays from a file."""
+    import h5py
+
+    labels = np.full((20, 24), 3, np.uint8)  # synovial fluid
+    labels[:, :4] = 4  # synovium
+    labels[8:12, 10:14] = 1  # a bone island
+    with h5py.File(tmp_path / "seg.h5", "w") as f:
+        f.create_dataset("labels", data=labels).attrs["spacing_mm"] = [0.2, 0.2]
+    tnf = np.zeros(labels.shape)
+    tnf[2:6, 2:8] = 80.0
+    with h5py.File(tmp_path / "ic.h5", "w") as f:
+        f["tnf"] = tnf
+    cfg = _write(tmp_path, textwrap.dedent(
+        """
+        [run]
+        t_end_h = 1.0
+        output_interval_h = 0.5
+        [geometry]
+        kind = "file"
+        path = "seg.h5"
+        [injury]
+        enabled = false
+        [initial]
+        file = "ic.h5"
+        """
+    ))
+    out = tmp_path / "seg_run.h5"
+    assert main(["run", str(cfg), "-o", str(out), "-q"]) == 0
+    with RunFile.open(out) as f:
+        np.testing.assert_array_equal(f.labels, labels)
+        assert f.grid.spacing == (0.2, 0.2)
+        first = f.field("tnf", 0)
+        np.testing.assert_array_equal(first, tnf.astype(first.dtype))  # the file's values, bone cells excluded
+        assert np.all(f.field("tnf", -1)[labels == 1] == 0)
+        assert 0 < f.field("tnf", -1).max() < 80.0
+
+
+def test_robin_drainage_from_the_config_removes_tnf(tmp_path):
+    base = textwrap.dedent(
+        """
+        [run]
+        t_end_h = 2.0
+        output_interval_h = 1.0
+        precision = "float64"
+        [geometry]
+        kind = "box"
+        size_mm = [2.0, 2.0]
+        spacing_mm = 0.1
+        [injury]
+        enabled = false
+        [parameters]
+        decay_tnf = 0.0
+        tnf_per_leukocyte = 0.0
+        [initial.synovial_fluid]
+        tnf = 10.0
+        leukocytes = 0.0
+        """
+    )
+    closed = _write(tmp_path, base, "closed.toml")
+    drained = _write(tmp_path, base + '\n[boundary.tnf]\nx_max = {type = "robin", coefficient = 0.5, value = 0.0}\n', "drained.toml")
+    assert main(["run", str(closed), "-o", str(tmp_path / "c.h5"), "-q"]) == 0
+    assert main(["run", str(drained), "-o", str(tmp_path / "d.h5"), "-q"]) == 0
+    with RunFile.open(tmp_path / "c.h5") as c, RunFile.open(tmp_path / "d.h5") as d:
+        assert_close(c.summary["total_tnf"], c.summary["total_tnf"][0], rtol=1e-12, what="closed box keeps its TNF")
+        lost = d.summary["total_tnf"][0] - d.summary["total_tnf"][-1]
+        assert lost > 0.1 * d.summary["total_tnf"][0]
+        last = d.field("tnf", -1)
+        assert last[:, -1].mean() < last[:, 0].mean()  # lower next to the draining wall

@@ -38,10 +38,11 @@ def test_diffusion_with_decay_matches_the_exact_gaussian_at_second_order(ndim, s
     assert 1.8 < order < 2.3, (errors, order)
 
 
-@pytest.mark.parametrize("stepper,order", [("ssp_rk3", 3), ("ssp_rk2", 2), ("forward_euler", 1)])
-def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order):
+@pytest.mark.parametrize("stepper,order,shape", [("ssp_rk3", 3, (8, 10)), ("ssp_rk2", 2, (8, 10)),
+                                                 ("forward_euler", 1, (8, 10)), ("ssp_rk3", 3, (4, 5, 10))])
+def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order, shape):
     """Every term on (injury and dosing off: they switch on in time); error vs a fine-step reference."""
-    grid = Grid((8, 10), (0.5, 0.5))
+    grid = Grid(shape, (0.5,) * len(shape))
     labels = layered_labels(grid.shape)
     rng = np.random.default_rng(0)
     init = {
@@ -91,17 +92,19 @@ def test_mass_is_conserved_to_round_off_across_tissues_with_chemotaxis(ndim, sch
     assert float(jnp.max(jnp.abs(final.tnf * (labels == int(Tissue.BONE))))) == 0.0
 
 
-def test_two_layer_steady_state_with_a_jump_in_diffusivity():
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_two_layer_steady_state_with_a_jump_in_diffusivity(ndim):
     """Fluid (D1) | capsule (D2) between Dirichlet walls: piecewise linear, flux continuous."""
     n, length = 20, 1.0
     h = length / n
-    grid = Grid((1, n), (1.0, h))
+    grid = Grid((1,) * (ndim - 1) + (n,), (1.0,) * (ndim - 1) + (h,))
     labels = np.full(grid.shape, int(Tissue.SYNOVIAL_FLUID), np.uint8)
-    labels[:, n // 2:] = int(Tissue.CAPSULE)
+    labels[..., n // 2:] = int(Tissue.CAPSULE)
     d1, d2 = 1.0, 0.1
     table = np.zeros(6)
     table[int(Tissue.SYNOVIAL_FLUID)], table[int(Tissue.CAPSULE)] = d1, d2
-    walls = (("tnf", ((WallCondition(), WallCondition()), (WallCondition("dirichlet", 1.0), WallCondition("dirichlet", 0.0)))),)
+    walls = (("tnf", ((WallCondition(), WallCondition()),) * (ndim - 1)
+              + ((WallCondition("dirichlet", 1.0), WallCondition("dirichlet", 0.0)),)),)
     options, params, domain, state = setup(
         grid, labels, {}, walls=walls, diffusivity_tnf=table, diffusivity_il1=table, diffusivity_drug=table,
         **TRANSPORT_ONLY,
@@ -109,9 +112,9 @@ def test_two_layer_steady_state_with_a_jump_in_diffusivity():
     final, _, _ = integrate(options, params, domain, state, 40.0)
     half = length / 2
     flux = 1.0 / (half / d1 + half / d2)
-    x = grid.axis_centres(1)
+    x = grid.axis_centres(ndim - 1)
     exact = np.where(x < half, 1.0 - flux * x / d1, flux * (length - x) / d2)
-    assert_close(final.tnf[0], exact, rtol=0, atol=1e-9)
+    assert_close(final.tnf.reshape(n), exact, rtol=0, atol=1e-9)
     assert_close(1.0 - flux * half / d1, flux * half / d2, rtol=1e-12, what="interface value from both sides")
 
 
