@@ -1,16 +1,5 @@
 """Space: the grid, tissue labels, joint geometry, state and initial conditions."""
 
-from ._grid import Grid as Grid
-from ._state import SPECIES as SPECIES
-from ._state import SPECIES_UNITS as SPECIES_UNITS
-from ._state import State as State
-from ._tissues import N_TISSUES as N_TISSUES
-from ._tissues import TISSUE_NAMES as TISSUE_NAMES
-from ._tissues import Tissue as Tissue
-from ._initial import add_blob as add_blob
-from ._initial import baseline_fields as baseline_fields
-from ._initial import load_arrays as load_arrays
-from ._initial import set_ball as set_ball
 from ._geometry import PRESETS as PRESETS
 from ._geometry import Geometry as Geometry
 from ._geometry import JointDimensions as JointDimensions
@@ -19,3 +8,14 @@ from ._geometry import box as box
 from ._geometry import from_file as from_file
 from ._geometry import joint as joint
 from ._geometry import preset_dimensions as preset_dimensions
+from ._grid import Grid as Grid
+from ._initial import add_blob as add_blob
+from ._initial import baseline_fields as baseline_fields
+from ._initial import load_arrays as load_arrays
+from ._initial import set_ball as set_ball
+from ._state import SPECIES as SPECIES
+from ._state import SPECIES_UNITS as SPECIES_UNITS
+from ._state import State as State
+from ._tissues import N_TISSUES as N_TISSUES
+from ._tissues import TISSUE_NAMES as TISSUE_NAMES
+from ._tissues import Tissue as Tissue

@@ -50,9 +50,16 @@ def _cmd_run(args) -> int:
                 return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
             attrs = file_attrs(scenario)
             attrs["config_dir"] = str(Path(args.config).resolve().parent) if args.config else str(Path.cwd())
-            writer = RunWriter(out, grid=scenario.geometry.grid, labels=scenario.geometry.labels, species=scenario.options.species,
-                               summary_names=list(_summary_names(scenario)), dtype=scenario.dtype, attrs=attrs,
-                               overwrite=args.overwrite)
+            writer = RunWriter(
+                out,
+                grid=scenario.geometry.grid,
+                labels=scenario.geometry.labels,
+                species=scenario.options.species,
+                summary_names=list(_summary_names(scenario)),
+                dtype=scenario.dtype,
+                attrs=attrs,
+                overwrite=args.overwrite,
+            )
             start_frame, state = 0, None
     except ConfigError as err:
         return _error(str(err))
@@ -77,7 +84,10 @@ def _cmd_run(args) -> int:
         return _error(f"{err}; frames up to that time are in '{out}'; try a smaller run.safety or run.dt_h", EXIT_DIVERGED)
     except KeyboardInterrupt:
         return _error(f"interrupted; finished frames are in '{out}'; continue with: synovia run --resume {out}", EXIT_INTERRUPTED)
-    _info(f"done: {result.steps} steps in {result.wall_s:.1f} s ({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'")
+    _info(
+        f"done: {result.steps} steps in {result.wall_s:.1f} s "
+        f"({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'"
+    )
     return 0
 
 

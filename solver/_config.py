@@ -25,8 +25,15 @@ class ConfigError(ValueError):
     """A bad configuration: the message is one line for the user."""
 
 
-def _opt(default, doc: str, unit: str = "", choices: tuple | None = None, lower: float | None = None,
-         upper: float | None = None, strict_lower: bool = False):
+def _opt(
+    default,
+    doc: str,
+    unit: str = "",
+    choices: tuple | None = None,
+    lower: float | None = None,
+    upper: float | None = None,
+    strict_lower: bool = False,
+):
     meta = {"doc": doc, "unit": unit, "choices": choices, "lower": lower, "upper": upper, "strict_lower": strict_lower}
     if isinstance(default, (list, tuple)):
         return dataclasses.field(default=tuple(default), metadata=meta)
@@ -43,7 +50,9 @@ class RunSection:
     safety: float = _opt(0.9, "fraction of the stable step used when dt_h = 0", "", lower=0, upper=1, strict_lower=True)
     precision: str = _opt("float32", "floating-point precision", choices=("float32", "float64"))
     stepper: str = _opt("ssp_rk3", "time stepper", choices=("ssp_rk3", "ssp_rk2", "forward_euler"))
-    chemotaxis_scheme: str = _opt("upwind", "chemotaxis flux: first-order upwind or minmod-limited second order", choices=("upwind", "limited"))
+    chemotaxis_scheme: str = _opt(
+        "upwind", "chemotaxis flux: first-order upwind or minmod-limited second order", choices=("upwind", "limited")
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +244,16 @@ def _number(key: str, value, lower: float = 0.0, upper: float = math.inf) -> flo
 def _parameters(raw) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ConfigError("config key 'parameters' must be a table")
-    scenario = {"injury_rate", "injury_onset", "injury_duration", "injury_decay",
-                "drug_dose", "drug_first_dose", "drug_dose_interval", "drug_infusion"}
+    scenario = {
+        "injury_rate",
+        "injury_onset",
+        "injury_duration",
+        "injury_decay",
+        "drug_dose",
+        "drug_first_dose",
+        "drug_dose_interval",
+        "drug_infusion",
+    }
     allowed = {k: v for k, v in PARAMETERS.items() if k not in scenario}
     out = {k: v.default for k, v in allowed.items()}
     for key, value in raw.items():

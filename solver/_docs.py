@@ -12,8 +12,16 @@ from fields import SPECIES, SPECIES_UNITS, TISSUE_NAMES
 from ._config import DEFAULT_BASELINE, WALL_KINDS, WALLS, Blob, DrugSection, GeometrySection, InjurySection, Region, RunSection
 from ._params import DIFFUSIVITIES, PARAMETERS
 
-_SCENARIO = {"injury_rate", "injury_onset", "injury_duration", "injury_decay", "drug_dose", "drug_first_dose",
-             "drug_dose_interval", "drug_infusion"}
+_SCENARIO = {
+    "injury_rate",
+    "injury_onset",
+    "injury_duration",
+    "injury_decay",
+    "drug_dose",
+    "drug_first_dose",
+    "drug_dose_interval",
+    "drug_infusion",
+}
 
 
 def _fmt(value) -> str:
@@ -50,32 +58,56 @@ def _section_table(title: str, cls) -> list[str]:
 
 def config_reference() -> str:
     out: list[str] = []
-    for title, cls in (("[run]", RunSection), ("[geometry]", GeometrySection), ("[injury]", InjurySection),
-                       ("[drug]", DrugSection)):
+    for title, cls in (
+        ("[run]", RunSection),
+        ("[geometry]", GeometrySection),
+        ("[injury]", InjurySection),
+        ("[drug]", DrugSection),
+    ):
         out += _section_table(title, cls)
     out += ["#### `[parameters]`", "", "| key | symbol | default | unit | meaning | source |", "|---|---|---|---|---|---|"]
     for name, info in PARAMETERS.items():
         if name not in _SCENARIO:
             out.append(f"| `{name}` | {info.symbol} | `{info.default:.4g}` | {info.unit} | {info.description} | {info.source} |")
-    out += ["", "#### `[tissues.<tissue>]`: per-tissue diffusivities, mm^2/h", "",
-            "Tissues: " + ", ".join(f"`{t}`" for t in TISSUE_NAMES) + ".", "",
-            "| key | " + " | ".join(TISSUE_NAMES) + " | source |", "|---|" + "---|" * (len(TISSUE_NAMES) + 1)]
+    out += [
+        "",
+        "#### `[tissues.<tissue>]`: per-tissue diffusivities, mm^2/h",
+        "",
+        "Tissues: " + ", ".join(f"`{t}`" for t in TISSUE_NAMES) + ".",
+        "",
+        "| key | " + " | ".join(TISSUE_NAMES) + " | source |",
+        "|---|" + "---|" * (len(TISSUE_NAMES) + 1),
+    ]
     for name, (values, source) in DIFFUSIVITIES.items():
         out.append(f"| `{name}` | " + " | ".join(f"{v:.3g}" for v in values) + f" | {source} |")
-    out += ["", "#### `[initial.<tissue>]`: baseline value of each species per tissue", "",
-            "Keys: " + ", ".join(f"`{s}` ({SPECIES_UNITS[s]})" for s in SPECIES) + ". Defaults (all others 0): "
-            + "; ".join(f"`{t}`: " + ", ".join(f"{s} = {v:g}" for s, v in vals.items()) for t, vals in DEFAULT_BASELINE.items())
-            + ". Species are zero outside their region (cytokines and drug: all tissues but bone and excluded; "
-            "leukocytes: synovial fluid, synovium, capsule; cartilage integrity: cartilage).", ""]
+    out += [
+        "",
+        "#### `[initial.<tissue>]`: baseline value of each species per tissue",
+        "",
+        "Keys: "
+        + ", ".join(f"`{s}` ({SPECIES_UNITS[s]})" for s in SPECIES)
+        + ". Defaults (all others 0): "
+        + "; ".join(f"`{t}`: " + ", ".join(f"{s} = {v:g}" for s, v in vals.items()) for t, vals in DEFAULT_BASELINE.items())
+        + ". Species are zero outside their region (cytokines and drug: all tissues but bone and excluded; "
+        "leukocytes: synovial fluid, synovium, capsule; cartilage integrity: cartilage).",
+        "",
+    ]
     out += _section_table("[[initial.blobs]] (any number)", Blob)
     out += _section_table("[[initial.regions]] (any number)", Region)
-    out += ["`initial.file`: an HDF5 file (datasets named by species) or `.npz` of per-species arrays on the grid; "
-            "applied after the baselines, before blobs and regions.", "",
-            "#### `[boundary.<species>]`: wall conditions (default no flux)", "",
-            "Species: `tnf`, `il1`, `leukocytes`, `drug`. Walls: " + ", ".join(f"`{w}`" for w in WALLS[3])
-            + " (2D: no z). Each wall is a table `{type, value, coefficient}` with type one of "
-            + ", ".join(f"`{k}`" for k in WALL_KINDS) + "; `dirichlet` holds the wall at `value`; `robin` drains "
-            "`coefficient` (mm/h) x (u - `value`).", ""]
+    out += [
+        "`initial.file`: an HDF5 file (datasets named by species) or `.npz` of per-species arrays on the grid; "
+        "applied after the baselines, before blobs and regions.",
+        "",
+        "#### `[boundary.<species>]`: wall conditions (default no flux)",
+        "",
+        "Species: `tnf`, `il1`, `leukocytes`, `drug`. Walls: "
+        + ", ".join(f"`{w}`" for w in WALLS[3])
+        + " (2D: no z). Each wall is a table `{type, value, coefficient}` with type one of "
+        + ", ".join(f"`{k}`" for k in WALL_KINDS)
+        + "; `dirichlet` holds the wall at `value`; `robin` drains "
+        "`coefficient` (mm/h) x (u - `value`).",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -147,7 +147,9 @@ def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, o
         velocities = tuple(p.chemotaxis * g for g in gradient_on_faces(sensing, h))
         chemotaxis = advection(L, velocities, h, coeffs.leukocyte_faces, options.chemotaxis_scheme)
     dL = transport("leukocytes", L) + chemotaxis + recruitment * capacity - p.leukocyte_death * L
-    dC = domain.cartilage * (p.cartilage_repair * (1.0 - C) / inhibition - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C)
+    dC = domain.cartilage * (
+        p.cartilage_repair * (1.0 - C) / inhibition - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C
+    )
     if options.drug:
         dose = dose_rate(p, t) * domain.synovium
         dA = transport("drug", A) + dose - p.drug_clearance * A - p.drug_per_tnf_bound * binding

@@ -163,7 +163,7 @@ def advection(
     half that step). Faces where ``open_faces`` is zero carry no flux.
     """
     fluxes = []
-    for axis, (v, h, open_face) in enumerate(zip(velocities, spacing, open_faces)):
+    for axis, (v, open_face) in enumerate(zip(velocities, open_faces)):
         left, right = lower(u, axis), upper(u, axis)
         if scheme == "limited":
             slope = _limited_slopes(u, open_face, axis)

@@ -83,20 +83,48 @@ PARAMETERS: dict[str, ParamInfo] = {
     "tnf_from_damaged_matrix": ParamInfo("a_TC", "(pg/mL)/h", 1.0, "TNF from damaged cartilage matrix (OA loop)", _EST),
     "il1_per_leukocyte": ParamInfo("a_IL", "(pg/mL)/h per cell/uL", 0.05, "TNF-induced IL-1 secretion per leukocyte", _EST),
     "tnf_half_saturation_il1": ParamInfo("K_T", "pg/mL", 20.0, "TNF at half-maximal IL-1 induction", _EST, lower=1e-12),
-    "chemotaxis": ParamInfo("chi", "mm^2/h", 0.05, "chemotactic coefficient up grad f(TNF)", "MODEL.md: not confirmed in literature, a parameter to fit"),
-    "chemotaxis_half_saturation": ParamInfo("K_chi", "pg/mL", 10.0, "receptor saturation of chemotactic sensing", _EST, lower=1e-12),
+    "chemotaxis": ParamInfo(
+        "chi",
+        "mm^2/h",
+        0.05,
+        "chemotactic coefficient up grad f(TNF)",
+        "MODEL.md: not confirmed in literature, a parameter to fit",
+    ),
+    "chemotaxis_half_saturation": ParamInfo(
+        "K_chi", "pg/mL", 10.0, "receptor saturation of chemotactic sensing", _EST, lower=1e-12
+    ),
     "recruitment_rate": ParamInfo("r_syn", "(cells/uL)/h", 200.0, "maximal leukocyte recruitment in the synovium", _EST),
     "il1_weight_recruitment": ParamInfo("w_I", "1", 0.5, "weight of IL-1 relative to TNF in recruitment", _EST),
-    "recruitment_half_saturation": ParamInfo("K_r", "pg/mL", 50.0, "cytokine level at half-maximal recruitment", _EST, lower=1e-12),
+    "recruitment_half_saturation": ParamInfo(
+        "K_r", "pg/mL", 50.0, "cytokine level at half-maximal recruitment", _EST, lower=1e-12
+    ),
     "leukocyte_capacity": ParamInfo("L_max", "cells/uL", 50000.0, "tissue capacity for leukocytes", _EST, lower=1e-12),
     "leukocyte_death": ParamInfo("d_L", "1/h", 0.03, "leukocyte death/egress (tissue lifetime about a day)", "MODEL.md estimate"),
     "cartilage_repair": ParamInfo("r_C", "1/h", 0.002, "cartilage matrix repair", _EST),
     "repair_inhibition_half_saturation": ParamInfo("K_rep", "pg/mL", 50.0, "cytokine level halving repair", _EST, lower=1e-12),
     "cartilage_damage_tnf": ParamInfo("g_T", "1/h per pg/mL", 2e-4, "TNF-driven matrix degradation", _EST),
     "cartilage_damage_il1": ParamInfo("g_I", "1/h per pg/mL", 2e-4, "IL-1-driven matrix degradation", _EST),
-    "drug_clearance": ParamInfo("k_A", "1/h", math.log(2) / 96.0, "anti-TNF clearance (t1/2 4 days, etanercept)", "etanercept label (t1/2 ~4 d; adalimumab ~14 d)"),
-    "drug_tnf_binding": ParamInfo("k_AT", "1/h per ug/mL", 20.0, "TNF removal by drug binding", "kon ~1e6 /M/s for a 150 kDa antibody (Jit et al. 2005); estimate"),
-    "drug_per_tnf_bound": ParamInfo("-", "ug/mL per pg/mL", 150.0 / 51.0 * 1e-6, "drug consumed per TNF bound (1:1, 150 kDa per 51 kDa)", "stoichiometry, molar masses"),
+    "drug_clearance": ParamInfo(
+        "k_A",
+        "1/h",
+        math.log(2) / 96.0,
+        "anti-TNF clearance (t1/2 4 days, etanercept)",
+        "etanercept label (t1/2 ~4 d; adalimumab ~14 d)",
+    ),
+    "drug_tnf_binding": ParamInfo(
+        "k_AT",
+        "1/h per ug/mL",
+        20.0,
+        "TNF removal by drug binding",
+        "kon ~1e6 /M/s for a 150 kDa antibody (Jit et al. 2005); estimate",
+    ),
+    "drug_per_tnf_bound": ParamInfo(
+        "-",
+        "ug/mL per pg/mL",
+        150.0 / 51.0 * 1e-6,
+        "drug consumed per TNF bound (1:1, 150 kDa per 51 kDa)",
+        "stoichiometry, molar masses",
+    ),
     "injury_rate": ParamInfo("s_inj", "(pg/mL)/h", 500.0, "TNF release rate in the injury region", _EST),
     "injury_onset": ParamInfo("-", "h", 0.0, "time the injury starts", "scenario"),
     "injury_duration": ParamInfo("-", "h", 24.0, "time the injury source lasts", "scenario"),
@@ -133,7 +161,12 @@ DIFFUSIVITIES: dict[str, tuple[tuple[float, ...], str]] = {
 }
 
 #: Which species each diffusivity belongs to.
-DIFFUSIVITY_OF = {"tnf": "diffusivity_tnf", "il1": "diffusivity_il1", "leukocytes": "diffusivity_leukocytes", "drug": "diffusivity_drug"}
+DIFFUSIVITY_OF = {
+    "tnf": "diffusivity_tnf",
+    "il1": "diffusivity_il1",
+    "leukocytes": "diffusivity_leukocytes",
+    "drug": "diffusivity_drug",
+}
 
 
 def default_params(dtype=jnp.float32, **overrides: float | np.ndarray) -> Params:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fields import SPECIES, SPECIES_UNITS, State
 
-from ._model import SUMMARY_UNITS, health, summaries
+from ._model import SUMMARY_UNITS, summaries
 from ._scenario import Scenario
 from ._simulate import get_solver
 
@@ -57,7 +57,7 @@ def _check(state_host: State, checks: dict, t: float) -> None:
     for s, u in state_host._asdict().items():
         scale = max(1.0, float(np.max(np.abs(u))))
         if float(checks[f"min_{s}"]) < -1e-4 * scale:
-            raise Diverged(f"the solution diverged at t = {t:g} h: {s} went negative (min {float(checks[f'min_' + s]):.3g})")
+            raise Diverged(f"the solution diverged at t = {t:g} h: {s} went negative (min {float(checks['min_' + s]):.3g})")
 
 
 @dataclasses.dataclass
@@ -93,9 +93,14 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
 
     t_end = scenario.n_frames * interval
     bar = tqdm(
-        total=round(t_end, 6), initial=round(start_frame * interval, 6), unit="h", disable=not progress,
+        total=round(t_end, 6),
+        initial=round(start_frame * interval, 6),
+        unit="h",
+        disable=not progress,
         bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.4g}/{total:.4g} h simulated [{elapsed}<{remaining}{postfix}]",
-        desc="synovia", mininterval=0.5, dynamic_ncols=True,
+        desc="synovia",
+        mininterval=0.5,
+        dynamic_ncols=True,
     )
     steps, start = 0, time.perf_counter()
     pending = None
@@ -119,8 +124,13 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
             bar.update(round(interval, 6))
     finally:
         bar.close()
-    return RunResult(state, scenario.n_frames * interval, scenario.n_frames - start_frame + (start_frame == 0), steps,
-                     time.perf_counter() - start)
+    return RunResult(
+        state,
+        scenario.n_frames * interval,
+        scenario.n_frames - start_frame + (start_frame == 0),
+        steps,
+        time.perf_counter() - start,
+    )
 
 
 def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:

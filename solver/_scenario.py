@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fields import SPECIES, Geometry, State, add_blob, baseline_fields, load_arrays, set_ball
+from fields import SPECIES, Geometry, State, add_blob, baseline_fields, load_arrays, preset_dimensions, set_ball
 from fields import box as box_geometry
 from fields import from_file as file_geometry
 from fields import joint as joint_geometry
-from fields import preset_dimensions
 
 from ._config import WALLS, Config, ConfigError
 from ._model import Domain, ModelOptions, make_domain
@@ -23,8 +22,16 @@ from ._simulate import StepTooLarge, choose_substeps
 from ._steppers import get_stepper
 
 _DIMENSION_KEYS = (
-    "domain_mm", "bone_radius_upper_mm", "bone_radius_lower_mm", "bone_half_width_mm", "cartilage_thickness_mm",
-    "joint_space_mm", "cavity_half_extent_mm", "cavity_corner_radius_mm", "synovium_thickness_mm", "capsule_thickness_mm",
+    "domain_mm",
+    "bone_radius_upper_mm",
+    "bone_radius_lower_mm",
+    "bone_half_width_mm",
+    "cartilage_thickness_mm",
+    "joint_space_mm",
+    "cavity_half_extent_mm",
+    "cavity_corner_radius_mm",
+    "synovium_thickness_mm",
+    "capsule_thickness_mm",
 )
 
 
@@ -65,7 +72,9 @@ def _geometry(config: Config) -> tuple[Geometry, Config]:
             return geometry, dataclasses.replace(config, geometry=dataclasses.replace(g, **resolved))
         if g.kind == "box":
             if len(g.size_mm) != g.ndim:
-                raise ConfigError(f"config key 'geometry.size_mm' = {list(g.size_mm)}: needs {g.ndim} values for geometry.ndim = {g.ndim}")
+                raise ConfigError(
+                    f"config key 'geometry.size_mm' = {list(g.size_mm)}: needs {g.ndim} values for geometry.ndim = {g.ndim}"
+                )
             return box_geometry(g.size_mm, g.spacing_mm, g.tissue), config
         path = Path(g.path)
         if not g.path:
@@ -137,8 +146,13 @@ def initial_state(config: Config, geometry: Geometry, domain: Domain, dtype) -> 
     for i, region in enumerate(config.initial["regions"]):
         centre = _centre(region.centre_mm, geometry, f"initial.regions[{i}].centre_mm")
         fields[region.species] = set_ball(fields[region.species], grid, centre, region.radius_mm, region.value)
-    region_of = {"tnf": domain.cytokine, "il1": domain.cytokine, "drug": domain.cytokine,
-                 "leukocytes": domain.leukocyte, "cartilage": domain.cartilage}
+    region_of = {
+        "tnf": domain.cytokine,
+        "il1": domain.cytokine,
+        "drug": domain.cytokine,
+        "leukocytes": domain.leukocyte,
+        "cartilage": domain.cartilage,
+    }
     if not config.drug.enabled:
         fields["drug"] = np.zeros(grid.shape)
     return State(*(jnp.asarray(fields[s], dtype=dtype) * region_of[s] for s in SPECIES))
@@ -155,17 +169,24 @@ def build_scenario(config: Config) -> Scenario:
     dtype = jnp.float64 if run.precision == "float64" else jnp.float32
     n_frames = round(run.t_end_h / run.output_interval_h)
     if abs(n_frames * run.output_interval_h - run.t_end_h) > 1e-9 * run.t_end_h or n_frames < 1:
-        raise ConfigError(f"config key 'run.t_end_h' = {run.t_end_h}: must be a whole multiple of run.output_interval_h = {run.output_interval_h}")
+        raise ConfigError(
+            f"config key 'run.t_end_h' = {run.t_end_h}: must be a whole multiple of "
+            f"run.output_interval_h = {run.output_interval_h}"
+        )
     geometry, config = _geometry(config)
     grid = geometry.grid
     centre = _centre(config.injury.centre_mm, geometry, "injury.centre_mm")
     injury_mask = sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre)) <= config.injury.radius_mm**2
     domain = make_domain(geometry.labels, injury_mask, dtype)
-    options = ModelOptions(grid=grid, drug=config.drug.enabled, chemotaxis_scheme=run.chemotaxis_scheme, walls=_walls(config, grid.ndim))
+    options = ModelOptions(
+        grid=grid, drug=config.drug.enabled, chemotaxis_scheme=run.chemotaxis_scheme, walls=_walls(config, grid.ndim)
+    )
     params = _params(config, dtype)
     state = initial_state(config, geometry, domain, dtype)
     try:
-        n_sub, dt, limits = choose_substeps(run.output_interval_h, params, state, options, get_stepper(run.stepper), run.safety, run.dt_h)
+        n_sub, dt, limits = choose_substeps(
+            run.output_interval_h, params, state, options, get_stepper(run.stepper), run.safety, run.dt_h
+        )
     except StepTooLarge as err:
         raise ConfigError(str(err)) from None
     return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, n_sub, dt, limits)

@@ -7,14 +7,25 @@ import numpy as np
 
 from fields import Grid, State, Tissue
 from solver import ModelOptions, default_params, get_solver, make_domain
-from solver._steppers import get_stepper
 from solver._simulate import choose_substeps
+from solver._steppers import get_stepper
 
 #: Parameters that switch off every source and reaction (transport only).
 TRANSPORT_ONLY = dict(
-    decay_tnf=0.0, decay_il1=0.0, leukocyte_death=0.0, tnf_per_leukocyte=0.0, il1_per_leukocyte=0.0,
-    recruitment_rate=0.0, tnf_from_damaged_matrix=0.0, injury_rate=0.0, cartilage_repair=0.0,
-    cartilage_damage_tnf=0.0, cartilage_damage_il1=0.0, drug_clearance=0.0, drug_tnf_binding=0.0, drug_dose=0.0,
+    decay_tnf=0.0,
+    decay_il1=0.0,
+    leukocyte_death=0.0,
+    tnf_per_leukocyte=0.0,
+    il1_per_leukocyte=0.0,
+    recruitment_rate=0.0,
+    tnf_from_damaged_matrix=0.0,
+    injury_rate=0.0,
+    cartilage_repair=0.0,
+    cartilage_damage_tnf=0.0,
+    cartilage_damage_il1=0.0,
+    drug_clearance=0.0,
+    drug_tnf_binding=0.0,
+    drug_dose=0.0,
 )
 
 
@@ -28,22 +39,37 @@ def layered_labels(shape) -> np.ndarray:
     n = shape[-1]
     stripes = [Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE, Tissue.SYNOVIAL_FLUID]
     for i, t in enumerate(stripes):
-        labels[..., i * n // len(stripes):(i + 1) * n // len(stripes)] = int(t)
+        labels[..., i * n // len(stripes) : (i + 1) * n // len(stripes)] = int(t)
     centre = tuple(slice(s // 2 - max(1, s // 8), s // 2 + max(1, s // 8)) for s in shape)
     labels[centre] = int(Tissue.BONE)
     return labels
 
 
-def setup(grid: Grid, labels, state_arrays: dict, *, dtype=jnp.float64, drug=False, scheme="upwind", walls=(),
-          injury_mask=None, **param_overrides):
+def setup(
+    grid: Grid,
+    labels,
+    state_arrays: dict,
+    *,
+    dtype=jnp.float64,
+    drug=False,
+    scheme="upwind",
+    walls=(),
+    injury_mask=None,
+    **param_overrides,
+):
     """(options, params, domain, state) for a hand-made problem; missing species are zero."""
     options = ModelOptions(grid=grid, drug=drug, chemotaxis_scheme=scheme, walls=walls)
     params = default_params(dtype, **param_overrides)
     injury = np.zeros(grid.shape, bool) if injury_mask is None else injury_mask
     domain = make_domain(labels, injury, dtype)
     zeros = np.zeros(grid.shape)
-    region = {"tnf": domain.cytokine, "il1": domain.cytokine, "drug": domain.cytokine,
-              "leukocytes": domain.leukocyte, "cartilage": domain.cartilage}
+    region = {
+        "tnf": domain.cytokine,
+        "il1": domain.cytokine,
+        "drug": domain.cytokine,
+        "leukocytes": domain.leukocyte,
+        "cartilage": domain.cartilage,
+    }
     state = State(*(jnp.asarray(state_arrays.get(s, zeros), dtype) * region[s] for s in State._fields))
     return options, params, domain, state
 

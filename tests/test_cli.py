@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_close
+
 from solver._cli import main
 from solver._output import RunFile
 
@@ -44,8 +44,9 @@ def _write(tmp_path, text, name="case.toml"):
 
 def _cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "solver._cli", *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "solver._cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def test_run_writes_every_frame_and_info_reads_it(tmp_path, capsys):
@@ -89,8 +90,12 @@ def test_resume_after_kill_gives_the_same_final_state(tmp_path):
     assert main(["run", str(cfg), "-o", str(full), "-q"]) == 0
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "solver._cli", "run", str(cfg), "-o", str(cut), "-q"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "solver._cli", "run", str(cfg), "-o", str(cut), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     frames = 0
     while time.time() < deadline and proc.poll() is None:
@@ -175,8 +180,24 @@ def test_divergence_stops_with_exit_3_and_keeps_frames(tmp_path, capsys):
 def test_set_overrides_reach_the_stored_config(tmp_path):
     cfg = _write(tmp_path, SMALL)
     out = tmp_path / "o.h5"
-    assert main(["run", str(cfg), "-o", str(out), "-q", "--set", "run.t_end_h=1.0", "--set", "parameters.chemotaxis=0.125",
-                 "--set", "drug.enabled=true"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(cfg),
+                "-o",
+                str(out),
+                "-q",
+                "--set",
+                "run.t_end_h=1.0",
+                "--set",
+                "parameters.chemotaxis=0.125",
+                "--set",
+                "drug.enabled=true",
+            ]
+        )
+        == 0
+    )
     with RunFile.open(out) as f:
         assert f.n_frames == 3
         assert "chemotaxis = 0.125" in f.config_toml
@@ -196,8 +217,10 @@ def test_label_map_and_initial_arrays_from_files(tmp_path):
     tnf[2:6, 2:8] = 80.0
     with h5py.File(tmp_path / "ic.h5", "w") as f:
         f["tnf"] = tnf
-    cfg = _write(tmp_path, textwrap.dedent(
-        """
+    cfg = _write(
+        tmp_path,
+        textwrap.dedent(
+            """
         [run]
         t_end_h = 1.0
         output_interval_h = 0.5
@@ -209,7 +232,8 @@ def test_label_map_and_initial_arrays_from_files(tmp_path):
         [initial]
         file = "ic.h5"
         """
-    ))
+        ),
+    )
     out = tmp_path / "seg_run.h5"
     assert main(["run", str(cfg), "-o", str(out), "-q"]) == 0
     with RunFile.open(out) as f:
@@ -243,7 +267,9 @@ def test_robin_drainage_from_the_config_removes_tnf(tmp_path):
         """
     )
     closed = _write(tmp_path, base, "closed.toml")
-    drained = _write(tmp_path, base + '\n[boundary.tnf]\nx_max = {type = "robin", coefficient = 0.5, value = 0.0}\n', "drained.toml")
+    drained = _write(
+        tmp_path, base + '\n[boundary.tnf]\nx_max = {type = "robin", coefficient = 0.5, value = 0.0}\n', "drained.toml"
+    )
     assert main(["run", str(closed), "-o", str(tmp_path / "c.h5"), "-q"]) == 0
     assert main(["run", str(drained), "-o", str(tmp_path / "d.h5"), "-q"]) == 0
     with RunFile.open(tmp_path / "c.h5") as c, RunFile.open(tmp_path / "d.h5") as d:

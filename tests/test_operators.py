@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close
+
 from fields import Grid
 from solver._operators import WallCondition, face_diffusivities, harmonic_face_mean
 from solver._operators import advection as _advection
@@ -19,6 +19,7 @@ def diffusion(u, d_faces, spacing, d_cell=None, walls=()):
 
 def advection(u, velocities, spacing, open_faces, scheme="upwind"):
     return jax.jit(_advection, static_argnums=(2, 4))(u, tuple(velocities), tuple(spacing), tuple(open_faces), scheme)
+
 
 SHAPES = {2: (12, 16), 3: (8, 10, 12)}
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from _problems import integrate, layered_labels, setup
+from _problems import layered_labels, setup
 from conftest import assert_close
+
 from fields import Grid
 from solver import StepTooLarge, choose_substeps, get_solver
 from solver._steppers import SSPRK3
@@ -15,8 +15,12 @@ from solver._steppers import SSPRK3
 def _problem(**overrides):
     grid = Grid((8, 10), (0.25, 0.25))
     rng = np.random.default_rng(3)
-    init = {"tnf": 20 * rng.uniform(size=grid.shape), "il1": 5 * rng.uniform(size=grid.shape),
-            "leukocytes": 300 * rng.uniform(size=grid.shape), "cartilage": np.ones(grid.shape)}
+    init = {
+        "tnf": 20 * rng.uniform(size=grid.shape),
+        "il1": 5 * rng.uniform(size=grid.shape),
+        "leukocytes": 300 * rng.uniform(size=grid.shape),
+        "cartilage": np.ones(grid.shape),
+    }
     mask = np.zeros(grid.shape, bool)
     mask[2:5, 3:6] = True
     return setup(grid, layered_labels(grid.shape), init, injury_mask=mask, **overrides)
@@ -26,8 +30,9 @@ def test_a_new_parameter_value_does_not_recompile():
     options, params, domain, state = _problem()
     solver = get_solver(options, "ssp_rk3", 7)
     first = solver.advance(state, 0.0, 0.01, params, domain)
-    other = params._replace(chemotaxis=params.chemotaxis * 3, decay_tnf=params.decay_tnf * 0.5,
-                            diffusivity_tnf=params.diffusivity_tnf * 1.1)
+    other = params._replace(
+        chemotaxis=params.chemotaxis * 3, decay_tnf=params.decay_tnf * 0.5, diffusivity_tnf=params.diffusivity_tnf * 1.1
+    )
     second = solver.advance(state, 0.0, 0.02, other, domain)
     assert solver.advance._cache_size() == 1
     assert float(jnp.max(jnp.abs(first.tnf - second.tnf))) > 1e-3  # and the value was used
@@ -81,8 +86,9 @@ def test_the_stable_limit_is_not_far_from_the_real_one():
 
     grid = Grid((16, 16), (0.1, 0.1))
     rng = np.random.default_rng(0)
-    options, params, domain, state = setup(grid, uniform_labels(grid.shape), {"il1": rng.uniform(size=grid.shape)},
-                                           **TRANSPORT_ONLY)
+    options, params, domain, state = setup(
+        grid, uniform_labels(grid.shape), {"il1": rng.uniform(size=grid.shape)}, **TRANSPORT_ONLY
+    )
     _, _, limits = choose_substeps(1.0, params, state, options, SSPRK3(), 1.0)
     solver = get_solver(options, "ssp_rk3", 200)
     ok = solver.advance(state, 0.0, 0.9 * limits["diffusion"], params, domain)

@@ -3,9 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from _problems import TRANSPORT_ONLY, integrate, layered_labels, setup, uniform_labels
 from conftest import assert_close
+
 from fields import Grid, Tissue
 from solver import WallCondition, get_solver
 from solver._params import DIFFUSIVITIES
@@ -27,7 +27,9 @@ def test_diffusion_with_decay_matches_the_exact_gaussian_at_second_order(ndim, s
         grid = Grid((n,) * ndim, (length / n,) * ndim)
         centre = (length / 2,) * ndim
         options, params, domain, state = setup(
-            grid, uniform_labels(grid.shape), {"tnf": gaussian(grid, t0, D_FLUID, k, centre)},
+            grid,
+            uniform_labels(grid.shape),
+            {"tnf": gaussian(grid, t0, D_FLUID, k, centre)},
             **{**TRANSPORT_ONLY, "decay_tnf": k},
         )
         final, _, _ = integrate(options, params, domain, state, t1 - t0, safety=0.5)
@@ -38,16 +40,20 @@ def test_diffusion_with_decay_matches_the_exact_gaussian_at_second_order(ndim, s
     assert 1.8 < order < 2.3, (errors, order)
 
 
-@pytest.mark.parametrize("stepper,order,shape", [("ssp_rk3", 3, (8, 10)), ("ssp_rk2", 2, (8, 10)),
-                                                 ("forward_euler", 1, (8, 10)), ("ssp_rk3", 3, (4, 5, 10))])
+@pytest.mark.parametrize(
+    "stepper,order,shape",
+    [("ssp_rk3", 3, (8, 10)), ("ssp_rk2", 2, (8, 10)), ("forward_euler", 1, (8, 10)), ("ssp_rk3", 3, (4, 5, 10))],
+)
 def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order, shape):
     """Every term on (injury and dosing off: they switch on in time); error vs a fine-step reference."""
     grid = Grid(shape, (0.5,) * len(shape))
     labels = layered_labels(grid.shape)
     rng = np.random.default_rng(0)
     init = {
-        "tnf": 50 * rng.uniform(size=grid.shape), "il1": 20 * rng.uniform(size=grid.shape),
-        "leukocytes": 1000 * rng.uniform(size=grid.shape), "cartilage": rng.uniform(0.5, 1.0, grid.shape),
+        "tnf": 50 * rng.uniform(size=grid.shape),
+        "il1": 20 * rng.uniform(size=grid.shape),
+        "leukocytes": 1000 * rng.uniform(size=grid.shape),
+        "cartilage": rng.uniform(0.5, 1.0, grid.shape),
         "drug": rng.uniform(size=grid.shape),
     }
     options, params, domain, state = setup(grid, labels, init, drug=True, injury_rate=0.0, drug_dose=0.0, chemotaxis=0.5)
@@ -78,8 +84,12 @@ def test_mass_is_conserved_to_round_off_across_tissues_with_chemotaxis(ndim, sch
     rng = np.random.default_rng(1)
     centre = tuple(0.2 * n / 3 for n in shape)
     r2 = sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre))
-    init = {"tnf": 200 * np.exp(-r2 / 0.5), "il1": 30 * rng.uniform(size=shape),
-            "leukocytes": 500 * rng.uniform(size=shape), "drug": rng.uniform(size=shape)}
+    init = {
+        "tnf": 200 * np.exp(-r2 / 0.5),
+        "il1": 30 * rng.uniform(size=shape),
+        "leukocytes": 500 * rng.uniform(size=shape),
+        "drug": rng.uniform(size=shape),
+    }
     options, params, domain, state = setup(grid, labels, init, drug=True, scheme=scheme, chemotaxis=0.3, **TRANSPORT_ONLY)
     final, n_sub, _ = integrate(options, params, domain, state, 3.0)
     assert n_sub > 50
@@ -99,14 +109,25 @@ def test_two_layer_steady_state_with_a_jump_in_diffusivity(ndim):
     h = length / n
     grid = Grid((1,) * (ndim - 1) + (n,), (1.0,) * (ndim - 1) + (h,))
     labels = np.full(grid.shape, int(Tissue.SYNOVIAL_FLUID), np.uint8)
-    labels[..., n // 2:] = int(Tissue.CAPSULE)
+    labels[..., n // 2 :] = int(Tissue.CAPSULE)
     d1, d2 = 1.0, 0.1
     table = np.zeros(6)
     table[int(Tissue.SYNOVIAL_FLUID)], table[int(Tissue.CAPSULE)] = d1, d2
-    walls = (("tnf", ((WallCondition(), WallCondition()),) * (ndim - 1)
-              + ((WallCondition("dirichlet", 1.0), WallCondition("dirichlet", 0.0)),)),)
+    walls = (
+        (
+            "tnf",
+            ((WallCondition(), WallCondition()),) * (ndim - 1)
+            + ((WallCondition("dirichlet", 1.0), WallCondition("dirichlet", 0.0)),),
+        ),
+    )
     options, params, domain, state = setup(
-        grid, labels, {}, walls=walls, diffusivity_tnf=table, diffusivity_il1=table, diffusivity_drug=table,
+        grid,
+        labels,
+        {},
+        walls=walls,
+        diffusivity_tnf=table,
+        diffusivity_il1=table,
+        diffusivity_drug=table,
         **TRANSPORT_ONLY,
     )
     final, _, _ = integrate(options, params, domain, state, 40.0)
@@ -127,7 +148,12 @@ def test_leukocytes_stay_non_negative_under_strong_chemotaxis(ndim, scheme):
     leuk = np.where(grid.mesh()[-1] < 0.1 * shape[-1] / 3, 1000.0, 0.0)  # a sharp front with empty cells
     init = {"tnf": 1000 * np.exp(-r2 / 0.02), "leukocytes": leuk}
     options, params, domain, state = setup(
-        grid, uniform_labels(shape), init, scheme=scheme, chemotaxis=20.0, chemotaxis_half_saturation=50.0,
+        grid,
+        uniform_labels(shape),
+        init,
+        scheme=scheme,
+        chemotaxis=20.0,
+        chemotaxis_half_saturation=50.0,
         injury_rate=0.0,
     )
     final, n_sub, _ = integrate(options, params, domain, state, 0.5, safety=1.0)
