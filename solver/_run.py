@@ -64,7 +64,7 @@ def _check(state_host: State, checks: dict, t: float) -> None:
 class RunResult:
     state: State
     time_h: float
-    frames_written: int
+    frames_in_file: int
     steps: int
     wall_s: float
 
@@ -124,13 +124,7 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
             bar.update(round(interval, 6))
     finally:
         bar.close()
-    return RunResult(
-        state,
-        scenario.n_frames * interval,
-        scenario.n_frames - start_frame + (start_frame == 0),
-        steps,
-        time.perf_counter() - start,
-    )
+    return RunResult(state, scenario.n_frames * interval, writer.n_frames, steps, time.perf_counter() - start)
 
 
 def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:
