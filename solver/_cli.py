@@ -1,4 +1,4 @@
-"""The ``synovia`` command: ``run`` a scenario, ``info`` on a run file.
+"""The ``synovia`` command: ``run`` a scenario, ``info`` on a run file, ``plot`` its figures.
 
 Exit codes: 0 done; 2 bad input (config, arguments, refusing to overwrite); 3 the
 solution diverged (frames so far are kept); 130 interrupted (frames so far are kept).
@@ -110,6 +110,41 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _slice_point(text: str) -> tuple[float, float, float]:
+    """``Z,Y,X`` in mm, for ``plot --slice``."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X in mm (three numbers), got {text!r}")
+    return values
+
+
+def _cmd_plot(args) -> int:
+    from ._plot import plot_run
+
+    path = Path(args.file)
+    if not path.is_file():
+        return _error(f"'{path}' does not exist")
+    try:
+        written = plot_run(
+            path,
+            args.output,
+            times=args.times,
+            log=args.log,
+            slice_point_mm=args.slice,
+            movie=args.movie,
+            movie_species=args.species,
+            dpi=args.dpi,
+        )
+    except (OSError, ValueError) as err:
+        return _error(str(err))
+    for out in written:
+        print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synovia", description="Simulate inflammation in a synovial joint (JAX PDE solver).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print what a run file holds")
     p.add_argument("file")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("plot", help="draw maps, clinical time courses and optionally a movie of a run file")
+    p.add_argument("file", help="run file (.h5)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the figures (created if needed)")
+    p.add_argument(
+        "--times", type=float, nargs="+", metavar="H", help="times to map, h (nearest frame; default: 4 spread over the run)"
+    )
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--log", dest="log", action="store_const", const=True, help="log colour scale (default: automatic)")
+    scale.add_argument("--linear", dest="log", action="store_const", const=False, help="linear colour scale")
+    p.add_argument("--slice", type=_slice_point, metavar="Z,Y,X", help="3D: point (mm) the slices pass through (default: centre)")
+    p.add_argument("--movie", action="store_true", help="also animate one species over all frames (MP4 with ffmpeg, else GIF)")
+    p.add_argument("--species", default="tnf", help="species of the movie (default: tnf)")
+    p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default: 120)")
+    p.set_defaults(func=_cmd_plot, log=None)
     return parser
 
 
