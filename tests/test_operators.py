@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_close
 
 from fields import Grid
-from solver._operators import WallCondition, face_diffusivities, harmonic_face_mean
+from solver._operators import WallCondition, face_diffusivities, harmonic_face_mean, pad_faces
 from solver._operators import advection as _advection
 from solver._operators import diffusion as _diffusion
 
@@ -27,6 +27,8 @@ SHAPES = {2: (12, 16), 3: (8, 10, 12)}
 def test_harmonic_face_mean_is_zero_against_impermeable_cells():
     d = jnp.array([1.0, 3.0, 0.0, 2.0])
     assert_close(harmonic_face_mean(d, 0), [1.5, 0.0, 0.0], rtol=1e-14)
+    # all faces: the walls get zero
+    assert_close(face_diffusivities(d[None, :])[1], [[0.0, 1.5, 0.0, 0.0, 0.0]], rtol=1e-14)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -61,6 +63,33 @@ def test_diffusion_is_exact_for_quadratics_in_the_interior(ndim, rng):
     got = diffusion(u, face_diffusivities(jnp.full(grid.shape, d)), grid.spacing)
     interior = tuple(slice(1, -1) for _ in range(ndim))
     assert_close(got[interior], np.full(got[interior].shape, 2 * d * coeffs.sum()), rtol=1e-10)
+
+
+@pytest.mark.parametrize("scheme", ["upwind", "limited"])
+def test_advection_conserves_the_sum_and_matches_a_face_flux_reference(scheme, rng):
+    """Against a direct implementation on interior faces (the textbook form), with closed faces."""
+    grid = Grid((7, 9), (0.1, 0.2))
+    u = jnp.asarray(rng.uniform(0, 1, grid.shape))
+    v = [jnp.asarray(rng.uniform(-1, 1, (6, 9))), jnp.asarray(rng.uniform(-1, 1, (7, 8)))]
+    is_open = [jnp.asarray(rng.uniform(size=f.shape) > 0.3, dtype=float) for f in v]
+    got = advection(
+        u, [pad_faces(f, a) for a, f in enumerate(v)], grid.spacing, [pad_faces(f, a) for a, f in enumerate(is_open)], scheme
+    )
+    un = np.asarray(u)
+    expected = np.zeros(grid.shape)
+    for a, h in enumerate(grid.spacing):
+        um = np.moveaxis(un, a, 0)
+        vm, om = np.moveaxis(np.asarray(v[a] * is_open[a]), a, 0), np.moveaxis(np.asarray(is_open[a]), a, 0)
+        diff = (um[1:] - um[:-1]) * om
+        dl = np.concatenate([np.zeros_like(diff[:1]), diff])
+        dr = np.concatenate([diff, np.zeros_like(diff[:1])])
+        slope = np.where(dl * dr > 0, np.sign(dl) * np.minimum(abs(dl), abs(dr)), 0.0) if scheme == "limited" else 0 * um
+        left, right = um[:-1] + 0.5 * slope[:-1], um[1:] - 0.5 * slope[1:]
+        flux = np.maximum(vm, 0) * left + np.minimum(vm, 0) * right
+        full = np.concatenate([np.zeros_like(flux[:1]), flux, np.zeros_like(flux[:1])])
+        expected += np.moveaxis(-(full[1:] - full[:-1]) / h, 0, a)
+    assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert abs(float(jnp.sum(got))) < 1e-12
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -106,7 +135,7 @@ def test_advection_of_a_linear_field_is_exact_in_the_interior(ndim, scheme, rng)
     faces = []
     for a in range(ndim):
         shape = list(grid.shape)
-        shape[a] -= 1
+        shape[a] += 1  # all faces; the walls carry no flux
         faces.append(jnp.full(shape, velocities[a]))
     open_faces = [jnp.ones_like(f) for f in faces]
     got = advection(u, faces, grid.spacing, open_faces, scheme)
@@ -119,6 +148,6 @@ def test_advection_of_a_linear_field_is_exact_in_the_interior(ndim, scheme, rng)
 def test_advection_carries_nothing_through_closed_faces(scheme, rng):
     grid = Grid((6, 8), (0.1, 0.1))
     u = jnp.asarray(rng.uniform(0, 1, grid.shape))
-    faces = [jnp.asarray(rng.uniform(-1, 1, (5, 8))), jnp.asarray(rng.uniform(-1, 1, (6, 7)))]
-    closed = [jnp.zeros((5, 8)), jnp.zeros((6, 7))]
+    faces = [jnp.asarray(rng.uniform(-1, 1, (7, 8))), jnp.asarray(rng.uniform(-1, 1, (6, 9)))]
+    closed = [jnp.zeros((7, 8)), jnp.zeros((6, 9))]
     assert float(jnp.max(jnp.abs(advection(u, faces, grid.spacing, closed, scheme)))) == 0.0
