@@ -1,0 +1,720 @@
+"""The benchmark cases. Each returns a list of plain-dict records (JSON-ready)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solver._model import coefficients, rhs
+from solver._operators import advection, diffusion, gradient_on_faces
+from solver._simulate import Solver, get_solver
+
+from ._harness import Memory, blocking, compiled_memory, now, on_gpu, time_calls
+from ._problem import Problem, box_problem, bytes_per_cell_update, cells_label, steps_per_call
+
+ROOT = Path(__file__).resolve().parent.parent
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+#: py-pde vs synovia on the smooth case (relative to each field's maximum, after 1 h).
+AGREEMENT_TOL = 1e-3
+
+
+@dataclasses.dataclass
+class Settings:
+    quick: bool
+    repeats: int
+    target_cell_updates: float  # per timed call
+    time_budget_s: float  # per forward case: skip sizes projected to take longer
+    log: object = print
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _scalars(pb: Problem):
+    dt = jnp.asarray(pb.dt, pb.dtype)
+    return jnp.asarray(0.0, pb.dtype), dt
+
+
+def _free_host_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def _free_device_bytes() -> int:
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return _free_host_bytes()
+    try:
+        s = dev.memory_stats() or {}
+        return int(s.get("bytes_limit", 16 << 30)) - int(s.get("bytes_in_use", 0))
+    except Exception:  # noqa: BLE001
+        return 16 << 30
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def forward_one(shape, precision: str, st: Settings, n_steps: int | None = None) -> dict:
+    """Throughput of ``solver.advance`` on the benchmark box of ``shape`` cells."""
+    dtype = DTYPES[precision]
+    pb = box_problem(shape, dtype)
+    n_steps = n_steps or steps_per_call(pb.cells, st.target_cell_updates)
+    solver = Solver(pb.options, "ssp_rk3", n_steps)
+    t0, dt = _scalars(pb)
+    args = (pb.state, t0, dt, pb.params, pb.domain)
+    with Memory() as mem:
+        t = now()
+        lowered = solver.advance.lower(*args)
+        lower_s = now() - t
+        t = now()
+        compiled = lowered.compile()
+        compile_s = now() - t
+        timing = time_calls(blocking(compiled, *args), st.repeats)
+    out = compiled(*args)
+    finite = bool(all(bool(jnp.all(jnp.isfinite(u))) for u in out))
+    per_call = timing["median_s"]
+    itemsize = jnp.dtype(dtype).itemsize
+    rec = {
+        "case": "forward",
+        "ndim": len(shape),
+        "grid": cells_label(shape),
+        "shape": list(shape),
+        "cells": pb.cells,
+        "precision": precision,
+        "steps_per_call": n_steps,
+        "dt_h": pb.dt,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        **timing,
+        "cell_updates_per_s": pb.cells * n_steps / per_call,
+        "s_per_step": per_call / n_steps,
+        "s_per_simulated_h": per_call / (n_steps * pb.dt),
+        "bytes_per_cell_update": bytes_per_cell_update(itemsize)["total_bytes"],
+        "finite": finite,
+        **mem.as_dict(),
+        **{f"xla_{k}": v for k, v in compiled_memory(compiled).items()},
+    }
+    if precision == "float32":
+        # with jax_enable_x64 on, a Python-float dt/t0 (as the run loop passes) makes the
+        # stage coefficients float64 (jnp.result_type(dt, float)): count f64 ops in that HLO
+        text = solver.advance.lower(pb.state, 0.0, float(pb.dt), pb.params, pb.domain).as_text()
+        rec["f64_tokens_in_hlo_with_python_float_dt"] = text.count("f64")
+        rec["f64_tokens_in_hlo_with_float32_dt"] = lowered.as_text().count("f64")
+    return rec
+
+
+def forward(st: Settings, smallest: bool = False) -> list[dict]:
+    gpu = on_gpu()
+    if smallest:
+        plan = [(2, [64], ["float32"])]
+    elif st.quick:
+        plan = [(2, [64, 128, 256, 512], ["float64", "float32"]), (3, [32, 64], ["float64", "float32"])]
+        if gpu:
+            plan = [(2, [64, 256, 1024], ["float64", "float32"]), (3, [32, 64, 128, 256], ["float32", "float64"])]
+    else:
+        plan = [(2, [64, 128, 256, 512, 1024], ["float64", "float32"]), (3, [32, 64, 128, 256], ["float64", "float32"])]
+        if gpu:
+            plan[0] = (2, [64, 128, 256, 512, 1024, 2048], ["float64", "float32"])
+    out = []
+    for ndim, sizes, precisions in plan:
+        for precision in precisions:
+            last_rate = None
+            for n in sizes:
+                shape = (n,) * ndim
+                cells = n**ndim
+                itemsize = jnp.dtype(DTYPES[precision]).itemsize
+                need = cells * itemsize * 60  # state, stage buffers, coefficients, XLA temporaries
+                if need > 0.6 * _free_device_bytes():
+                    out.append(_skipped("forward", shape, precision, f"needs ~{need / 2**30:.1f} GiB"))
+                    continue
+                n_steps = steps_per_call(cells, st.target_cell_updates)
+                if last_rate is not None:
+                    projected = cells * n_steps * (st.repeats + 2) / last_rate
+                    if projected > st.time_budget_s:
+                        out.append(_skipped("forward", shape, precision, f"projected {projected:.0f} s > budget"))
+                        continue
+                st.log(f"forward {cells_label(shape)} {precision} ({n_steps} steps per call)")
+                rec = forward_one(shape, precision, st, n_steps)
+                last_rate = rec["cell_updates_per_s"]
+                st.log(f"  {rec['cell_updates_per_s']:.3g} cell-updates/s, compile {rec['compile_s']:.2f} s")
+                out.append(rec)
+    return out
+
+
+def _skipped(case, shape, precision, why) -> dict:
+    return {
+        "case": case,
+        "ndim": len(shape),
+        "grid": cells_label(shape),
+        "shape": list(shape),
+        "precision": precision,
+        "skipped": why,
+    }
+
+
+# ----------------------------------------------------------------------------- ensemble
+
+
+def ensemble(st: Settings, n_members: int = 8, n: int = 128) -> list[dict]:
+    """``jax.vmap`` over ``n_members`` parameter sets (and states) on an n^2 box, against one run."""
+    out = []
+    rng = np.random.default_rng(0)
+    factors = rng.uniform(0.8, 1.2, size=(n_members, 3))
+    for precision in ("float64", "float32"):
+        dtype = DTYPES[precision]
+        pb = box_problem((n, n), dtype)
+        n_steps = steps_per_call(pb.cells * n_members, st.target_cell_updates)
+        solver = Solver(pb.options, "ssp_rk3", n_steps)
+        t0, dt = _scalars(pb)
+        names = ("chemotaxis", "decay_tnf", "tnf_per_leukocyte")
+        batched = pb.params._replace(
+            **{nm: jnp.asarray(float(getattr(pb.params, nm)) * factors[:, k], dtype) for k, nm in enumerate(names)}
+        )
+        batched = jax.tree.map(
+            lambda x: x if x.shape[:1] == (n_members,) else jnp.broadcast_to(x, (n_members, *x.shape)), batched
+        )
+        states = jax.tree.map(lambda u: jnp.broadcast_to(u, (n_members, *u.shape)), pb.state)
+        vmapped = jax.jit(jax.vmap(solver._advance, in_axes=(0, None, None, 0, None)))
+        args = (states, t0, dt, batched, pb.domain)
+        single_args = (pb.state, t0, dt, pb.params, pb.domain)
+        st.log(f"ensemble {n_members} x {n}^2 {precision}")
+        with Memory() as mem:
+            t = now()
+            compiled = vmapped.lower(*args).compile()
+            compile_s = now() - t
+            timing = time_calls(blocking(compiled, *args), st.repeats)
+        single = solver.advance.lower(*single_args).compile()
+        single_timing = time_calls(blocking(single, *single_args), st.repeats)
+        ens_rate = pb.cells * n_members * n_steps / timing["median_s"]
+        one_rate = pb.cells * n_steps / single_timing["median_s"]
+        out.append(
+            {
+                "case": "ensemble",
+                "grid": f"{n}^2",
+                "members": n_members,
+                "precision": precision,
+                "steps_per_call": n_steps,
+                "compile_s": compile_s,
+                **timing,
+                "cell_updates_per_s": ens_rate,
+                "single_cell_updates_per_s": one_rate,
+                "speedup_vs_sequential": ens_rate / one_rate,
+                "s_per_simulated_h_all_members": timing["median_s"] / (n_steps * pb.dt),
+                **mem.as_dict(),
+            }
+        )
+        st.log(f"  {ens_rate:.3g} cell-updates/s ({ens_rate / one_rate:.2f}x sequential)")
+    return out
+
+
+# ----------------------------------------------------------------------------- long scenario
+
+
+def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
+    """Time to solution of a weeks-long 2D knee run with weekly anti-TNF dosing (explicit SSP-RK3)."""
+    from solver._config import load_config
+    from solver._scenario import build_scenario
+
+    t_end = weeks * 168.0
+    cfg = load_config(ROOT / "configs" / "knee2d.toml", [f"run.t_end_h={t_end:g}", "drug.enabled=true"])
+    sc = build_scenario(cfg)
+    solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps)
+    dt = jnp.asarray(sc.dt, sc.dtype)
+    interval = sc.interval
+    frames = 8 if st.quick else sc.n_frames
+    st.log(f"long scenario: knee2d {sc.options.grid.shape}, {t_end:g} h, {f'first {frames} h timed' if st.quick else 'full run'}")
+    state = sc.initial
+    with Memory() as mem:
+        t = now()
+        state = jax.block_until_ready(solver.advance(state, jnp.asarray(0.0, sc.dtype), dt, sc.params, sc.domain))
+        first_s = now() - t
+        times = []
+        for k in range(1, frames + 1):
+            t = now()
+            state = jax.block_until_ready(solver.advance(state, jnp.asarray(k * interval, sc.dtype), dt, sc.params, sc.domain))
+            times.append(now() - t)
+    per_frame = statistics.median(times)
+    steps_total = sc.n_frames * sc.n_substeps
+    limits = sc.stability_limits
+    reaction_steps = math.ceil(t_end / (sc.config.run.safety * limits["reaction"]))
+    transport_free_steps = math.ceil(t_end / (sc.config.run.safety * min(limits["reaction"], limits["chemotaxis"])))
+    rec = {
+        "case": "long_scenario",
+        "scenario": "configs/knee2d.toml + drug.enabled, weekly dosing",
+        "grid": "x".join(map(str, sc.options.grid.shape)),
+        "cells": sc.options.grid.size,
+        "precision": sc.config.run.precision,
+        "stepper": sc.config.run.stepper + " (explicit; no implicit scheme exists yet)",
+        "simulated_h": t_end,
+        "dt_h": sc.dt,
+        "stability_limits_h": limits,
+        "steps_total": steps_total,
+        "frames_timed": frames,
+        "first_interval_s_incl_compile": first_s,
+        "s_per_simulated_h": per_frame / interval,
+        "time_to_solution_s": per_frame / interval * t_end + (first_s - per_frame),
+        "time_to_solution_measured": not st.quick,
+        "cell_updates_per_s": sc.options.grid.size * sc.n_substeps / per_frame,
+        "steps_if_step_set_by_reactions_and_chemotaxis": transport_free_steps,
+        "steps_if_step_set_by_reactions_only": reaction_steps,
+        "step_set_by": min(limits, key=limits.get),
+        **mem.as_dict(),
+    }
+    if not st.quick:
+        rec["time_to_solution_s"] = first_s + sum(times)
+    st.log(f"  {rec['s_per_simulated_h']:.3g} s per simulated h; {rec['time_to_solution_s']:.0f} s for {t_end:g} h")
+    return [rec]
+
+
+# ----------------------------------------------------------------------------- gradient
+
+
+def gradient(st: Settings) -> list[dict]:
+    """value_and_grad over all parameters through ``solver.trajectory`` vs the forward pass."""
+    n = 64 if st.quick else 128
+    n_sub = 8
+    frame_counts = [1, 2, 4, 8] if st.quick else [1, 2, 4, 8, 16, 32]
+    out = []
+    for precision in ("float64", "float32"):
+        dtype = DTYPES[precision]
+        pb = box_problem((n, n), dtype)
+        solver = Solver(pb.options, "ssp_rk3", n_sub)
+        _, dt = _scalars(pb)
+
+        def make_loss(n_frames, pb=pb, solver=solver, dt=dt):
+            def loss_fn(params):
+                _, frames = solver.trajectory(pb.state, params, pb.domain, dt, n_frames)
+                fluid = pb.domain.fluid
+                series = jnp.sum(frames.tnf * fluid, axis=(1, 2)) / jnp.sum(fluid)
+                return jnp.mean(series) + 1e-3 * jnp.mean(frames.leukocytes[-1])
+
+            return loss_fn
+
+        main_frames = frame_counts[-2] if len(frame_counts) > 1 else frame_counts[0]
+        rows = []
+        for n_frames in frame_counts:
+            loss = make_loss(n_frames)
+            st.log(f"gradient {n}^2 {precision}: {n_frames * n_sub} steps")
+            t = now()
+            fwd = jax.jit(loss).lower(pb.params).compile()
+            fwd_compile = now() - t
+            t = now()
+            vg = jax.jit(jax.value_and_grad(loss)).lower(pb.params).compile()
+            grad_compile = now() - t
+            with Memory() as mem_f:
+                tf = time_calls(blocking(fwd, pb.params), st.repeats)
+            with Memory() as mem_g:
+                tg = time_calls(blocking(vg, pb.params), st.repeats)
+            value, grads = vg(pb.params)
+            finite = bool(np.isfinite(float(value))) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+            rows.append(
+                {
+                    "case": "gradient",
+                    "grid": f"{n}^2",
+                    "precision": precision,
+                    "steps": n_frames * n_sub,
+                    "frames": n_frames,
+                    "forward_compile_s": fwd_compile,
+                    "grad_compile_s": grad_compile,
+                    "forward_s": tf["median_s"],
+                    "grad_s": tg["median_s"],
+                    "grad_over_forward": tg["median_s"] / tf["median_s"],
+                    "forward_peak_rss_bytes": mem_f.peak_rss,
+                    "grad_peak_rss_bytes": mem_g.peak_rss,
+                    "grad_device_peak_bytes": mem_g.device_peak,
+                    **{f"forward_xla_{k}": v for k, v in compiled_memory(fwd).items()},
+                    **{f"grad_xla_{k}": v for k, v in compiled_memory(vg).items()},
+                    "finite": finite,
+                    "main": n_frames == main_frames,
+                    "note": "no checkpointing (jax.checkpoint belongs to the inference issue): measures the solver as it is",
+                }
+            )
+            st.log(
+                f"  grad/forward {rows[-1]['grad_over_forward']:.2f}, "
+                f"grad temp {rows[-1].get('grad_xla_temp_bytes', 0) / 2**20:.1f} MiB"
+            )
+        out += rows
+    return out
+
+
+# ----------------------------------------------------------------------------- knee3d compile
+
+
+def knee3d_compile(st: Settings) -> list[dict]:
+    """Compile time of configs/knee3d.toml: build_scenario + get_solver + first advance."""
+    from solver._config import load_config
+    from solver._scenario import build_scenario
+
+    st.log("knee3d compile")
+    t = now()
+    sc = build_scenario(load_config(ROOT / "configs" / "knee3d.toml"))
+    build_s = now() - t
+    dt = jnp.asarray(sc.dt, sc.dtype)
+    t0 = jnp.asarray(0.0, sc.dtype)
+    args = (sc.initial, t0, dt, sc.params, sc.domain)
+    with Memory() as mem:
+        t = now()
+        solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps)
+        first = jax.block_until_ready(solver.advance(*args))
+        first_s = now() - t
+        run = time_calls(blocking(solver.advance, *args), max(2, st.repeats - 1), warmup=0)
+    # the same split with ahead-of-time lowering on a fresh (uncached) solver
+    fresh = Solver(sc.options, sc.config.run.stepper, sc.n_substeps)
+    t = now()
+    lowered = fresh.advance.lower(*args)
+    lower_s = now() - t
+    t = now()
+    lowered.compile()
+    aot_compile_s = now() - t
+    del first
+    rec = {
+        "case": "knee3d_compile",
+        "grid": "x".join(map(str, sc.options.grid.shape)),
+        "cells": sc.options.grid.size,
+        "precision": sc.config.run.precision,
+        "substeps_per_interval": sc.n_substeps,
+        "build_scenario_s": build_s,
+        "first_advance_s": first_s,
+        "interval_run_s": run["median_s"],
+        "compile_s": max(first_s - run["median_s"], 0.0),
+        "build_plus_first_advance_s": build_s + first_s,
+        "aot_lower_s": lower_s,
+        "aot_compile_s": aot_compile_s,
+        **mem.as_dict(),
+    }
+    st.log(f"  compile {rec['compile_s']:.2f} s (AOT lower {lower_s:.2f} + compile {aot_compile_s:.2f} s)")
+    return [rec]
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def profile(st: Settings, n: int = 256, precision: str = "float64") -> list[dict]:
+    """Time the pieces of one step separately: rhs, per-species diffusion, chemotaxis, stage update."""
+    dtype = DTYPES[precision]
+    pb = box_problem((n, n), dtype)
+    opts, params, domain, state = pb.options, pb.params, pb.domain, pb.state
+    h = opts.grid.spacing
+    coeffs = jax.jit(coefficients)(params, domain)
+    t0, dt = _scalars(pb)
+    reps = 20  # evaluations per timed call (amortises dispatch)
+
+    def repeat(fn):
+        def many(*args):
+            def body(i, acc):
+                r = fn(*args, acc)
+                # every output element feeds the carry, so XLA can neither hoist nor slice the work away
+                return acc + 1e-30 * jax.tree.reduce(lambda a, b: a + b, jax.tree.map(jnp.sum, r))
+
+            return jax.lax.fori_loop(0, reps, body, jnp.zeros((), dtype))
+
+        return jax.jit(many)
+
+    pieces = {
+        "rhs (all terms)": (
+            lambda s, c, eps: rhs(jax.tree.map(lambda u: u + eps, s), t0, params, c, domain, opts),
+            (state, coeffs),
+        ),
+        "diffusion, one species": (
+            lambda u, c, eps: diffusion(u + eps, c.d_faces["tnf"], h, c.d_cell["tnf"], opts.walls_for("tnf")),
+            (state.tnf, coeffs),
+        ),
+        "chemotaxis (gradient of f(T) + upwind flux)": (
+            lambda s, c, eps: advection(
+                s.leukocytes + eps,
+                tuple(
+                    params.chemotaxis * g
+                    for g in gradient_on_faces((s.tnf + eps) / (params.chemotaxis_half_saturation + s.tnf + eps), h)
+                ),
+                h,
+                c.leukocyte_faces,
+                opts.chemotaxis_scheme,
+            ),
+            (state, coeffs),
+        ),
+        "stage update a*y0 + (1-a)(y + dt k), 5 fields": (
+            lambda s, k, eps: jax.tree.map(lambda y0, y, kk: 0.75 * y0 + 0.25 * (y + eps + dt * kk), s, s, k),
+            (state, state),
+        ),
+        "coefficients (once per call)": (
+            lambda p, d, eps: coefficients(p._replace(diffusivity_tnf=p.diffusivity_tnf + eps), d),
+            (params, domain),
+        ),
+    }
+    step = forward_one((n, n), precision, dataclasses.replace(st, repeats=st.repeats), n_steps=20)
+    step_s = step["s_per_step"]
+    out = []
+    st.log(f"profile {n}^2 {precision}: step {step_s * 1e3:.2f} ms")
+    for name, (fn, args) in pieces.items():
+        f = repeat(fn)
+        timing = time_calls(blocking(f, *args), st.repeats)
+        per_eval = timing["median_s"] / reps
+        per_step = {"coefficients (once per call)": 1 / 20, "diffusion, one species": 3}.get(name, 3)
+        out.append(
+            {
+                "case": "profile",
+                "grid": f"{n}^2",
+                "precision": precision,
+                "piece": name,
+                "ms_per_evaluation": per_eval * 1e3,
+                "evaluations_per_step": per_step,
+                "share_of_step": per_eval * per_step / step_s,
+                "ns_per_cell_evaluation": per_eval / pb.cells * 1e9,
+            }
+        )
+        st.log(f"  {name}: {per_eval * 1e3:.3f} ms")
+    compiled = Solver(opts, "ssp_rk3", 20).advance.lower(state, t0, dt, params, domain).compile()
+    text = compiled.as_text()
+    out.append(
+        {
+            "case": "profile",
+            "grid": f"{n}^2",
+            "precision": precision,
+            "piece": "measured step (3 stages)",
+            "ms_per_evaluation": step_s * 1e3,
+            "evaluations_per_step": 1,
+            "share_of_step": 1.0,
+            "ns_per_cell_evaluation": step_s / pb.cells * 1e9,
+            "hlo_fusions": text.count("fusion("),
+            "hlo_while_loops": text.count(" while("),
+        }
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+def roofline(st: Settings) -> list[dict]:
+    """STREAM-like triad a = b + s*c in JAX (and numba when present): the memory-bandwidth limit."""
+    gpu = on_gpu()
+    out = []
+    for precision in ("float64", "float32"):
+        dtype = DTYPES[precision]
+        itemsize = jnp.dtype(dtype).itemsize
+        n = (1 << 28 if gpu else 1 << 25) if not st.quick else (1 << 27 if gpu else 1 << 24)
+        n = min(n, int(0.15 * _free_device_bytes() / itemsize))
+        b = jnp.ones(n, dtype)
+        c = jnp.full(n, 0.5, dtype)
+        s = jnp.asarray(1.5, dtype)
+        triad = jax.jit(lambda b, c, s: b + s * c)
+        timing = time_calls(blocking(triad, b, c, s), max(5, st.repeats))
+        moved = 3 * n * itemsize
+        out.append(
+            {
+                "case": "roofline",
+                "kernel": "jax triad",
+                "precision": precision,
+                "elements": n,
+                "bytes_moved": moved,
+                **timing,
+                "bandwidth_GBps": moved / timing["median_s"] / 1e9,
+                "best_bandwidth_GBps": moved / timing["min_s"] / 1e9,
+            }
+        )
+        st.log(f"roofline jax triad {precision}: {out[-1]['bandwidth_GBps']:.1f} GB/s")
+        del b, c
+        if not gpu and has("numba"):
+            out.append(_numba_triad(n, np.dtype(precision), st))
+    return out
+
+
+def _numba_triad(n: int, dtype, st: Settings) -> dict:
+    import numba
+
+    @numba.njit(parallel=True)
+    def triad(a, b, c, s):
+        for i in numba.prange(a.shape[0]):
+            a[i] = b[i] + s * c[i]
+
+    a = np.empty(n, dtype)
+    b = np.ones(n, dtype)
+    c = np.full(n, 0.5, dtype)
+    s = dtype.type(1.5)
+    triad(a, b, c, s)
+    timing = time_calls(lambda: triad(a, b, c, s), max(5, st.repeats))
+    moved = 3 * n * dtype.itemsize
+    rec = {
+        "case": "roofline",
+        "kernel": f"numba triad ({numba.get_num_threads()} threads)",
+        "precision": dtype.name,
+        "elements": n,
+        "bytes_moved": moved,
+        **timing,
+        "bandwidth_GBps": moved / timing["median_s"] / 1e9,
+        "best_bandwidth_GBps": moved / timing["min_s"] / 1e9,
+    }
+    st.log(f"roofline numba triad {dtype.name}: {rec['bandwidth_GBps']:.1f} GB/s")
+    return rec
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def _rel_diff(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def numba_reference(st: Settings) -> list[dict]:
+    """The hand-written numba stencil: check it against synovia to 1e-10, then time it."""
+    if not has("numba"):
+        return [{"case": "numba_stencil", "skipped": "numba not installed"}]
+    from ._numba_stencil import NumbaStencil
+
+    out = []
+    # validation: 40 steps on a non-square grid, every field
+    pb = box_problem((96, 80), jnp.float64)
+    n_val = 40
+    ref = jax.block_until_ready(Solver(pb.options, "ssp_rk3", n_val).advance(pb.state, *_scalars(pb), pb.params, pb.domain))
+    stencil = NumbaStencil(pb)
+    t = now()
+    y = NumbaStencil.interior(stencil.advance(stencil.initial(pb.state), n_val))
+    compile_s = now() - t
+    diffs = {name: _rel_diff(y[k], ref[k]) for k, name in enumerate(("tnf", "il1", "leukocytes")) if np.max(np.abs(ref[k])) > 0}
+    worst = max(diffs.values())
+    ok = worst < 1e-10
+    st.log(f"numba stencil vs synovia ({n_val} steps, float64): max relative difference {worst:.2e} ({'ok' if ok else 'FAILED'})")
+    sizes = [64, 128, 256, 512] if st.quick else [64, 128, 256, 512, 1024]
+    for n in sizes:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks._worker", "stencil", str(n), str(st.repeats), str(st.target_cell_updates)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        w = json.loads(proc.stdout.strip().splitlines()[-1])
+        cells = n * n
+        rate = cells * w["steps_per_call"] / w["median_s"]
+        out.append(
+            {
+                "case": "numba_stencil",
+                "ndim": 2,
+                "grid": f"{n}^2",
+                "cells": cells,
+                "precision": "float64",
+                "timed_in": "separate process (no XLA thread pool)",
+                **w,
+                "compile_s": w["compile_s"] if n == sizes[0] else 0.0,
+                "validation_compile_and_run_s": compile_s,
+                "cell_updates_per_s": rate,
+                "s_per_simulated_h": w["median_s"] / (w["steps_per_call"] * w["dt"]),
+                "validated_max_rel_diff": worst,
+                "validated": ok,
+                "validation_tolerance": 1e-10,
+            }
+        )
+        st.log(f"numba stencil {n}^2 ({w['threads']} threads): {rate:.3g} cell-updates/s")
+    return out
+
+
+def _fields_diff(theirs, pb, n_steps, scheme="upwind") -> dict:
+    options = dataclasses.replace(pb.options, chemotaxis_scheme=scheme)
+    ours = jax.block_until_ready(Solver(options, "ssp_rk3", n_steps).advance(pb.state, *_scalars(pb), pb.params, pb.domain))
+    return {nm: _rel_diff(theirs[k], ours[k]) for k, nm in enumerate(("tnf", "il1", "leukocytes"))}
+
+
+def pypde_agreement(st: Settings) -> dict:
+    """py-pde's equations (numpy backend: same expressions, no compile) against synovia on the smooth case.
+
+    Smooth case: the benchmark box without the injury ball, 16 mm wide, at h = 0.25 and 0.125 mm,
+    one simulated hour in SSP-RK3 at synovia's dt. Tolerance: 3 x synovia's own chemotaxis
+    discretisation error (first-order upwind vs limited second-order scheme).
+    """
+    from . import _pypde
+
+    rows = {}
+    for n in (64, 128):
+        pb = box_problem((n, n), jnp.float64, extent_mm=16.0, injury=False)
+        eq, state = _pypde.equation(pb)
+        f = eq.make_pde_rhs(state, backend="numpy")
+        y = state.data.copy()
+        dt = pb.dt
+        n_steps = max(1, round(1.0 / dt))
+        for k in range(n_steps):
+            t = k * dt
+            y1 = y + dt * f(y, t)
+            y2 = 0.75 * y + 0.25 * (y1 + dt * f(y1, t + dt))
+            y = y / 3.0 + 2.0 / 3.0 * (y2 + dt * f(y2, t + 0.5 * dt))
+        ours = jax.block_until_ready(
+            Solver(pb.options, "ssp_rk3", n_steps).advance(pb.state, *_scalars(pb), pb.params, pb.domain)
+        )
+        limited = _fields_diff(np.asarray(jnp.stack(ours[:3])), pb, n_steps, "limited")
+        diff = {nm: _rel_diff(y[k], ours[k]) for k, nm in enumerate(("tnf", "il1", "leukocytes"))}
+        rows[f"{n}^2"] = {"h_mm": pb.grid.spacing[0], "rel_diff": diff, "synovia_upwind_vs_limited": limited}
+        st.log(f"py-pde agreement, smooth case {n}^2: {diff} (synovia upwind vs limited: {limited})")
+    coarse, fine = rows["64^2"]["rel_diff"], rows["128^2"]["rel_diff"]
+    order = {nm: math.log2(coarse[nm] / fine[nm]) if fine[nm] > 0 else math.inf for nm in coarse}
+    ok = all(fine[nm] <= AGREEMENT_TOL for nm in fine) and order["leukocytes"] >= 0.7
+    st.log(f"  convergence order of the difference: {order}; {'ok' if ok else 'FAILED'}")
+    return {
+        "agreement": rows,
+        "agreement_order": order,
+        "agreement_tolerance": AGREEMENT_TOL,
+        "agreement_rule": (
+            f"smooth case, 1 h: max|py-pde - synovia| / max|synovia| <= {AGREEMENT_TOL:g} at h = 0.125 mm and the "
+            "leukocyte difference shrinks at least at order 0.7 when h halves (upwind vs central: first order)"
+        ),
+        "agreement_ok": ok,
+    }
+
+
+def pypde_reference(st: Settings) -> list[dict]:
+    """py-pde on the same equations and grid: agreement check first, then timing."""
+    if not (has("pde") and has("numba")):
+        return [{"case": "py-pde", "skipped": "py-pde/numba not installed"}]
+    import tempfile
+
+    agreement = pypde_agreement(st)
+    out = []
+    sizes = [256] if st.quick else [128, 256, 512]
+    for n in sizes:
+        pb = box_problem((n, n), jnp.float64)
+        st.log(f"py-pde {n}^2: compiling in a separate process (py-pde's numba compile takes a minute or two)")
+        with tempfile.TemporaryDirectory() as tmp:
+            npy = str(Path(tmp) / "pypde.npy")
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks._worker", "pypde", str(n), str(st.repeats), str(st.target_cell_updates), npy],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            w = json.loads(proc.stdout.strip().splitlines()[-1])
+            theirs = np.load(npy)
+        rate = pb.cells * w["steps_per_call"] / w["median_s"]
+        rec = {
+            "case": "py-pde",
+            "ndim": 2,
+            "grid": f"{n}^2",
+            "cells": pb.cells,
+            "precision": "float64",
+            "timed_in": "separate process (no XLA thread pool)",
+            **w,
+            "cell_updates_per_s": rate,
+            "s_per_simulated_h": w["median_s"] / (w["steps_per_call"] * pb.dt),
+            **agreement,
+            "timed_problem_vs_synovia_rel_diff": _fields_diff(theirs, pb, w["agreement_steps"]),
+        }
+        st.log(f"  {rate:.3g} cell-updates/s; rhs {w['rhs_ms']:.2f} ms; compile {w['compile_s']:.0f} s")
+        out.append(rec)
+    return out

@@ -1,0 +1,520 @@
+"""Targets (ratios measured in one run), the Markdown tables and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _find(records, case, **match):
+    for r in records:
+        if r.get("case") == case and "skipped" not in r and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def targets(records: list[dict], machine: dict) -> list[dict]:
+    """The issue's targets as measured ratios (reported, never asserted)."""
+    out = []
+    ours = _find(records, "forward", grid="256^2", precision="float64")
+    pypde = _find(records, "py-pde", grid="256^2")
+    stencil = _find(records, "numba_stencil", grid="256^2")
+    if ours and pypde:
+        ratio = pypde["s_per_simulated_h"] / ours["s_per_simulated_h"]
+        out.append(_t("2D 256^2 float64 forward: synovia vs py-pde (same dt, same SSP-RK3)", ratio, ">= 30x", ratio >= 30, "x"))
+    else:
+        out.append(_t("2D 256^2 float64 forward: synovia vs py-pde", None, ">= 30x", None, "x", "not measured"))
+    if ours and stencil:
+        ratio = stencil["s_per_simulated_h"] / ours["s_per_simulated_h"]
+        out.append(_t("2D 256^2 float64 forward: synovia vs numba stencil", ratio, ">= 0.5x", ratio >= 0.5, "x"))
+    else:
+        out.append(_t("2D 256^2 float64 forward: synovia vs numba stencil", None, ">= 0.5x", None, "x", "not measured"))
+    knee = _find(records, "knee3d_compile")
+    if knee:
+        dev = machine.get("device")
+        ok = knee["compile_s"] < 20 if dev == "CPU" else None
+        out.append(_t(f"knee3d compile on {dev} (first advance minus a run)", knee["compile_s"], "< 20 s on CPU", ok, "s"))
+    gpu = machine.get("device") == "GPU"
+    big = _find(records, "forward", grid="256^3", precision="float32")
+    if gpu and big and big.get("roofline_fraction") is not None:
+        frac = big["roofline_fraction"]
+        out.append(_t("GPU 3D 256^3 float32: fraction of HBM roofline", frac, ">= 0.5", frac >= 0.5, ""))
+    else:
+        out.append(_t("GPU 3D 256^3 float32: fraction of HBM roofline", None, ">= 0.5", None, "", "needs a GPU"))
+    grad = _find(records, "gradient", precision="float32", main=True)
+    if gpu and grad:
+        r = grad["grad_over_forward"]
+        out.append(_t("GPU gradient / forward time (float32)", r, "<= 4x", r <= 4, "x"))
+    else:
+        note = "needs a GPU"
+        if grad:
+            note += f" (measured here: {grad['grad_over_forward']:.2f}x on {machine.get('device')})"
+        out.append(_t("GPU gradient / forward time (float32)", None, "<= 4x", None, "x", note))
+    return out
+
+
+def _t(name, value, target, met, unit, note=""):
+    return {"target": name, "value": value, "goal": target, "met": met, "unit": unit, "note": note}
+
+
+def add_roofline(records: list[dict]) -> None:
+    """Fraction of the triad bandwidth that each forward case reaches (minimal-traffic model)."""
+    bw = {}
+    for r in records:
+        if r.get("case") == "roofline":
+            bw[r["precision"]] = max(bw.get(r["precision"], 0.0), r["bandwidth_GBps"])
+    for r in records:
+        if r.get("case") in ("forward", "numba_stencil") and "skipped" not in r and r.get("precision") in bw:
+            bpc = r.get("bytes_per_cell_update")
+            if bpc is None:
+                from ._problem import bytes_per_cell_update
+
+                bpc = bytes_per_cell_update(8 if r["precision"] == "float64" else 4)["total_bytes"]
+                r["bytes_per_cell_update"] = bpc
+            r["achieved_GBps"] = r["cell_updates_per_s"] * bpc / 1e9
+            r["roofline_fraction"] = r["achieved_GBps"] / bw[r["precision"]]
+            r["roofline_cell_updates_per_s"] = bw[r["precision"]] * 1e9 / bpc
+
+
+def _fmt(v, digits=3):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e4 or abs(v) < 1e-2:
+            return f"{v:.{digits}g}"
+        return f"{v:.{digits}g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def _mb(v):
+    return "-" if v is None else f"{v / 2**20:.0f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    m, recs = result["machine"], result["records"]
+    cpu = f"{m['cpu_model']}, {m['usable_cpus']} usable cores"
+    mem = f"{m['host_memory_bytes'] / 2**30:.0f} GiB RAM" if m.get("host_memory_bytes") else ""
+    lines = [
+        f"# synovia benchmarks ({'quick' if result['quick'] else 'full'} run, {result['date']})",
+        "",
+        f"Device: **{m['device']}** ({m['device_kind']}); host: {cpu}, {mem}; jax {m['jax']}, numba {m.get('numba')}, "
+        f"py-pde {m.get('py-pde')}. Suite wall time {result['wall_s']:.0f} s. Times are medians of repeated calls "
+        "after a warm-up (compile) call. Memory: host peak RSS per case (VmHWM, reset per case), device peak where reported.",
+        "",
+        "## Targets (ratios measured in this run; reported, not asserted)",
+        "",
+    ]
+    rows = []
+    for t in result["targets"]:
+        met = "-" if t["met"] is None else ("met" if t["met"] else "**missed**")
+        value = "-" if t["value"] is None else f"{t['value']:.3g}{t['unit']}"
+        rows.append([t["target"], value, t["goal"], met, t["note"]])
+    lines += [_table(["target", "measured", "goal", "status", "note"], rows), ""]
+
+    fwd = [r for r in recs if r.get("case") == "forward"]
+    if fwd:
+        lines += [
+            "## Forward throughput (uniform synovial-fluid box, h = 0.25 mm, SSP-RK3, all T/I/L terms active)",
+            "",
+        ]
+        rows = []
+        for r in fwd:
+            if "skipped" in r:
+                rows.append([f"{r['ndim']}D", r["grid"], r["precision"], "skipped: " + r["skipped"]] + [""] * 8)
+                continue
+            rows.append(
+                [
+                    f"{r['ndim']}D",
+                    r["grid"],
+                    r["precision"],
+                    f"{r['cell_updates_per_s']:.3g}",
+                    f"{r['s_per_simulated_h']:.3g}",
+                    f"{r['s_per_step'] * 1e3:.3g}",
+                    f"{r['compile_s']:.2f}",
+                    r["steps_per_call"],
+                    _mb(r.get("peak_rss_bytes")),
+                    _mb(r.get("device_peak_bytes")),
+                    "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.2f}",
+                    _mb(r.get("xla_temp_bytes")),
+                ]
+            )
+        lines += [
+            _table(
+                [
+                    "dim",
+                    "grid",
+                    "precision",
+                    "cell-updates/s",
+                    "s per sim. h",
+                    "ms/step",
+                    "compile s",
+                    "steps/call",
+                    "peak RSS MiB",
+                    "device peak MiB",
+                    "roofline frac.",
+                    "XLA temp MiB",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        f32 = [r for r in fwd if r.get("f64_tokens_in_hlo_with_python_float_dt")]
+        if f32:
+            lines += [
+                f"Note: with `jax_enable_x64` on, a float32 run called with a Python-float `dt` (as the run loop does) lowers "
+                f"to HLO with {f32[0]['f64_tokens_in_hlo_with_python_float_dt']} f64 tokens (stage coefficients promoted to "
+                f"float64) versus {f32[0]['f64_tokens_in_hlo_with_float32_dt']} with a float32 `dt`; the suite passes `dt` "
+                "in the state dtype.",
+                "",
+            ]
+
+    ref = [r for r in recs if r.get("case") in ("numba_stencil", "py-pde")]
+    if ref:
+        lines += ["## References on the same equations and grid (2D, float64)", ""]
+        rows = []
+        for r in ref:
+            if "skipped" in r:
+                rows.append([r["case"], "-", "skipped: " + r["skipped"], "", "", "", ""])
+                continue
+            if r["case"] == "numba_stencil":
+                check = f"max rel. diff {r['validated_max_rel_diff']:.1e} (tol 1e-10): {'ok' if r['validated'] else 'FAILED'}"
+            else:
+                parts = []
+                for grid, row in r["agreement"].items():
+                    d = row["rel_diff"]
+                    parts.append(f"{grid} h={row['h_mm']:g}: T {d['tnf']:.1e}, I {d['il1']:.1e}, L {d['leukocytes']:.1e}")
+                check = (
+                    "smooth case vs synovia: "
+                    + "; ".join(parts)
+                    + f"; L order {r['agreement_order']['leukocytes']:.2f}; tol {r['agreement_tolerance']:g}"
+                    + (": ok" if r["agreement_ok"] else ": FAILED")
+                )
+            ours = _find(recs, "forward", grid=r["grid"], precision="float64")
+            speed = f"{r['s_per_simulated_h'] / ours['s_per_simulated_h']:.2f}" if ours else "-"
+            rows.append(
+                [
+                    r["case"],
+                    r["grid"],
+                    f"{r['cell_updates_per_s']:.3g}",
+                    f"{r['s_per_simulated_h']:.3g}",
+                    f"{r['compile_s']:.1f}",
+                    speed,
+                    check,
+                ]
+            )
+        lines += [
+            _table(["reference", "grid", "cell-updates/s", "s per sim. h", "compile s", "synovia speed-up", "check"], rows),
+            "",
+            "py-pde: its numba-compiled right-hand side (central-difference chemotaxis, Neumann walls) in an SSP-RK3 loop at "
+            "synovia's dt; cartilage and drug omitted (absent/zero in a synovial-fluid box; recruitment is synovium-only, so "
+            "zero as well). Agreement: smooth case (no injury ball, 16 mm box), one simulated hour, py-pde's expressions "
+            "(numpy backend, no compile) against synovia at h = 0.25 and 0.125 mm: T and I agree to ~1e-6 (same stencils in "
+            "a uniform box), L to the O(h) difference between upwind and central chemotaxis, which shrinks at first order. "
+            "numba stencil: synovia's exact scheme, fused stages, `prange` over rows. Both timed in separate processes.",
+            "",
+        ]
+
+    roof = [r for r in recs if r.get("case") == "roofline"]
+    if roof:
+        lines += ["## Hardware limit (STREAM-like triad a = b + s*c)", ""]
+        rows = [
+            [r["kernel"], r["precision"], r["elements"], f"{r['bandwidth_GBps']:.1f}", f"{r['best_bandwidth_GBps']:.1f}"]
+            for r in roof
+        ]
+        from ._problem import bytes_per_cell_update
+
+        b64, b32 = bytes_per_cell_update(8), bytes_per_cell_update(4)
+        lines += [
+            _table(["kernel", "precision", "elements", "GB/s (median)", "GB/s (best)"], rows),
+            "",
+            f"Minimal traffic of one SSP-RK3 step per cell: {b64['total_bytes']} B in float64 "
+            f"({b32['total_bytes']} B in float32) = "
+            f"state {b64['state_bytes']} B (T, I, L, C: stage 1 reads y0 and writes y1, stages 2-3 read y_s and y0 and write; "
+            f"8 arrays per species) + coefficients {b64['coefficient_bytes']} B (3 cell diffusivities + 5 masks read per stage). "
+            f"With one uint8 tissue label per cell instead: {b64['lean_total_bytes']} B. Roofline fraction = cell-updates/s x "
+            "bytes per cell-update / best triad bandwidth of that precision.",
+            "",
+        ]
+
+    ens = [r for r in recs if r.get("case") == "ensemble"]
+    if ens:
+        lines += ["## Ensemble (jax.vmap over parameter sets and states)", ""]
+        rows = [
+            [
+                r["grid"],
+                r["members"],
+                r["precision"],
+                f"{r['cell_updates_per_s']:.3g}",
+                f"{r['single_cell_updates_per_s']:.3g}",
+                f"{r['speedup_vs_sequential']:.2f}",
+                f"{r['compile_s']:.2f}",
+                _mb(r.get("peak_rss_bytes")),
+            ]
+            for r in ens
+        ]
+        lines += [
+            _table(
+                [
+                    "grid",
+                    "members",
+                    "precision",
+                    "cell-updates/s",
+                    "one run cell-updates/s",
+                    "vs sequential",
+                    "compile s",
+                    "peak RSS MiB",
+                ],
+                rows,
+            ),
+            "",
+        ]
+
+    long = [r for r in recs if r.get("case") == "long_scenario"]
+    for r in long:
+        lim = r["stability_limits_h"]
+        lines += [
+            "## Time to solution: long scenario (explicit stepper only: no implicit scheme exists yet)",
+            "",
+            _table(
+                [
+                    "scenario",
+                    "grid",
+                    "precision",
+                    "stepper",
+                    "simulated",
+                    "dt h",
+                    "steps",
+                    "s per sim. h",
+                    "time to solution",
+                    "measured",
+                ],
+                [
+                    [
+                        r["scenario"],
+                        r["grid"],
+                        r["precision"],
+                        r["stepper"],
+                        f"{r['simulated_h'] / 168:.0f} weeks",
+                        f"{r['dt_h']:.4f}",
+                        r["steps_total"],
+                        f"{r['s_per_simulated_h']:.3g}",
+                        f"{r['time_to_solution_s']:.0f} s",
+                        "full run" if r["time_to_solution_measured"] else f"extrapolated from {r['frames_timed']} h",
+                    ]
+                ],
+            ),
+            "",
+            f"Stable-step limits (h): diffusion {lim['diffusion']:.4g}, chemotaxis {lim['chemotaxis']:.4g}, reaction "
+            f"{lim['reaction']:.4g}; the explicit step is set by {r['step_set_by']}. With diffusion treated implicitly (IMEX) "
+            f"the step would be set by chemotaxis and reactions: {r['steps_if_step_set_by_reactions_and_chemotaxis']} steps "
+            f"instead of {r['steps_total']}; with implicit transport, reactions only: "
+            f"{r['steps_if_step_set_by_reactions_only']}; with all of it implicit, accuracy alone would set the step.",
+            "",
+        ]
+
+    grad = [r for r in recs if r.get("case") == "gradient"]
+    if grad:
+        lines += ["## Gradient (jax.value_and_grad through solver.trajectory, all parameters)", ""]
+        rows = [
+            [
+                r["grid"],
+                r["precision"],
+                r["steps"],
+                f"{r['forward_s'] * 1e3:.3g}",
+                f"{r['grad_s'] * 1e3:.3g}",
+                f"{r['grad_over_forward']:.2f}",
+                _mb(r.get("forward_xla_temp_bytes")),
+                _mb(r.get("grad_xla_temp_bytes")),
+                _mb(r.get("grad_peak_rss_bytes")),
+                f"{r['grad_compile_s']:.1f}",
+            ]
+            for r in grad
+        ]
+        lines += [
+            _table(
+                [
+                    "grid",
+                    "precision",
+                    "steps",
+                    "forward ms",
+                    "value+grad ms",
+                    "grad/forward",
+                    "fwd XLA temp MiB",
+                    "grad XLA temp MiB",
+                    "grad peak RSS MiB",
+                    "grad compile s",
+                ],
+                rows,
+            ),
+            "",
+            "Memory grows linearly with the number of steps: reverse mode stores every stage of every step. "
+            "Checkpointing (jax.checkpoint per interval) belongs to the inference issue; this measures the solver as it is.",
+            "",
+        ]
+
+    knee = [r for r in recs if r.get("case") == "knee3d_compile"]
+    for r in knee:
+        lines += [
+            "## Compile time: configs/knee3d.toml",
+            "",
+            _table(
+                [
+                    "grid",
+                    "precision",
+                    "build_scenario s",
+                    "first advance s",
+                    "one interval s",
+                    "compile s",
+                    "AOT lower s",
+                    "AOT compile s",
+                ],
+                [
+                    [
+                        r["grid"],
+                        r["precision"],
+                        f"{r['build_scenario_s']:.2f}",
+                        f"{r['first_advance_s']:.2f}",
+                        f"{r['interval_run_s']:.2f}",
+                        f"{r['compile_s']:.2f}",
+                        f"{r['aot_lower_s']:.2f}",
+                        f"{r['aot_compile_s']:.2f}",
+                    ]
+                ],
+            ),
+            "",
+        ]
+
+    prof = [r for r in recs if r.get("case") == "profile"]
+    if prof:
+        lines += [f"## Profile of one step ({prof[0]['grid']} {prof[0]['precision']}, pieces jitted and timed separately)", ""]
+        rows = [
+            [
+                r["piece"],
+                f"{r['ms_per_evaluation']:.3g}",
+                _fmt(r["evaluations_per_step"]),
+                f"{100 * r['share_of_step']:.0f}%",
+                f"{r['ns_per_cell_evaluation']:.3g}",
+            ]
+            for r in prof
+        ]
+        lines += [_table(["piece", "ms per evaluation", "per step", "share of step", "ns per cell"], rows), ""]
+        last = prof[-1]
+        if "hlo_fusions" in last:
+            lines += [f"Compiled step: {last['hlo_fusions']} fusions, {last['hlo_while_loops']} while loops in the HLO.", ""]
+    lines += ["Plots: `throughput.png`, `gradient_memory.png`, `profile.png`.", ""]
+    return "\n".join(lines)
+
+
+def plots(result: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = result["records"]
+    made = []
+    fwd = [r for r in recs if r.get("case") == "forward" and "skipped" not in r]
+    if fwd:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for ndim in (2, 3):
+            for precision, style in (("float64", "-o"), ("float32", "--s")):
+                rs = sorted((r for r in fwd if r["ndim"] == ndim and r["precision"] == precision), key=lambda r: r["cells"])
+                if rs:
+                    ax.plot(
+                        [r["cells"] for r in rs],
+                        [r["cell_updates_per_s"] for r in rs],
+                        style,
+                        label=f"synovia {ndim}D {precision}",
+                    )
+        for case, marker in (("numba_stencil", "^"), ("py-pde", "v")):
+            rs = sorted((r for r in recs if r.get("case") == case and "skipped" not in r), key=lambda r: r["cells"])
+            if rs:
+                ax.plot([r["cells"] for r in rs], [r["cell_updates_per_s"] for r in rs], ":" + marker, label=f"{case} 2D float64")
+        roof = {}
+        for r in fwd:
+            if r.get("roofline_cell_updates_per_s"):
+                roof[r["precision"]] = r["roofline_cell_updates_per_s"]
+        for precision, v in roof.items():
+            ax.axhline(v, color="grey", ls="-." if precision == "float64" else ":", lw=1)
+            ax.text(min(r["cells"] for r in fwd), v * 1.05, f"bandwidth roofline {precision}", fontsize=8, color="grey")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("cells")
+        ax.set_ylabel("cell-updates per second (SSP-RK3 steps x cells / s)")
+        ax.set_title(f"Forward throughput on {result['machine']['device']} ({result['machine']['device_kind']})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png", dpi=110)
+        plt.close(fig)
+        made.append("throughput.png")
+    grad = [r for r in recs if r.get("case") == "gradient"]
+    if grad:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for precision, style in (("float64", "-o"), ("float32", "--s")):
+            rs = sorted((r for r in grad if r["precision"] == precision), key=lambda r: r["steps"])
+            if not rs:
+                continue
+            steps = [r["steps"] for r in rs]
+            if all("grad_xla_temp_bytes" in r for r in rs):
+                ax1.plot(steps, [r["grad_xla_temp_bytes"] / 2**20 for r in rs], style, label=f"value+grad XLA temp {precision}")
+                ax1.plot(
+                    steps,
+                    [r.get("forward_xla_temp_bytes", 0) / 2**20 for r in rs],
+                    style,
+                    alpha=0.4,
+                    label=f"forward XLA temp {precision}",
+                )
+            ax1.plot(
+                steps, [r["grad_peak_rss_bytes"] / 2**20 for r in rs], ":" + style[-1], label=f"value+grad peak RSS {precision}"
+            )
+            ax2.plot(steps, [r["grad_over_forward"] for r in rs], style, label=precision)
+        ax1.set_xlabel("SSP-RK3 steps")
+        ax1.set_ylabel("MiB")
+        ax1.set_title(f"Gradient memory vs steps ({grad[0]['grid']}, no checkpointing)")
+        ax1.legend(fontsize=7)
+        ax1.grid(True, alpha=0.3)
+        ax2.set_xlabel("SSP-RK3 steps")
+        ax2.set_ylabel("value_and_grad time / forward time")
+        ax2.axhline(4, color="grey", ls=":", lw=1)
+        ax2.set_title("Gradient cost")
+        ax2.legend(fontsize=8)
+        ax2.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "gradient_memory.png", dpi=110)
+        plt.close(fig)
+        made.append("gradient_memory.png")
+    prof = [r for r in recs if r.get("case") == "profile"]
+    if prof:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = [r["piece"] for r in prof]
+        ms = [r["ms_per_evaluation"] * r["evaluations_per_step"] for r in prof]
+        ax.barh(names, ms, color=["C0"] * (len(prof) - 1) + ["C3"])
+        ax.set_xlabel("ms per step (evaluations per step x ms per evaluation)")
+        ax.set_title(f"Where a step goes ({prof[0]['grid']} {prof[0]['precision']}, pieces timed separately)")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(out / "profile.png", dpi=110)
+        plt.close(fig)
+        made.append("profile.png")
+    return made
+
+
+def write(result: dict, out: Path, with_plots: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "results.md").write_text(markdown(result))
+    made = plots(result, out) if with_plots else []
+    return {"json": str(out / "results.json"), "markdown": str(out / "results.md"), "plots": made}
