@@ -41,14 +41,18 @@ class ShuOsher:
     c: ClassVar[tuple[float, ...]]
 
     def step(self, f: Rhs, y, t, dt):
+        # coefficients and dt in the state's precision: a Python-float dt under x64 would
+        # otherwise promote a float32 run to float64 arithmetic
+        dtype = jax.tree.leaves(y)[0].dtype
+        dt = jnp.asarray(dt, dtype)
         if len(self.a) == 1:
-            return jax.tree.map(lambda yi, ki: (yi + dt * ki).astype(yi.dtype), y, f(y, t))
-        a = jnp.asarray(self.a, dtype=jnp.result_type(dt, float))
-        c = jnp.asarray(self.c, dtype=a.dtype)
+            return jax.tree.map(lambda yi, ki: yi + dt * ki, y, f(y, t))
+        a = jnp.asarray(self.a, dtype)
+        c = jnp.asarray(self.c, dtype)
 
         def stage(s, ys):
             k = f(ys, t + c[s] * dt)
-            return jax.tree.map(lambda y0, yi, ki: (a[s] * y0 + (1 - a[s]) * (yi + dt * ki)).astype(yi.dtype), y, ys, k)
+            return jax.tree.map(lambda y0, yi, ki: a[s] * y0 + (1 - a[s]) * (yi + dt * ki), y, ys, k)
 
         return lax.fori_loop(0, len(self.a), stage, y)
 

@@ -95,3 +95,17 @@ def test_the_stable_limit_is_not_far_from_the_real_one():
     bad = solver.advance(state, 0.0, 1.5 * limits["diffusion"], params, domain)
     assert float(jnp.max(jnp.abs(ok.il1))) <= 1.0
     assert not float(jnp.max(jnp.abs(bad.il1))) <= 10.0
+
+
+def test_a_float32_run_computes_in_float32_even_with_x64_on():
+    """x64 is on in the tests; a float32 state must not be promoted to float64 arithmetic."""
+    options, params, domain, state = _problem()
+    state32 = jax.tree.map(lambda u: u.astype(jnp.float32), state)
+    params32 = jax.tree.map(lambda u: u.astype(jnp.float32), params)
+    domain32 = domain._replace(**{k: getattr(domain, k).astype(jnp.float32) for k in domain._fields if k != "labels"})
+    solver = get_solver(options, "ssp_rk3", 3)
+    out = solver.advance(state32, 0.0, 0.01, params32, domain32)
+    assert all(u.dtype == jnp.float32 for u in out)
+    hlo = solver.advance.lower(state32, 0.0, 0.01, params32, domain32).compile().as_text()
+    # only scalars (time, dt) may be float64; no float64 array of the grid's shape
+    assert "f64[8,10]" not in hlo
