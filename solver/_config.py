@@ -18,7 +18,7 @@ import tomli_w
 
 from fields import SPECIES, TISSUE_NAMES
 
-from ._params import DIFFUSIVITIES, PARAMETERS
+from ._params import DIFFUSIVITIES, PARAMETERS, SCENARIO_PARAMETERS
 
 
 class ConfigError(ValueError):
@@ -244,16 +244,7 @@ def _number(key: str, value, lower: float = 0.0, upper: float = math.inf) -> flo
 def _parameters(raw) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ConfigError("config key 'parameters' must be a table")
-    scenario = {
-        "injury_rate",
-        "injury_onset",
-        "injury_duration",
-        "injury_decay",
-        "drug_dose",
-        "drug_first_dose",
-        "drug_dose_interval",
-        "drug_infusion",
-    }
+    scenario = SCENARIO_PARAMETERS
     allowed = {k: v for k, v in PARAMETERS.items() if k not in scenario}
     out = {k: v.default for k, v in allowed.items()}
     for key, value in raw.items():

@@ -10,18 +10,7 @@ import dataclasses
 from fields import SPECIES, SPECIES_UNITS, TISSUE_NAMES
 
 from ._config import DEFAULT_BASELINE, WALL_KINDS, WALLS, Blob, DrugSection, GeometrySection, InjurySection, Region, RunSection
-from ._params import DIFFUSIVITIES, PARAMETERS
-
-_SCENARIO = {
-    "injury_rate",
-    "injury_onset",
-    "injury_duration",
-    "injury_decay",
-    "drug_dose",
-    "drug_first_dose",
-    "drug_dose_interval",
-    "drug_infusion",
-}
+from ._params import DIFFUSIVITIES, PARAMETERS, SCENARIO_PARAMETERS
 
 
 def _fmt(value) -> str:
@@ -67,7 +56,7 @@ def config_reference() -> str:
         out += _section_table(title, cls)
     out += ["#### `[parameters]`", "", "| key | symbol | default | unit | meaning | source |", "|---|---|---|---|---|---|"]
     for name, info in PARAMETERS.items():
-        if name not in _SCENARIO:
+        if name not in SCENARIO_PARAMETERS:
             out.append(f"| `{name}` | {info.symbol} | `{info.default:.4g}` | {info.unit} | {info.description} | {info.source} |")
     out += [
         "",

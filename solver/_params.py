@@ -135,6 +135,20 @@ PARAMETERS: dict[str, ParamInfo] = {
     "drug_infusion": ParamInfo("-", "h", 1.0, "duration of each dose's delivery", "scenario", lower=1e-12),
 }
 
+#: Scenario parameters: set in the config's ``[injury]`` and ``[drug]`` sections, not ``[parameters]``.
+SCENARIO_PARAMETERS = frozenset(
+    {
+        "injury_rate",
+        "injury_onset",
+        "injury_duration",
+        "injury_decay",
+        "drug_dose",
+        "drug_first_dose",
+        "drug_dose_interval",
+        "drug_infusion",
+    }
+)
+
 _FLUID_TNF, _TISSUE_TNF = 0.27, 0.019
 _ANTIBODY_SCALE = (51.0 / 150.0) ** (1.0 / 3.0)  # Stokes-Einstein, 51 kDa TNF trimer vs 150 kDa IgG
 _IL1_SCALE = 0.39 / 0.27
