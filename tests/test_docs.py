@@ -19,3 +19,10 @@ def test_readme_opens_with_the_run_and_test_commands():
     assert "pytest" in commands[1]
     for config in re.findall(r"configs/[\w]+\.toml", README):
         assert (Path(__file__).resolve().parents[1] / config).is_file(), config
+
+
+def test_readme_python_example_runs(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code = re.findall(r"```python\n(.*?)\n```", README, flags=re.S)[0]
+    code = code.replace('"run.t_end_h=24"', '"run.t_end_h=2"')  # same code, fewer frames
+    exec(compile(code, "README.md", "exec"), {})
