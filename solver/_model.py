@@ -133,7 +133,10 @@ def dose_rate(params: Params, t) -> jax.Array:
 
 
 def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, options: ModelOptions) -> State:
-    """Time derivative of every field (same units as the state, per hour)."""
+    """Time derivative of every field (same units as the state, per hour).
+
+    With the drug off, ``state.drug`` may be None (the stepper leaves it out); its derivative is then None.
+    """
     p = params
     h = options.grid.spacing
     T, I, L, C, A = state
@@ -167,7 +170,7 @@ def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, o
         dA = transport("drug", A) + dose - p.drug_clearance * A - p.drug_per_tnf_bound * binding
         dA = dA * domain.cytokine
     else:
-        dA = jnp.zeros_like(A)
+        dA = None if A is None else jnp.zeros_like(A)
     return State(dT * domain.cytokine, dI * domain.cytokine, dL * domain.leukocyte, dC, dA)
 
 

@@ -69,7 +69,12 @@ class Solver:
             return self.stepper.step(f, y, t0 + i * dt, dt)
 
         with jax.named_scope("interval"):
-            return lax.fori_loop(0, self.n_sub, body, state)
+            if self.options.drug:
+                return lax.fori_loop(0, self.n_sub, body, state)
+            # without the drug its field stays as it is: keep it out of the loop (one array fewer
+            # to carry, update and copy per stage)
+            out = lax.fori_loop(0, self.n_sub, body, state._replace(drug=None))
+            return out._replace(drug=state.drug)
 
     def _advance_with_summary(self, state, t0, dt, params, domain):
         new = self._advance(state, t0, dt, params, domain)
