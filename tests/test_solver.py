@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _problems import layered_labels, setup
+from _problems import integrate, layered_labels, setup
 from conftest import assert_close
 
 from fields import Grid
@@ -109,3 +109,22 @@ def test_a_float32_run_computes_in_float32_even_with_x64_on():
     hlo = solver.advance.lower(state32, 0.0, 0.01, params32, domain32).compile().as_text()
     # only scalars (time, dt) may be float64; no float64 array of the grid's shape
     assert "f64[8,10]" not in hlo
+
+
+def test_species_stay_zero_outside_their_regions_with_every_term_on():
+    """No mask is applied to the derivatives: zero diffusivity, closed faces and local sources must keep
+    cytokines out of bone, leukocytes out of cartilage and bone, and integrity inside cartilage."""
+    from fields import Tissue
+
+    options, params, domain, state = _problem(drug=True, chemotaxis=2.0)
+    state = state._replace(drug=state.tnf * 0 + 1.0 * domain.cytokine)
+    final, _, _ = integrate(options, params, domain, state, 2.0)
+    labels = np.asarray(domain.labels)
+    bone = labels == int(Tissue.BONE)
+    for name in ("tnf", "il1", "drug"):
+        assert np.all(np.asarray(getattr(final, name))[bone] == 0), name
+    no_leuk = np.isin(labels, [int(Tissue.BONE), int(Tissue.CARTILAGE)])
+    assert np.all(np.asarray(final.leukocytes)[no_leuk] == 0)
+    assert np.all(np.asarray(final.cartilage)[labels != int(Tissue.CARTILAGE)] == 0)
+    # and things did happen inside
+    assert float(jnp.max(jnp.abs(final.leukocytes - state.leukocytes))) > 1.0
