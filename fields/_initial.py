@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._geometry import ball_mask
 from ._grid import Grid
 from ._state import SPECIES
 from ._tissues import TISSUE_NAMES
@@ -32,7 +33,7 @@ def add_blob(field: np.ndarray, grid: Grid, centre_mm, sigma_mm: float, amplitud
 
 def set_ball(field: np.ndarray, grid: Grid, centre_mm, radius_mm: float, value: float) -> np.ndarray:
     """``field`` with every cell centre within ``radius_mm`` of ``centre_mm`` set to ``value``."""
-    return np.where(squared_distance(grid, centre_mm) <= radius_mm**2, value, field)
+    return np.where(ball_mask(grid, centre_mm, radius_mm), value, field)
 
 
 def load_arrays(path: str | Path, shape: tuple[int, ...], species: Iterable[str] = SPECIES) -> dict[str, np.ndarray]:

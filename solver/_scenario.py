@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fields import SPECIES, Geometry, State, add_blob, baseline_fields, load_arrays, preset_dimensions, set_ball
+from fields import SPECIES, Geometry, State, add_blob, ball_mask, baseline_fields, load_arrays, preset_dimensions, set_ball
 from fields import box as box_geometry
 from fields import from_file as file_geometry
 from fields import joint as joint_geometry
@@ -176,7 +176,7 @@ def build_scenario(config: Config) -> Scenario:
     geometry, config = _geometry(config)
     grid = geometry.grid
     centre = _centre(config.injury.centre_mm, geometry, "injury.centre_mm")
-    injury_mask = sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre)) <= config.injury.radius_mm**2
+    injury_mask = ball_mask(grid, centre, config.injury.radius_mm)
     domain = make_domain(geometry.labels, injury_mask, dtype)
     options = ModelOptions(
         grid=grid, drug=config.drug.enabled, chemotaxis_scheme=run.chemotaxis_scheme, walls=_walls(config, grid.ndim)
