@@ -359,8 +359,8 @@ def markdown(result: dict) -> str:
                 rows,
             ),
             "",
-            "Memory grows linearly with the number of steps: reverse mode stores every stage of every step. "
-            "Checkpointing (jax.checkpoint per interval) belongs to the inference issue; this measures the solver as it is.",
+            "Solver.trajectory checkpoints every frame and every sub-step (jax.checkpoint): reverse mode keeps one "
+            "state per frame plus one per step of the frame it is working through, and recomputes the stages.",
             "",
         ]
 

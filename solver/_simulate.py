@@ -65,6 +65,9 @@ class Solver:
         def f(y, t):
             return rhs(y, t, params, coeffs, domain, self.options)
 
+        # Under reverse mode only each step's input state is kept; its stages are recomputed
+        # in the backward pass (forward runs are unaffected).
+        @jax.checkpoint
         def body(i, y):
             return self.stepper.step(f, y, t0 + i * dt, dt)
 
@@ -84,10 +87,13 @@ class Solver:
         """Scan the interval function over ``n_frames`` intervals.
 
         Returns the final state and the stacked states at the end of every interval
-        (leading axis ``n_frames``). Differentiable with ``jax.grad``.
+        (leading axis ``n_frames``). Differentiable with ``jax.grad``: frames and steps are
+        checkpointed, so reverse mode keeps one state per frame plus, while it works through a
+        frame, one per step of that frame (memory ~ n_frames + n_substeps states, not every stage).
         """
         interval = dt * self.n_sub
 
+        @jax.checkpoint
         def body(y, k):
             y = self._advance(y, t0 + k * interval, dt, params, domain)
             return y, y
