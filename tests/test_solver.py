@@ -128,3 +128,27 @@ def test_species_stay_zero_outside_their_regions_with_every_term_on():
     assert np.all(np.asarray(final.cartilage)[labels != int(Tissue.CARTILAGE)] == 0)
     # and things did happen inside
     assert float(jnp.max(jnp.abs(final.leukocytes - state.leukocytes))) > 1.0
+
+
+def test_reverse_mode_keeps_about_one_state_per_step():
+    """Checkpointing: the gradient's working memory grows by a few fields per extra sub-step, not by every
+    intermediate of every stage (about 100 fields per step without it)."""
+    from _problems import uniform_labels
+
+    grid = Grid((32, 32), (0.1, 0.1))
+    y, x = grid.mesh()
+    init = {"tnf": 50 * np.exp(-((x - 1.6) ** 2 + (y - 1.6) ** 2)), "leukocytes": np.full(grid.shape, 300.0)}
+    options, params, domain, state = setup(grid, uniform_labels(grid.shape), init)
+
+    def temp_bytes(n_sub):
+        solver = get_solver(options, "ssp_rk3", n_sub)
+
+        def loss(p):
+            final, _ = solver.trajectory(state, p, domain, 1e-3, 2)
+            return jnp.sum(final.leukocytes)
+
+        return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    field = grid.size * 8
+    per_step = (temp_bytes(40) - temp_bytes(8)) / 32
+    assert per_step < 12 * field, per_step / field
