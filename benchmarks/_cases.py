@@ -19,7 +19,7 @@ from solver._model import coefficients, rhs
 from solver._operators import advection, diffusion, gradient_on_faces
 from solver._simulate import Solver, get_solver
 
-from ._harness import Memory, blocking, compiled_memory, now, on_gpu, time_calls
+from ._harness import Memory, blocking, compiled_memory, now, on_gpu, proc_field, time_calls
 from ._problem import Problem, box_problem, bytes_per_cell_update, cells_label, steps_per_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,14 +47,8 @@ def _scalars(pb: Problem):
 
 
 def _free_host_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    free = proc_field("/proc/meminfo", "MemAvailable:")
+    return int(free.split()[0]) * 1024 if free else 8 << 30
 
 
 def _free_device_bytes() -> int:

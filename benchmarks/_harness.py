@@ -40,15 +40,28 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (since the last reset where supported)."""
+def proc_field(path: str, key: str) -> str | None:
+    """The value after ``key`` in a /proc file of ``key: value`` lines (None where unreadable)."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def _kib(value: str | None) -> int | None:
+    """``"1234 kB"`` -> bytes."""
+    return None if value is None else int(value.split()[0]) * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (since the last reset where supported)."""
+    peak = _kib(proc_field("/proc/self/status", "VmHWM:"))
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -132,25 +145,11 @@ def blocking(fn: Callable[..., object], *args) -> Callable[[], object]:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
 
 
 def _total_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _kib(proc_field("/proc/meminfo", "MemTotal:"))
 
 
 def machine() -> dict:

@@ -24,6 +24,7 @@ def _info(message: str) -> None:
 
 def _cmd_run(args) -> int:
     from ._config import ConfigError, config_from_toml, load_config
+    from ._model import summary_names
     from ._output import RunFile, RunWriter, resume_writer
     from ._run import Diverged, file_attrs, frame_index, run, state_from_fields
     from ._scenario import build_scenario
@@ -55,7 +56,7 @@ def _cmd_run(args) -> int:
                 grid=scenario.geometry.grid,
                 labels=scenario.geometry.labels,
                 species=scenario.options.species,
-                summary_names=list(_summary_names(scenario)),
+                summary_names=list(summary_names(scenario.options)),
                 dtype=scenario.dtype,
                 attrs=attrs,
                 overwrite=args.overwrite,
@@ -89,12 +90,6 @@ def _cmd_run(args) -> int:
         f"({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'"
     )
     return 0
-
-
-def _summary_names(scenario):
-    from ._model import summaries
-
-    return summaries(scenario.initial, scenario.domain, scenario.options).keys()
 
 
 def _cmd_info(args) -> int:

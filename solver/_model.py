@@ -222,6 +222,11 @@ SUMMARY_UNITS: dict[str, str] = {
 }
 
 
+def summary_names(options: ModelOptions) -> tuple[str, ...]:
+    """Names of the per-frame summaries a run with these options writes (drug ones only with the drug)."""
+    return tuple(name for name in SUMMARY_UNITS if options.drug or not name.endswith("_drug"))
+
+
 def summaries(state: State, domain: Domain, options: ModelOptions) -> dict[str, jax.Array]:
     """Per-frame clinical scalars: synovial-fluid means, mean cartilage integrity, totals.
 
@@ -243,12 +248,15 @@ def summaries(state: State, domain: Domain, options: ModelOptions) -> dict[str, 
         "total_leukocytes": jnp.sum(state.leukocytes) * vol,
         "total_drug": jnp.sum(state.drug) * vol * 1e-3,
     }
-    if not options.drug:
-        del out["synovial_fluid_drug"], out["total_drug"]
-    return out
+    return {name: out[name] for name in summary_names(options)}
 
 
 def health(state: State) -> dict[str, jax.Array]:
-    """Divergence checks: whether all values are finite, and each field's minimum."""
+    """Divergence checks: whether all values are finite, and each field's minimum and largest magnitude."""
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in state]))
-    return {"finite": finite, **{f"min_{name}": jnp.min(u) for name, u in state._asdict().items()}}
+    fields = state._asdict().items()
+    return {
+        "finite": finite,
+        **{f"min_{name}": jnp.min(u) for name, u in fields},
+        **{f"max_abs_{name}": jnp.max(jnp.abs(u)) for name, u in fields},
+    }

@@ -9,7 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fields import SPECIES, Geometry, State, add_blob, ball_mask, baseline_fields, load_arrays, preset_dimensions, set_ball
+from fields import (
+    SPECIES,
+    Geometry,
+    JointDimensions,
+    State,
+    add_blob,
+    ball_mask,
+    baseline_fields,
+    load_arrays,
+    preset_dimensions,
+    set_ball,
+)
 from fields import box as box_geometry
 from fields import from_file as file_geometry
 from fields import joint as joint_geometry
@@ -21,18 +32,7 @@ from ._params import DIFFUSIVITIES, Params, default_params
 from ._simulate import StepTooLarge, choose_substeps
 from ._steppers import get_stepper
 
-_DIMENSION_KEYS = (
-    "domain_mm",
-    "bone_radius_upper_mm",
-    "bone_radius_lower_mm",
-    "bone_half_width_mm",
-    "cartilage_thickness_mm",
-    "joint_space_mm",
-    "cavity_half_extent_mm",
-    "cavity_corner_radius_mm",
-    "synovium_thickness_mm",
-    "capsule_thickness_mm",
-)
+_DIMENSION_KEYS = tuple(f.name for f in dataclasses.fields(JointDimensions))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
