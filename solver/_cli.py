@@ -1,4 +1,5 @@
-"""The ``synovia`` command: ``run`` a scenario, ``info`` on a run file, ``plot`` its figures.
+"""The ``synovia`` command: ``run`` a scenario, ``info`` on a run file, ``plot`` its figures,
+``synth`` synthetic observations and ``fit`` parameters to observations.
 
 Exit codes: 0 done; 2 bad input (config, arguments, refusing to overwrite); 3 the
 solution diverged (frames so far are kept); 130 interrupted (frames so far are kept).
@@ -105,6 +106,83 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_fit(args) -> int:
+    import inference
+    from inference._config import load_fit_config
+
+    from ._config import ConfigError
+
+    out = Path(args.output)
+    try:
+        fc = load_fit_config(args.config, args.set or [])
+        if out.exists() and not (args.overwrite or args.resume):
+            return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume to continue that fit")
+        if args.resume and not out.is_file():
+            return _error(f"cannot resume: '{out}' does not exist")
+        problem_note = f"{len(fc.parameters)} parameters, {fc.observations.count} observed values from '{fc.observations_path}'"
+        _info(f"{'resuming' if args.resume else 'fitting'} {problem_note}; {fc.fit.optimizer}, {fc.fit.starts} start(s) -> {out}")
+        result = inference.fit(
+            fc.scenario,
+            fc.observations,
+            {p.name: p for p in fc.parameters},
+            **fc.fit_kwargs(),
+            progress=not args.quiet,
+            report=out,
+            resume=args.resume,
+            settings_toml=fc.toml,
+        )
+    except (ConfigError, inference.ObservationError, inference.FitError) as err:
+        return _error(str(err))
+    except KeyboardInterrupt:
+        return _error(
+            f"interrupted; the fit so far is in '{out}'; continue with: synovia fit {args.config} -o {out} --resume",
+            EXIT_INTERRUPTED,
+        )
+    toml_path = out.with_name(out.stem + "_fitted.toml")
+    toml_path.write_text(
+        f"# Fitted by `synovia fit {args.config}` ({result.status}, {result.iterations} iterations, loss {result.loss:.6g}); "
+        f"report: {out.name}\n" + result.fitted_config().to_toml()
+    )
+    from inference._plot import plot_fit
+
+    figures = plot_fit(out, out.parent, stem=out.stem)
+    print(result.summary())
+    _info(
+        f"{result.status} after {result.iterations} iterations in {result.wall_s:.1f} s, loss {result.loss:.6g}; "
+        f"wrote '{out}', '{toml_path}', " + ", ".join(f"'{f}'" for f in figures)
+    )
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    import inference
+
+    from ._config import ConfigError, load_config
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        return _error(f"output file '{out}' exists; pass --overwrite to replace it")
+    try:
+        config = load_config(args.config, args.set or [])
+        obs = inference.synthesize(
+            config,
+            times=args.times,
+            species=args.species,
+            where=args.where,
+            map_times=args.maps or (),
+            map_species=args.map_species,
+            noise=args.noise,
+            seed=args.seed,
+        )
+        if out.suffix.lower() == ".csv" and obs.maps:
+            return _error("maps need an HDF5 file: use -o NAME.h5, or leave out --maps")
+        inference.save_observations(obs, out)
+    except (ConfigError, inference.ObservationError) as err:
+        return _error(str(err))
+    _info(f"wrote {len(obs)} observations and {len(obs.maps)} map(s) ({obs.count} values, noise {args.noise:g}) to '{out}'")
+    return 0
+
+
 def _slice_point(text: str) -> tuple[float, float, float]:
     """``Z,Y,X`` in mm, for ``plot --slice``."""
     try:
@@ -116,12 +194,32 @@ def _slice_point(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _is_fit_report(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == "synovia-fit"
+    except OSError:
+        return False
+
+
 def _cmd_plot(args) -> int:
     from ._plot import plot_run
 
     path = Path(args.file)
     if not path.is_file():
         return _error(f"'{path}' does not exist")
+    if _is_fit_report(path):
+        from inference._plot import plot_fit
+
+        try:
+            written = plot_fit(path, args.output, dpi=args.dpi)
+        except (OSError, ValueError) as err:
+            return _error(str(err))
+        for out in written:
+            print(out)
+        return 0
     try:
         written = plot_run(
             path,
@@ -168,6 +266,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species", default="tnf", help="species of the movie (default: tnf)")
     p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default: 120)")
     p.set_defaults(func=_cmd_plot, log=None)
+    p = sub.add_parser("fit", help="fit model parameters to observations (optax through the solver)")
+    p.add_argument("config", help="fit config TOML (e.g. configs/fit_synthetic.toml)")
+    p.add_argument(
+        "-o", "--output", default="fit.h5", help="fit report (default fit.h5); also writes NAME.png and NAME_fitted.toml"
+    )
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a fit config value, e.g. fit.starts=4")
+    p.add_argument("--resume", action="store_true", help="continue the fit stored in the output file to fit.max_iterations")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser("synth", help="synthetic observations of a scenario, with noise (to check a fit recovers the truth)")
+    p.add_argument("config", help="run config TOML whose parameters are the truth")
+    p.add_argument("-o", "--output", required=True, help="observation file (.h5, or .csv without maps)")
+    p.add_argument("--noise", type=float, default=0.0, help="relative standard deviation of the Gaussian noise (default 0)")
+    p.add_argument("--times", type=float, nargs="+", metavar="H", help="observation times, h (default: every output interval)")
+    p.add_argument(
+        "--species", nargs="+", default=["tnf", "il1", "leukocytes"], help="observed species (default: tnf il1 leukocytes)"
+    )
+    p.add_argument(
+        "--where",
+        nargs="+",
+        default=["fluid"],
+        metavar="KIND[:WHERE]",
+        help="fluid, tissue:NAME, point:'Z Y X', box:'Z0:Z1 Y0:Y1 X0:X1' in mm (default: fluid)",
+    )
+    p.add_argument("--maps", type=float, nargs="+", metavar="H", help="also whole-field maps at these times (HDF5 only)")
+    p.add_argument("--map-species", default="leukocytes", help="species of the maps (default: leukocytes)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a run config value")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_synth)
     return parser
 
 

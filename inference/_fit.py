@@ -1,0 +1,502 @@
+"""Fitting: optax Adam or L-BFGS over unconstrained parameters, several starts batched with vmap.
+
+Every start runs through one compiled solver (``jax.vmap`` over the starts of the loss, its
+gradient and the optimiser update). A start stops when its loss changes by less than
+``tolerance * max(1, |loss|)`` on two iterations in a row, or its gradient's largest entry
+falls below that; the fit stops when every start has, or at ``max_iterations``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from solver import Config
+from solver._config import config_from_dict
+
+from ._observations import Observations
+from ._problem import FitError, Problem, gauss_newton, get_value
+
+OPTIMIZERS = ("lbfgs", "adam")
+REPORT_FORMAT = "synovia-fit"
+
+#: Scenario parameters live in the config's [injury]/[drug] sections under these keys.
+_SECTION_KEY = {
+    "injury_rate": ("injury", "rate"),
+    "injury_onset": ("injury", "onset_h"),
+    "injury_duration": ("injury", "duration_h"),
+    "injury_decay": ("injury", "decay_h"),
+    "drug_dose": ("drug", "dose"),
+    "drug_first_dose": ("drug", "first_dose_h"),
+    "drug_dose_interval": ("drug", "interval_h"),
+    "drug_infusion": ("drug", "infusion_h"),
+}
+
+
+def _tree_get(tree, key):
+    getter = getattr(getattr(optax, "tree", None), "get", None) or optax.tree_utils.tree_get
+    return getter(tree, key)
+
+
+def make_optimizer(name: str, learning_rate: float, max_iterations: int) -> optax.GradientTransformationExtraArgs:
+    """Adam with a cosine-decay schedule (to 1% of ``learning_rate``), or L-BFGS with a zoom line search."""
+    if name == "adam":
+        schedule = optax.cosine_decay_schedule(learning_rate, max(1, max_iterations), alpha=0.01)
+        return optax.adam(schedule)
+    if name == "lbfgs":
+        return optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
+    raise FitError(f"optimizer '{name}' is not one of {list(OPTIMIZERS)}")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What a fit found. Arrays over starts have a leading axis ``starts``; histories one more, ``iterations + 1``."""
+
+    names: tuple[str, ...]
+    parameters: dict[str, float]  # best start's fitted values
+    stderr: dict[str, float]
+    relative_stderr: dict[str, float]
+    identifiable: dict[str, bool]
+    correlation: np.ndarray
+    loss: float
+    loss_history: np.ndarray  # (iterations + 1, starts)
+    grad_norm_history: np.ndarray
+    theta_history: np.ndarray  # (iterations + 1, starts, n)
+    initial: np.ndarray  # (starts, n)
+    best_start: int
+    status: str  # "converged", "budget" (max_iterations reached) or "interrupted"
+    iterations: int
+    wall_s: float
+    predicted: np.ndarray
+    problem: Problem = dataclasses.field(repr=False)
+    optimizer: str = "lbfgs"
+    truth: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return np.array([self.parameters[n] for n in self.names])
+
+    def fitted_config(self) -> Config:
+        """The scenario config with the fitted values, ready to run."""
+        return fitted_config(self.problem.config, self.parameters)
+
+    def summary(self) -> str:
+        lines = [f"{'parameter':<40} {'initial':>11} {'fitted':>11} {'std err':>10} {'truth':>11}"]
+        init = self.initial[self.best_start]
+        for j, n in enumerate(self.names):
+            se = self.stderr[n]
+            flag = "" if self.identifiable[n] else "  not identifiable"
+            truth = f"{self.truth[n]:11.5g}" if n in self.truth else f"{'':>11}"
+            lines.append(f"{n:<40} {init[j]:11.5g} {self.parameters[n]:11.5g} {se:10.3g} {truth}{flag}")
+        return "\n".join(lines)
+
+
+def fitted_config(config: Config, values: dict[str, float]) -> Config:
+    raw = config.to_dict()
+    for name, value in values.items():
+        value = float(value)
+        if name in _SECTION_KEY:
+            section, key = _SECTION_KEY[name]
+            raw[section][key] = value
+        elif "." in name:
+            field, tissue = name.split(".")
+            raw["tissues"][tissue][field] = value
+        else:
+            raw["parameters"][name] = value
+    return config_from_dict(raw, config.base_dir)
+
+
+def _initial_guesses(problem: Problem, starts: int, spread: float, seed: int) -> np.ndarray:
+    """The parameters' initial values, then log-uniform draws within initial/spread..initial*spread (inside bounds)."""
+    theta0 = np.array([p.initial for p in problem.parameters])
+    if starts < 1:
+        raise FitError(f"fit.starts = {starts} must be at least 1")
+    rng = np.random.default_rng(seed)
+    out = [theta0]
+    lo = np.maximum(theta0 / spread, problem.transform.lower)
+    hi = np.minimum(theta0 * spread, problem.transform.upper)
+    for _ in range(starts - 1):
+        z = rng.uniform(np.log(lo), np.log(hi))
+        out.append(np.clip(np.exp(z), lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo)))
+    return np.stack(out)
+
+
+class _Stepper:
+    """The compiled, start-batched optimiser step: (u, state, value, grad, done) -> same, next iterate."""
+
+    def __init__(self, problem: Problem, opt, name: str):
+        loss = problem.loss
+        vg = jax.value_and_grad(loss)
+        self.value_and_grad = jax.jit(jax.vmap(vg))
+        self.init = jax.jit(jax.vmap(opt.init))
+
+        def one(u, state, value, grad, done):
+            if name == "lbfgs":
+                updates, new_state = opt.update(grad, state, u, value=value, grad=grad, value_fn=loss)
+                new_u = optax.apply_updates(u, updates)
+                new_value, new_grad = _tree_get(new_state, "value"), _tree_get(new_state, "grad")
+            else:
+                updates, new_state = opt.update(grad, state, u)
+                new_u = optax.apply_updates(u, updates)
+                new_value, new_grad = vg(new_u)
+
+            def keep(old, new):
+                return jnp.where(done, old, new)
+
+            return (
+                keep(u, new_u),
+                jax.tree.map(keep, state, new_state),
+                keep(value, new_value),
+                keep(grad, new_grad),
+            )
+
+        self.step = jax.jit(jax.vmap(one))
+
+
+def fit(
+    config: Config,
+    observations: Observations,
+    parameters,
+    *,
+    optimizer: str = "lbfgs",
+    max_iterations: int = 100,
+    tolerance: float = 1e-9,
+    learning_rate: float = 0.05,
+    starts: int = 1,
+    spread: float = 3.0,
+    seed: int = 0,
+    log_residuals: bool = False,
+    initial: np.ndarray | None = None,
+    progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    settings_toml: str = "",
+    on_iteration: Callable[[int, np.ndarray], None] | None = None,
+) -> FitResult:
+    """Fit ``parameters`` of the scenario ``config`` to ``observations``; the best start's result.
+
+    Args:
+        parameters: names, ``{name: (lower, upper)}``, ``{name: {"lower", "upper", "initial", "prior"}}``
+            or :class:`~inference.FitParameter` objects (see :func:`inference.fittable_names`).
+        optimizer: ``"lbfgs"`` (optax.lbfgs with a zoom line search) or ``"adam"`` (cosine-decayed).
+        starts: initial guesses batched with vmap: the given initial values, then ``starts - 1``
+            log-uniform draws within a factor ``spread`` of them (seeded by ``seed``); or ``initial``
+            (starts x n parameter values).
+        report: HDF5 report path, rewritten (atomically) as the fit goes, so an interrupted fit loses
+            nothing and ``resume=True`` continues it (optimiser state included) to ``max_iterations``.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise FitError(f"optimizer '{optimizer}' is not one of {list(OPTIMIZERS)}")
+    if max_iterations < 0:
+        raise FitError(f"max_iterations = {max_iterations} must be >= 0")
+    if not spread > 1:
+        raise FitError(f"spread = {spread} must be > 1")
+    t_start = time.perf_counter()
+    problem = Problem(config, observations, parameters, log_residuals=log_residuals)
+    opt = make_optimizer(optimizer, learning_rate, max_iterations)
+    stepper = _Stepper(problem, opt, optimizer)
+    dtype = problem.scenario.dtype
+
+    if resume:
+        saved = read_report(report)
+        if tuple(saved["names"]) != problem.names:
+            raise FitError(f"cannot resume '{report}': it fits {list(saved['names'])}, this fit {list(problem.names)}")
+        if saved["optimizer"] != optimizer:
+            raise FitError(f"cannot resume '{report}': it used fit.optimizer = '{saved['optimizer']}', not '{optimizer}'")
+        theta_init = saved["initial"]
+        u = jnp.asarray(saved["u"], dtype)
+        template = stepper.init(u)
+        leaves, treedef = jax.tree.flatten(template)
+        state = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=t.dtype) for v, t in zip(saved["state"], leaves)])
+        value, grad = stepper.value_and_grad(u)
+        done = np.asarray(saved["done"], bool)
+        history = {k: list(saved[k]) for k in ("loss_history", "grad_norm_history", "theta_history", "time_history")}
+        stall = np.asarray(saved["stall"], int)
+        elapsed0 = float(saved["wall_s"])
+    else:
+        theta_init = np.asarray(initial, float) if initial is not None else _initial_guesses(problem, starts, spread, seed)
+        if theta_init.ndim != 2 or theta_init.shape[1] != problem.n:
+            raise FitError(f"initial must have shape (starts, {problem.n}), got {theta_init.shape}")
+        u = jnp.asarray(problem.transform.u(theta_init), dtype)
+        state = stepper.init(u)
+        value, grad = stepper.value_and_grad(u)
+        done = np.zeros(len(theta_init), bool)
+        history = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
+        stall = np.zeros(len(theta_init), int)
+        elapsed0 = 0.0
+
+    def record(u, value, grad):
+        history["loss_history"].append(np.asarray(value, float))
+        history["grad_norm_history"].append(np.max(np.abs(np.asarray(grad, float)), axis=-1))
+        history["theta_history"].append(np.asarray(problem.transform.theta(u), float))
+        history["time_history"].append(elapsed0 + time.perf_counter() - t_start)
+
+    if not history["loss_history"]:
+        record(u, value, grad)
+    iteration = len(history["loss_history"]) - 1
+    status = "budget"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iterations, initial=min(iteration, max_iterations), unit="it", desc="fit", dynamic_ncols=True)
+    last_save = 0.0
+
+    def save(status_now: str, final: dict | None = None):
+        if report is not None:
+            write_report(
+                report,
+                problem,
+                optimizer=optimizer,
+                status=status_now,
+                theta_init=theta_init,
+                u=u,
+                state=state,
+                done=done,
+                stall=stall,
+                history=history,
+                wall_s=elapsed0 + time.perf_counter() - t_start,
+                settings_toml=settings_toml,
+                final=final,
+            )
+
+    try:
+        while iteration < max_iterations and not done.all():
+            prev = np.asarray(value, float)
+            u, state, value, grad = stepper.step(u, state, value, grad, jnp.asarray(done))
+            v = np.asarray(value, float)
+            if not np.all(np.isfinite(v) | done):
+                # a failed line search leaves no finite value in the state: evaluate afresh
+                value, grad = stepper.value_and_grad(u)
+                v = np.asarray(value, float)
+            iteration += 1
+            record(u, value, grad)
+            scale = np.maximum(1.0, np.abs(v))
+            small_change = np.abs(prev - v) <= tolerance * scale
+            stall = np.where(small_change, stall + 1, 0)
+            gnorm = history["grad_norm_history"][-1]
+            done = done | (stall >= 2) | (gnorm <= tolerance * scale)
+            if on_iteration is not None:
+                on_iteration(iteration, v)
+            if bar is not None:
+                best = int(np.nanargmin(np.where(np.isfinite(v), v, np.inf)))
+                bar.set_postfix(loss=f"{v[best]:.6g}", grad=f"{gnorm[best]:.2g}", running=int((~done).sum()))
+                bar.update(1)
+            if time.perf_counter() - last_save > 2.0:
+                save("running")
+                last_save = time.perf_counter()
+        status = "converged" if done.all() else "budget"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        save(status)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    final_values = np.asarray(value, float)
+    best = int(np.argmin(np.where(np.isfinite(final_values), final_values, np.inf)))
+    theta_all = np.asarray(problem.transform.theta(u), float)
+    theta_best = theta_all[best]
+    uq = gauss_newton(problem, theta_best)
+    predicted = np.asarray(jax.jit(problem.predict_params)(problem.params_of(jnp.asarray(u[best]))), float)
+    truth = truth_values(observations, problem.names)
+    result = FitResult(
+        names=problem.names,
+        parameters=dict(zip(problem.names, map(float, theta_best))),
+        stderr=dict(zip(problem.names, map(float, uq["stderr"]))),
+        relative_stderr=dict(zip(problem.names, map(float, uq["relative_stderr"]))),
+        identifiable=dict(zip(problem.names, map(bool, uq["identifiable"]))),
+        correlation=uq["correlation"],
+        loss=float(final_values[best]),
+        loss_history=np.stack(history["loss_history"]),
+        grad_norm_history=np.stack(history["grad_norm_history"]),
+        theta_history=np.stack(history["theta_history"]),
+        initial=np.asarray(theta_init, float),
+        best_start=best,
+        status=status,
+        iterations=iteration,
+        wall_s=elapsed0 + time.perf_counter() - t_start,
+        predicted=predicted,
+        problem=problem,
+        optimizer=optimizer,
+        truth=truth,
+    )
+    save(status, final={"result": result, "uq": uq})
+    return result
+
+
+def truth_values(observations: Observations, names) -> dict[str, float]:
+    """True parameter values when the observations were synthesised (``synovia synth``), else {}."""
+    raw = observations.attrs.get("truth_parameters")
+    if not raw:
+        return {}
+    from solver import default_params
+
+    values = json.loads(raw)
+    params = default_params(np.float64, **{k: np.asarray(v) for k, v in values.items()})
+    return {n: float(get_value(params, n)) for n in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# The report file
+# ----------------------------------------------------------------------------------------------
+
+
+def _strings(values) -> np.ndarray:
+    return np.array([str(v) for v in values], dtype=object)
+
+
+def write_report(
+    path, problem: Problem, *, optimizer, status, theta_init, u, state, done, stall, history, wall_s, settings_toml, final
+):
+    """Write the fit report atomically (a temporary file renamed over the old one)."""
+    from solver._run import version
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    obs = problem.observations
+    with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+        f.attrs.update(
+            {
+                "format": REPORT_FORMAT,
+                "synovia_version": version(),
+                "status": status,
+                "optimizer": optimizer,
+                "iterations": len(history["loss_history"]) - 1,
+                "wall_s": wall_s,
+                "log_residuals": problem.log_residuals,
+                "config_toml": problem.config.to_toml(),
+                "config_dir": str(problem.config.base_dir),
+                "fit_toml": settings_toml,
+                "n_observations": obs.count,
+                "nll_constant": problem.nll_constant(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        g = f.create_group("parameters")
+        g.create_dataset("names", data=_strings(problem.names), dtype=h5py.string_dtype())
+        g.create_dataset("transform", data=_strings(problem.transform.kind), dtype=h5py.string_dtype())
+        g["lower"] = problem.transform.lower
+        g["upper"] = problem.transform.upper
+        g["initial"] = np.asarray(theta_init, float)
+        truth = truth_values(obs, problem.names)
+        g["truth"] = np.array([truth.get(n, np.nan) for n in problem.names])
+        h = f.create_group("history")
+        h["loss"] = np.stack(history["loss_history"])
+        h["grad_norm"] = np.stack(history["grad_norm_history"])
+        h["theta"] = np.stack(history["theta_history"])
+        h["time_s"] = np.asarray(history["time_history"], float)
+        o = f.create_group("optimizer")
+        o["u"] = np.asarray(u)
+        o["done"] = np.asarray(done, bool)
+        o["stall"] = np.asarray(stall, int)
+        s = o.create_group("state")
+        for i, leaf in enumerate(jax.tree.leaves(state)):
+            s[f"{i:03d}"] = np.asarray(leaf)
+        d = f.create_group("observations")
+        d["time_h"] = np.asarray(obs.time_h, float)
+        d["value"] = np.asarray(obs.value, float)
+        d["sigma"] = np.asarray(obs.sigma, float)
+        for c in ("species", "kind", "where"):
+            d.create_dataset(c, data=_strings(getattr(obs, c)), dtype=h5py.string_dtype())
+        if obs.attrs.get("source"):
+            d.attrs["source"] = str(obs.attrs["source"])
+        if final is not None:
+            result, uq = final["result"], final["uq"]
+            f.attrs["best_start"] = result.best_start
+            f.attrs["loss"] = result.loss
+            g["fitted"] = result.theta
+            g["stderr"] = uq["stderr"]
+            g["relative_stderr"] = uq["relative_stderr"]
+            g["identifiable"] = uq["identifiable"]
+            g["correlation"] = uq["correlation"]
+            g["fisher_eigenvalues"] = uq["fisher_eigenvalues"]
+            n_scalar = len(obs)
+            d["predicted"] = result.predicted[:n_scalar]
+            for m, (species, _, _, _seen) in zip(obs.maps, problem.operator.maps):
+                mg = f.create_group(f"maps/{m.name}")
+                mg.attrs.update({"time_h": m.time_h, "species": species})
+                mg.create_dataset("value", data=m.value, compression="gzip")
+                mg.create_dataset("sigma", data=m.sigma, compression="gzip")
+            offset = n_scalar
+            for m, (_, _, _, seen) in zip(obs.maps, problem.operator.maps):
+                pred = np.full(m.value.shape, np.nan)
+                count = int(seen.sum())
+                pred[seen] = result.predicted[offset : offset + count]
+                offset += count
+                f[f"maps/{m.name}"].create_dataset("predicted", data=pred, compression="gzip")
+            # model curves at the fitted parameters, every frame, for each observed region
+            op = problem.operator
+            if op.regions:
+                frames = jax.jit(problem.frames)(problem.params_of(jnp.asarray(np.asarray(u)[result.best_start])))
+                means = np.asarray(op.region_means(frames), float)
+                m = f.create_group("model")
+                m["time_h"] = np.arange(op.n_frames + 1) * problem.scenario.interval
+                m["region_means"] = means[[op.species.index(sp) for sp, _, _ in op.regions], :, np.arange(len(op.regions))]
+                for i, c in enumerate(("species", "kind", "where")):
+                    m.create_dataset(c, data=_strings(r[i] for r in op.regions), dtype=h5py.string_dtype())
+    os.replace(tmp, path)
+
+
+def read_report(path) -> dict:
+    """The fit report as a dict (arrays and attributes), e.g. to resume or plot."""
+    path = Path(path)
+    if not path.is_file():
+        raise FitError(f"fit report '{path}' does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise FitError(f"cannot read fit report '{path}': {err}") from None
+    with f:
+        if f.attrs.get("format") != REPORT_FORMAT:
+            raise FitError(f"'{path}' is not a synovia fit report (format attribute {f.attrs.get('format')!r})")
+        out = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+        def strings(ds):
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+
+        g = f["parameters"]
+        out["names"] = strings(g["names"])
+        out["transform"] = strings(g["transform"])
+        for k in (
+            "lower",
+            "upper",
+            "initial",
+            "truth",
+            "fitted",
+            "stderr",
+            "relative_stderr",
+            "identifiable",
+            "correlation",
+            "fisher_eigenvalues",
+        ):
+            if k in g:
+                out[k] = g[k][()]
+        h = f["history"]
+        out["loss_history"] = h["loss"][()]
+        out["grad_norm_history"] = h["grad_norm"][()]
+        out["theta_history"] = h["theta"][()]
+        out["time_history"] = h["time_s"][()]
+        o = f["optimizer"]
+        out["u"] = o["u"][()]
+        out["done"] = o["done"][()]
+        out["stall"] = o["stall"][()]
+        out["state"] = [o["state"][k][()] for k in sorted(o["state"])]
+        d = f["observations"]
+        out["observations"] = {k: (strings(d[k]) if k in ("species", "kind", "where") else d[k][()]) for k in d}
+        out["maps"] = {name: {**{k: mg[k][()] for k in mg}, **dict(mg.attrs)} for name, mg in f.get("maps", {}).items()}
+        if "model" in f:
+            m = f["model"]
+            out["model"] = {k: (strings(m[k]) if k in ("species", "kind", "where") else m[k][()]) for k in m}
+    return out

@@ -1,0 +1,154 @@
+"""Figures of a fit report: loss curves, data against the fitted model, parameter correlations.
+
+:func:`plot_fit` writes ``<stem>.png`` (loss per iteration for every start, one panel per observed
+quantity with the data, their error bars (1 sigma) and the fitted model's curve, and the
+correlation matrix of the fitted parameters) and, when the fit used field maps,
+``<stem>_maps.png`` (observed, fitted and residual/sigma for each map). Same style as the run
+figures (solver._plot).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from solver._plot import RC, _new_figure, _save, species_style
+
+from ._fit import read_report
+
+_UNITS = {"tnf": "pg/mL", "il1": "pg/mL", "leukocytes": "cells/µL", "drug": "µg/mL", "cartilage": "fraction"}
+_WHERE = {"fluid": "synovial fluid"}
+START_COLOUR = "#9a9a9a"
+BEST_COLOUR = "#d8453b"
+DATA_COLOUR = "#1f1f1f"
+MODEL_COLOUR = "#3b7dd8"
+
+
+def _label(species: str, kind: str, where: str) -> str:
+    place = _WHERE.get(kind, f"{kind} {where}".strip())
+    return f"{species_style(species).label}, {place}"
+
+
+def fit_figure(report: dict):
+    """The loss / data-vs-model / correlation figure of a report (from :func:`read_report`)."""
+    obs = report["observations"]
+    keys = list(dict.fromkeys(zip(obs["species"], obs["kind"], obs["where"])))
+    n_panels = len(keys)
+    cols = min(3, max(1, n_panels))
+    rows = 1 + math.ceil(n_panels / cols)
+    fig = _new_figure((3.2 * max(cols, 2), 2.6 * rows))
+    grid = fig.add_gridspec(rows, max(cols, 2))
+    loss = np.asarray(report["loss_history"], float)
+    best = int(report.get("best_start", 0))
+    ax = fig.add_subplot(grid[0, 0])
+    its = np.arange(loss.shape[0])
+    offset = 0.0
+    if np.nanmin(loss) <= 0:
+        offset = 1e-12 - np.nanmin(loss)
+    for s in range(loss.shape[1]):
+        if s != best:
+            ax.plot(its, loss[:, s] + offset, color=START_COLOUR, lw=0.8, alpha=0.7)
+    ax.plot(its, loss[:, best] + offset, color=BEST_COLOUR, lw=1.4, label=f"best of {loss.shape[1]} start(s)")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (½ Σ r², whitened)")
+    ax.set_title(f"Loss ({report['optimizer']}, {report['status']})")
+    ax.legend(loc="upper right")
+    ax = fig.add_subplot(grid[0, 1:] if max(cols, 2) > 2 else grid[0, 1])
+    names = list(report["names"])
+    if "correlation" in report:
+        corr = np.asarray(report["correlation"], float)
+        im = ax.imshow(np.nan_to_num(corr, nan=0.0), cmap="RdBu_r", vmin=-1, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                text = "n/a" if not np.isfinite(corr[i, j]) else f"{corr[i, j]:.2f}"
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="black" if abs(np.nan_to_num(corr[i, j])) < 0.6 else "white",
+                )
+        short = [n.replace("diffusivity_", "D_") for n in names]
+        ax.set_xticks(range(len(names)), short, rotation=40, ha="right")
+        ax.set_yticks(range(len(names)), short)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="correlation")
+        ident = report.get("identifiable")
+        if ident is not None and not np.all(ident):
+            weak = [short[i] for i in range(len(names)) if not ident[i]]
+            ax.set_title("Parameter correlations; not identifiable: " + ", ".join(weak), color=BEST_COLOUR)
+        else:
+            ax.set_title("Parameter correlations (Gauss-Newton)")
+    else:
+        ax.set_axis_off()
+        ax.set_title("no uncertainty yet (fit running or interrupted)")
+    model = report.get("model")
+    for p, key in enumerate(keys):
+        ax = fig.add_subplot(grid[1 + p // cols, p % cols])
+        sel = [i for i, k in enumerate(zip(obs["species"], obs["kind"], obs["where"])) if k == key]
+        t = np.asarray(obs["time_h"])[sel]
+        y = np.asarray(obs["value"])[sel]
+        e = np.asarray(obs["sigma"])[sel]
+        ax.errorbar(
+            t, y, yerr=e, fmt="o", ms=3, color=DATA_COLOUR, ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label="data ± 1σ"
+        )
+        if model is not None:
+            regions = list(zip(model["species"], model["kind"], model["where"]))
+            if key in regions:
+                r = regions.index(key)
+                ax.plot(model["time_h"], model["region_means"][r], color=MODEL_COLOUR, lw=1.3, label="fitted model")
+        ax.set_title(_label(*key))
+        ax.set_xlabel("time (h)")
+        ax.set_ylabel(_UNITS.get(key[0], ""))
+        if np.all(y > 0) and y.max() / max(y.min(), 1e-300) > 100:
+            ax.set_yscale("log")
+        if p == 0:
+            ax.legend(loc="best")
+    fig.suptitle("synovia fit: " + ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, report.get("fitted", [])))[:160])
+    return fig
+
+
+def maps_figure(report: dict):
+    maps = report["maps"]
+    fig = _new_figure((8.4, 2.6 * len(maps)))
+    axes = fig.subplots(len(maps), 3, squeeze=False)
+    for row, (_name, m) in enumerate(sorted(maps.items())):
+        value, pred, sigma = (np.asarray(m[k], float) for k in ("value", "predicted", "sigma"))
+        if value.ndim == 3:  # 3D: the middle slice along axis 1 (the 2D section)
+            mid = value.shape[1] // 2
+            value, pred, sigma = value[:, mid], pred[:, mid], sigma[:, mid]
+        style = species_style(str(m["species"]))
+        finite = np.isfinite(value)
+        lo, hi = (float(np.nanmin(value[finite])), float(np.nanmax(value[finite]))) if finite.any() else (0.0, 1.0)
+        for col, (data, title) in enumerate(((value, "observed"), (pred, "fitted model"))):
+            im = axes[row, col].imshow(np.ma.masked_invalid(data), origin="lower", cmap=style.cmap, vmin=lo, vmax=hi)
+            axes[row, col].set_title(f"{style.label} at {float(m['time_h']):g} h: {title}")
+        fig.colorbar(im, ax=axes[row, :2], shrink=0.8, label=_UNITS.get(str(m["species"]), ""))
+        z = (pred - value) / sigma
+        bound = max(3.0, float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 3.0)
+        im = axes[row, 2].imshow(np.ma.masked_invalid(z), origin="lower", cmap="RdBu_r", vmin=-bound, vmax=bound)
+        axes[row, 2].set_title("(model - data) / σ")
+        fig.colorbar(im, ax=axes[row, 2], shrink=0.8)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def plot_fit(path, out_dir, *, stem: str | None = None, dpi: int = 120) -> list[Path]:
+    """Write the figures of fit report ``path`` into ``out_dir``; the paths written."""
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = stem or path.stem
+    report = read_report(path)
+    written = []
+    with matplotlib.rc_context(RC):
+        written.append(_save(fit_figure(report), out_dir / f"{stem}.png", dpi))
+        if report["maps"] and all("predicted" in m for m in report["maps"].values()):
+            written.append(_save(maps_figure(report), out_dir / f"{stem}_maps.png", dpi))
+    return written

@@ -1,0 +1,370 @@
+"""A fitting problem: which parameters, in what unconstrained space, and the loss through the solver.
+
+Parameters are optimised as unconstrained ``u`` (shape ``(n,)``) with per-parameter transforms,
+so positivity and bounds hold for any ``u``:
+
+- ``log`` (no upper bound, lower bound 0): theta = exp(u);
+- ``log-bounded`` (0 < lower < upper < inf): log theta = log lo + (log hi - log lo) sigmoid(u);
+- ``bounded`` (lower = 0 < upper < inf): theta = hi sigmoid(u);
+- ``shifted-log`` (0 < lower, no upper bound): theta = lo + exp(u).
+
+The loss is the Gaussian negative log-likelihood of the observations, constant terms dropped,
+
+    loss(theta) = 1/2 sum_i r_i^2 + 1/2 sum_j ((ln theta_j - ln m_j) / ln f_j)^2,
+
+with whitened residuals r_i = (y_i(theta) - d_i) / sigma_i, or on log-concentrations
+r_i = (ln(y_i + e) - ln(d_i + e)) / (sigma_i / (d_i + e)) (delta method, e a small floor), and
+optional log-normal priors with median m_j and geometric standard deviation f_j.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fields import TISSUE_NAMES
+from solver import DIFFUSIVITIES, PARAMETERS, Config, Params, build_scenario, choose_substeps, get_solver
+from solver._steppers import get_stepper
+
+from ._observations import ObservationError, ObservationOperator, Observations, observed
+
+#: Literature log-normal priors (median, geometric sd factor, source) for parameters that have a
+#: measured or estimated value in ../shared/MODEL.md; rates the data must set have none.
+LITERATURE_PRIORS: dict[str, tuple[float, float, str]] = {
+    "decay_tnf": (2.25, 1.5, "MODEL.md: TNF t1/2 18.5 min, Ferraiolo et al. 1988"),
+    "decay_il1": (2.2, 1.5, "MODEL.md: IL-1 t1/2 19 min, Cancer Res 1990;50:5751"),
+    "chemotaxis": (0.05, 3.0, "MODEL.md: chi ~0.05 mm^2/h, not confirmed in literature"),
+    "leukocyte_death": (0.03, 2.0, "MODEL.md: tissue neutrophil lifetime about a day"),
+    "drug_clearance": (math.log(2) / 96.0, 2.0, "MODEL.md: etanercept t1/2 ~4 d to adalimumab ~14 d"),
+    "diffusivity_tnf.synovial_fluid": (0.27, 2.0, "MODEL.md: Hao & Friedman 2016"),
+    "diffusivity_il1.synovial_fluid": (0.39, 2.0, "MODEL.md: Stokes-Einstein estimate"),
+    "diffusivity_leukocytes.synovial_fluid": (0.01, 3.0, "MODEL.md: neutrophil speed 17 um/min, Butler 2010"),
+}
+
+
+class FitError(ValueError):
+    """Bad fit input: the message names the parameter or key, its value and what is allowed."""
+
+
+def fittable_names() -> list[str]:
+    """Every name a fit may free: scalar parameters and ``diffusivity_<species>.<tissue>``."""
+    tissues = [t for t in TISSUE_NAMES if t not in ("excluded", "bone")]
+    return list(PARAMETERS) + [f"{d}.{t}" for d in DIFFUSIVITIES for t in tissues]
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, fittable_names(), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitParameter:
+    """One parameter to fit: bounds in its own unit, an initial value (None: the scenario's) and a prior.
+
+    ``prior`` is None (no prior), ``"literature"`` (the :data:`LITERATURE_PRIORS` entry) or
+    ``(median, factor)`` of a log-normal prior.
+    """
+
+    name: str
+    lower: float = 0.0
+    upper: float = math.inf
+    initial: float | None = None
+    prior: object = None
+
+    @property
+    def transform(self) -> str:
+        if self.lower > 0:
+            return "log-bounded" if math.isfinite(self.upper) else "shifted-log"
+        return "bounded" if math.isfinite(self.upper) else "log"
+
+
+def _locate(name: str) -> tuple[str, int | None]:
+    """(Params field, tissue index or None) for a fittable name."""
+    if name in PARAMETERS:
+        return name, None
+    field, _, tissue = name.partition(".")
+    if field in DIFFUSIVITIES and tissue in TISSUE_NAMES and tissue not in ("excluded", "bone"):
+        return field, TISSUE_NAMES.index(tissue)
+    raise FitError(
+        f"unknown parameter '{name}'{_suggest(name)}; fittable: scalar [parameters] keys and diffusivity_<species>.<tissue>"
+    )
+
+
+def get_value(params: Params, name: str):
+    field, index = _locate(name)
+    value = getattr(params, field)
+    return value if index is None else value[index]
+
+
+def set_values(params: Params, names: Sequence[str], theta) -> Params:
+    """``params`` with each named parameter replaced by the matching entry of ``theta``."""
+    changes: dict[str, jax.Array] = {}
+    for j, name in enumerate(names):
+        field, index = _locate(name)
+        current = changes.get(field, getattr(params, field))
+        value = theta[j].astype(current.dtype)
+        changes[field] = value if index is None else current.at[index].set(value)
+    return params._replace(**changes)
+
+
+def normalize_parameters(spec, params: Params) -> tuple[FitParameter, ...]:
+    """Accept names, ``{name: (lower, upper)}``, ``{name: {lower, upper, initial, prior}}`` or FitParameters."""
+    if isinstance(spec, Mapping):
+        items = []
+        for name, v in spec.items():
+            if isinstance(v, FitParameter):
+                items.append(v)
+            elif isinstance(v, Mapping):
+                items.append(FitParameter(name, **v))
+            elif v is None:
+                items.append(FitParameter(name))
+            else:
+                lo, hi = v
+                items.append(FitParameter(name, float(lo), float(hi)))
+    else:
+        items = [p if isinstance(p, FitParameter) else FitParameter(str(p)) for p in spec]
+    if not items:
+        raise FitError("no parameters to fit: name at least one")
+    out = []
+    seen = set()
+    for p in items:
+        field, _ = _locate(p.name)
+        if p.name in seen:
+            raise FitError(f"parameter '{p.name}' is listed twice")
+        seen.add(p.name)
+        info_lower = PARAMETERS[field].lower if field in PARAMETERS else 0.0
+        info_upper = PARAMETERS[field].upper if field in PARAMETERS else math.inf
+        lower, upper = float(p.lower), float(p.upper)
+        if not (lower >= max(info_lower, 0.0)) or not upper > lower or upper > info_upper:
+            raise FitError(
+                f"parameter '{p.name}': bounds [{lower:g}, {upper:g}] must satisfy "
+                f"{max(info_lower, 0.0):g} <= lower < upper <= {info_upper:g}"
+            )
+        initial = float(get_value(params, p.name)) if p.initial is None else float(p.initial)
+        if not (lower < initial < upper) or initial <= 0:
+            raise FitError(
+                f"parameter '{p.name}': initial value {initial:g} must be > 0 and strictly inside "
+                f"its bounds [{lower:g}, {upper:g}]"
+            )
+        prior = p.prior
+        if prior in (None, False):
+            prior = None
+        elif prior is True or prior == "literature":
+            if p.name not in LITERATURE_PRIORS:
+                raise FitError(
+                    f"parameter '{p.name}': no literature prior (MODEL.md gives one for {sorted(LITERATURE_PRIORS)}); "
+                    "give prior = [median, factor]"
+                )
+            prior = LITERATURE_PRIORS[p.name][:2]
+        else:
+            try:
+                median, factor = (float(v) for v in prior)
+            except (TypeError, ValueError):
+                raise FitError(f"parameter '{p.name}': prior = {prior!r} must be 'literature' or [median, factor]") from None
+            if not (median > 0 and factor > 1):
+                raise FitError(
+                    f"parameter '{p.name}': prior [median, factor] = [{median:g}, {factor:g}] needs median > 0 and factor > 1"
+                )
+            prior = (median, factor)
+        out.append(FitParameter(p.name, lower, upper, initial, prior))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """Vectorised per-parameter maps between unconstrained ``u`` and ``theta``."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    kind: tuple[str, ...]
+
+    def theta(self, u):
+        out = []
+        for j, kind in enumerate(self.kind):
+            lo, hi, x = self.lower[j], self.upper[j], u[..., j]
+            if kind == "log":
+                out.append(jnp.exp(x))
+            elif kind == "shifted-log":
+                out.append(lo + jnp.exp(x))
+            elif kind == "bounded":
+                out.append(hi * jax.nn.sigmoid(x))
+            else:
+                out.append(jnp.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * jax.nn.sigmoid(x)))
+        return jnp.stack(out, axis=-1)
+
+    def u(self, theta) -> np.ndarray:
+        theta = np.asarray(theta, float)
+        out = np.empty_like(theta)
+        for j, kind in enumerate(self.kind):
+            lo, hi, t = self.lower[j], self.upper[j], theta[..., j]
+            if kind == "log":
+                out[..., j] = np.log(t)
+            elif kind == "shifted-log":
+                out[..., j] = np.log(t - lo)
+            elif kind == "bounded":
+                p = t / hi
+                out[..., j] = np.log(p) - np.log1p(-p)
+            else:
+                p = (np.log(t) - math.log(lo)) / (math.log(hi) - math.log(lo))
+                out[..., j] = np.log(p) - np.log1p(-p)
+        return out
+
+
+class Problem:
+    """A scenario, observations and free parameters, with a differentiable loss of ``u``.
+
+    ``loss``, ``residuals`` and ``predict`` are pure JAX functions of ``u`` (shape ``(n,)``);
+    they run :meth:`solver.Solver.trajectory` (checkpointed, so reverse mode stores about one
+    state per frame and per sub-step) from the scenario's initial state to the last observation.
+    """
+
+    def __init__(self, config: Config, observations: Observations, parameters, *, log_residuals: bool = False):
+        self.config = config
+        self.observations = observations
+        scenario = build_scenario(config)
+        self.scenario = scenario
+        t_end = config.run.t_end_h
+        late = [float(t) for t in observations.time_h if t > t_end * (1 + 1e-12)] + [
+            m.time_h for m in observations.maps if m.time_h > t_end * (1 + 1e-12)
+        ]
+        if late:
+            raise ObservationError(
+                f"an observation at time_h = {max(late):g} lies outside the run (0 to run.t_end_h = {t_end:g} h)"
+            )
+        self.parameters = normalize_parameters(parameters, scenario.params)
+        self.names = tuple(p.name for p in self.parameters)
+        self.transform = Transform(
+            np.array([p.lower for p in self.parameters]),
+            np.array([p.upper for p in self.parameters]),
+            tuple(p.transform for p in self.parameters),
+        )
+        self.operator = ObservationOperator.build(
+            observations, scenario.geometry, scenario.interval, species_in_run=scenario.options.species
+        )
+        values, sigmas = observed(observations)
+        self.data = jnp.asarray(values, scenario.dtype)
+        self.sigma = jnp.asarray(sigmas, scenario.dtype)
+        self.log_residuals = bool(log_residuals)
+        floor = 1e-6 * float(np.max(np.abs(values))) if values.size else 1.0
+        self.log_floor = max(floor, 1e-12)
+        priors = [(j, p.prior) for j, p in enumerate(self.parameters) if p.prior is not None]
+        self.prior_index = np.array([j for j, _ in priors], int)
+        self.prior_median = np.array([math.log(pr[0]) for _, pr in priors])
+        self.prior_width = np.array([math.log(pr[1]) for _, pr in priors])
+        # One step plan for every parameter set the fit may visit: the stability limits at the
+        # upper bounds (or 4x the initial value where unbounded) are the tightest it can meet.
+        extreme = [p.upper if math.isfinite(p.upper) else 4.0 * p.initial for p in self.parameters]
+        params_hi = set_values(scenario.params, self.names, jnp.asarray(extreme, scenario.dtype))
+        n_sub, dt, _ = choose_substeps(
+            scenario.interval,
+            params_hi,
+            scenario.initial,
+            scenario.options,
+            get_stepper(config.run.stepper),
+            config.run.safety,
+            config.run.dt_h,
+        )
+        self.n_substeps = max(n_sub, scenario.n_substeps)
+        self.dt = scenario.interval / self.n_substeps
+        self.solver = get_solver(scenario.options, config.run.stepper, self.n_substeps)
+        self.u0 = self.transform.u(np.array([p.initial for p in self.parameters]))
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    def params_of(self, u) -> Params:
+        return set_values(self.scenario.params, self.names, self.transform.theta(u))
+
+    def frames(self, params: Params, initial=None):
+        """Initial state and one state per interval up to the last observation, stacked."""
+        sc = self.scenario
+        initial = sc.initial if initial is None else initial
+        _, frames = self.solver.trajectory(initial, params, sc.domain, self.dt, self.operator.n_frames)
+        return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), initial, frames)
+
+    def predict_params(self, params: Params, initial=None):
+        return self.operator.predict(self.frames(params, initial))
+
+    def whiten(self, predicted):
+        if self.log_residuals:
+            e = self.log_floor
+            return (jnp.log(jnp.maximum(predicted, 0) + e) - jnp.log(self.data + e)) * (self.data + e) / self.sigma
+        return (predicted - self.data) / self.sigma
+
+    def prior_residuals(self, theta):
+        if not len(self.prior_index):
+            return jnp.zeros(0, theta.dtype)
+        return (jnp.log(theta[self.prior_index]) - self.prior_median) / self.prior_width
+
+    def residuals(self, u):
+        """Whitened data residuals followed by prior residuals (1/2 their squared sum is the loss)."""
+        theta = self.transform.theta(u)
+        params = set_values(self.scenario.params, self.names, theta)
+        return jnp.concatenate([self.whiten(self.predict_params(params)), self.prior_residuals(theta)])
+
+    def loss(self, u):
+        r = self.residuals(u)
+        return 0.5 * jnp.sum(r * r)
+
+    def loss_of(self, params: Params, initial=None):
+        """The data part of the loss for a whole parameter set and initial state (for gradient checks)."""
+        r = self.whiten(self.predict_params(params, initial))
+        return 0.5 * jnp.sum(r * r)
+
+    def nll_constant(self) -> float:
+        """What the dropped terms add: sum ln sigma + n/2 ln(2 pi) (on the log scale, sigma/(d+e))."""
+        s = np.asarray(self.sigma, float)
+        if self.log_residuals:
+            s = s / (np.asarray(self.data, float) + self.log_floor)
+        return float(np.sum(np.log(s)) + 0.5 * s.size * math.log(2 * math.pi))
+
+
+def gauss_newton(problem: Problem, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """Standard errors, correlations and identifiability at ``theta`` from the Gauss-Newton matrix.
+
+    Works in z = ln theta: F = J^T J with J = d r / d z (forward mode, one pass per parameter),
+    covariance C = F^+ (pseudo-inverse); se(theta_j) = theta_j sqrt(C_jj) (delta method).
+    A parameter is flagged unidentifiable when it loads on a direction the data do not constrain
+    (eigenvalue below 1e-8 of the largest) or its relative standard error exceeds 1.
+    """
+    dtype = problem.scenario.dtype
+    theta = np.asarray(theta, float)
+
+    def r_of_z(z):
+        th = jnp.exp(z)
+        params = set_values(problem.scenario.params, problem.names, th)
+        return jnp.concatenate([problem.whiten(problem.predict_params(params)), problem.prior_residuals(th)])
+
+    jac = np.asarray(jax.jit(jax.jacfwd(r_of_z))(jnp.asarray(np.log(theta), dtype)), float)
+    fisher = jac.T @ jac
+    evals, evecs = np.linalg.eigh(fisher)
+    top = max(float(evals[-1]), 1e-300)
+    good = evals > 1e-8 * top
+    cov = (evecs[:, good] / evals[good]) @ evecs[:, good].T
+    weak = np.zeros(problem.n, bool)
+    for k in np.flatnonzero(~good):
+        weak |= np.abs(evecs[:, k]) > 0.3
+    rel = np.sqrt(np.maximum(np.diag(cov), 0))
+    rel[weak] = np.inf
+    se = theta * rel
+    d = np.sqrt(np.maximum(np.diag(cov), 1e-300))
+    corr = cov / np.outer(d, d)
+    corr[weak, :] = np.nan
+    corr[:, weak] = np.nan
+    np.fill_diagonal(corr, 1.0)
+    return {
+        "stderr": se,
+        "relative_stderr": rel,
+        "correlation": corr,
+        "identifiable": ~weak & (rel <= 1.0),
+        "fisher_eigenvalues": evals,
+        "jacobian": jac,
+    }
