@@ -38,6 +38,7 @@ class FitSection:
     max_iterations: int = _opt(100, "iteration budget (all starts advance together)", lower=0)
     tolerance: float = _opt(1e-9, "a start stops when its loss changes by less than this x max(1, loss) twice", lower=0)
     learning_rate: float = _opt(0.05, "Adam's initial step in the unconstrained space", lower=0, strict_lower=True)
+    learning_rate_half_life: float = _opt(100.0, "Adam's step halves every this many iterations", lower=0, strict_lower=True)
     starts: int = _opt(1, "initial guesses batched with jax.vmap: the given values, then log-uniform draws", lower=1)
     spread: float = _opt(3.0, "multi-start draws lie within initial/spread .. initial*spread", lower=1, strict_lower=True)
     seed: int = _opt(0, "seed of the multi-start draws", lower=0)

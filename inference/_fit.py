@@ -48,11 +48,13 @@ def _tree_get(tree, key):
     return getter(tree, key)
 
 
-def make_optimizer(name: str, learning_rate: float, max_iterations: int) -> optax.GradientTransformationExtraArgs:
-    """Adam with a cosine-decay schedule (to 1% of ``learning_rate``), or L-BFGS with a zoom line search."""
+def make_optimizer(name: str, learning_rate: float, half_life: float = 100.0) -> optax.GradientTransformationExtraArgs:
+    """Adam whose step halves every ``half_life`` iterations, or L-BFGS with a zoom line search.
+
+    The schedule does not depend on the iteration budget, so a resumed fit continues exactly.
+    """
     if name == "adam":
-        schedule = optax.cosine_decay_schedule(learning_rate, max(1, max_iterations), alpha=0.01)
-        return optax.adam(schedule)
+        return optax.adam(optax.exponential_decay(learning_rate, transition_steps=half_life, decay_rate=0.5))
     if name == "lbfgs":
         return optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
     raise FitError(f"optimizer '{name}' is not one of {list(OPTIMIZERS)}")
@@ -135,12 +137,14 @@ class _Stepper:
     """The compiled, start-batched optimiser step: (u, state, value, grad, done) -> same, next iterate."""
 
     def __init__(self, problem: Problem, opt, name: str):
-        loss = problem.loss
-        vg = jax.value_and_grad(loss)
-        self.value_and_grad = jax.jit(jax.vmap(vg))
+        vg = jax.value_and_grad(problem.loss)
+        self._value_and_grad = jax.jit(jax.vmap(vg, in_axes=(0, None, None)))
         self.init = jax.jit(jax.vmap(opt.init))
 
-        def one(u, state, value, grad, done):
+        def one(u, state, value, grad, done, data, sigma):
+            def loss(v):
+                return problem.loss(v, data, sigma)
+
             if name == "lbfgs":
                 updates, new_state = opt.update(grad, state, u, value=value, grad=grad, value_fn=loss)
                 new_u = optax.apply_updates(u, updates)
@@ -148,7 +152,7 @@ class _Stepper:
             else:
                 updates, new_state = opt.update(grad, state, u)
                 new_u = optax.apply_updates(u, updates)
-                new_value, new_grad = vg(new_u)
+                new_value, new_grad = vg(new_u, data, sigma)
 
             def keep(old, new):
                 return jnp.where(done, old, new)
@@ -160,18 +164,27 @@ class _Stepper:
                 keep(grad, new_grad),
             )
 
-        self.step = jax.jit(jax.vmap(one))
+        self._step = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None)))
+        self.problem = problem
+
+    def value_and_grad(self, u, problem: Problem):
+        return self._value_and_grad(u, problem.data, problem.sigma)
+
+    def step(self, u, state, value, grad, done, problem: Problem):
+        return self._step(u, state, value, grad, done, problem.data, problem.sigma)
 
 
 def fit(
-    config: Config,
-    observations: Observations,
-    parameters,
+    config: Config | None = None,
+    observations: Observations | None = None,
+    parameters=None,
     *,
+    problem: Problem | None = None,
     optimizer: str = "lbfgs",
     max_iterations: int = 100,
     tolerance: float = 1e-9,
     learning_rate: float = 0.05,
+    learning_rate_half_life: float = 100.0,
     starts: int = 1,
     spread: float = 3.0,
     seed: int = 0,
@@ -188,7 +201,10 @@ def fit(
     Args:
         parameters: names, ``{name: (lower, upper)}``, ``{name: {"lower", "upper", "initial", "prior"}}``
             or :class:`~inference.FitParameter` objects (see :func:`inference.fittable_names`).
-        optimizer: ``"lbfgs"`` (optax.lbfgs with a zoom line search) or ``"adam"`` (cosine-decayed).
+        problem: instead of ``config, observations, parameters``, a :class:`~inference.Problem`; fits of
+            one problem (or of its :meth:`~inference.Problem.with_observations` copies) share compiled code.
+        optimizer: ``"lbfgs"`` (optax.lbfgs with a zoom line search) or ``"adam"`` (step halving every
+            ``learning_rate_half_life`` iterations).
         starts: initial guesses batched with vmap: the given initial values, then ``starts - 1``
             log-uniform draws within a factor ``spread`` of them (seeded by ``seed``); or ``initial``
             (starts x n parameter values).
@@ -202,9 +218,15 @@ def fit(
     if not spread > 1:
         raise FitError(f"spread = {spread} must be > 1")
     t_start = time.perf_counter()
-    problem = Problem(config, observations, parameters, log_residuals=log_residuals)
-    opt = make_optimizer(optimizer, learning_rate, max_iterations)
-    stepper = _Stepper(problem, opt, optimizer)
+    if problem is None:
+        if config is None or observations is None or parameters is None:
+            raise FitError("fit needs config, observations and parameters, or problem=")
+        problem = Problem(config, observations, parameters, log_residuals=log_residuals)
+    observations = problem.observations
+    key = ("stepper", optimizer, float(learning_rate), float(learning_rate_half_life))
+    stepper = problem.compiled(
+        key, lambda: _Stepper(problem, make_optimizer(optimizer, learning_rate, learning_rate_half_life), optimizer)
+    )
     dtype = problem.scenario.dtype
 
     if resume:
@@ -218,7 +240,7 @@ def fit(
         template = stepper.init(u)
         leaves, treedef = jax.tree.flatten(template)
         state = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=t.dtype) for v, t in zip(saved["state"], leaves)])
-        value, grad = stepper.value_and_grad(u)
+        value, grad = stepper.value_and_grad(u, problem)
         done = np.asarray(saved["done"], bool)
         history = {k: list(saved[k]) for k in ("loss_history", "grad_norm_history", "theta_history", "time_history")}
         stall = np.asarray(saved["stall"], int)
@@ -229,7 +251,7 @@ def fit(
             raise FitError(f"initial must have shape (starts, {problem.n}), got {theta_init.shape}")
         u = jnp.asarray(problem.transform.u(theta_init), dtype)
         state = stepper.init(u)
-        value, grad = stepper.value_and_grad(u)
+        value, grad = stepper.value_and_grad(u, problem)
         done = np.zeros(len(theta_init), bool)
         history = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
         stall = np.zeros(len(theta_init), int)
@@ -273,11 +295,11 @@ def fit(
     try:
         while iteration < max_iterations and not done.all():
             prev = np.asarray(value, float)
-            u, state, value, grad = stepper.step(u, state, value, grad, jnp.asarray(done))
+            u, state, value, grad = stepper.step(u, state, value, grad, jnp.asarray(done), problem)
             v = np.asarray(value, float)
             if not np.all(np.isfinite(v) | done):
                 # a failed line search leaves no finite value in the state: evaluate afresh
-                value, grad = stepper.value_and_grad(u)
+                value, grad = stepper.value_and_grad(u, problem)
                 v = np.asarray(value, float)
             iteration += 1
             record(u, value, grad)
@@ -309,7 +331,8 @@ def fit(
     theta_all = np.asarray(problem.transform.theta(u), float)
     theta_best = theta_all[best]
     uq = gauss_newton(problem, theta_best)
-    predicted = np.asarray(jax.jit(problem.predict_params)(problem.params_of(jnp.asarray(u[best]))), float)
+    predict = problem.compiled("predict", lambda: jax.jit(problem.predict_params))
+    predicted = np.asarray(predict(problem.params_of(jnp.asarray(u[best]))), float)
     truth = truth_values(observations, problem.names)
     result = FitResult(
         names=problem.names,
@@ -439,7 +462,9 @@ def write_report(
             # model curves at the fitted parameters, every frame, for each observed region
             op = problem.operator
             if op.regions:
-                frames = jax.jit(problem.frames)(problem.params_of(jnp.asarray(np.asarray(u)[result.best_start])))
+                frames = problem.compiled("frames", lambda: jax.jit(problem.frames))(
+                    problem.params_of(jnp.asarray(np.asarray(u)[result.best_start]))
+                )
                 means = np.asarray(op.region_means(frames), float)
                 m = f.create_group("model")
                 m["time_h"] = np.arange(op.n_frames + 1) * problem.scenario.interval

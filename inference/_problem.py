@@ -19,6 +19,7 @@ optional log-normal priors with median m_j and geometric standard deviation f_j.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -51,10 +52,15 @@ class FitError(ValueError):
     """Bad fit input: the message names the parameter or key, its value and what is allowed."""
 
 
+#: Event times and windows: the stepper sees a source switch on or off at a step, so the loss is
+#: piecewise constant in these (their gradient is zero almost everywhere): they cannot be fitted.
+EVENT_TIMES = ("injury_onset", "injury_duration", "drug_first_dose", "drug_dose_interval", "drug_infusion")
+
+
 def fittable_names() -> list[str]:
-    """Every name a fit may free: scalar parameters and ``diffusivity_<species>.<tissue>``."""
+    """Every name a fit may free: scalar parameters but event times, and ``diffusivity_<species>.<tissue>``."""
     tissues = [t for t in TISSUE_NAMES if t not in ("excluded", "bone")]
-    return list(PARAMETERS) + [f"{d}.{t}" for d in DIFFUSIVITIES for t in tissues]
+    return [p for p in PARAMETERS if p not in EVENT_TIMES] + [f"{d}.{t}" for d in DIFFUSIVITIES for t in tissues]
 
 
 def _suggest(name: str) -> str:
@@ -87,6 +93,11 @@ class FitParameter:
 
 def _locate(name: str) -> tuple[str, int | None]:
     """(Params field, tissue index or None) for a fittable name."""
+    if name in EVENT_TIMES:
+        raise FitError(
+            f"parameter '{name}' is an event time: the solver switches sources at whole steps, so the loss does not vary "
+            "smoothly with it and it cannot be fitted; fix it in the scenario"
+        )
     if name in PARAMETERS:
         return name, None
     field, _, tissue = name.partition(".")
@@ -248,12 +259,9 @@ class Problem:
         self.operator = ObservationOperator.build(
             observations, scenario.geometry, scenario.interval, species_in_run=scenario.options.species
         )
-        values, sigmas = observed(observations)
-        self.data = jnp.asarray(values, scenario.dtype)
-        self.sigma = jnp.asarray(sigmas, scenario.dtype)
+        self._set_data(observations)
         self.log_residuals = bool(log_residuals)
-        floor = 1e-6 * float(np.max(np.abs(values))) if values.size else 1.0
-        self.log_floor = max(floor, 1e-12)
+        self._compiled: dict = {}
         priors = [(j, p.prior) for j, p in enumerate(self.parameters) if p.prior is not None]
         self.prior_index = np.array([j for j, _ in priors], int)
         self.prior_median = np.array([math.log(pr[0]) for _, pr in priors])
@@ -276,6 +284,43 @@ class Problem:
         self.solver = get_solver(scenario.options, config.run.stepper, self.n_substeps)
         self.u0 = self.transform.u(np.array([p.initial for p in self.parameters]))
 
+    def _set_data(self, observations: Observations) -> None:
+        values, sigmas = observed(observations)
+        self.observations = observations
+        self.data = jnp.asarray(values, self.scenario.dtype)
+        self.sigma = jnp.asarray(sigmas, self.scenario.dtype)
+
+    def with_observations(self, observations: Observations) -> Problem:
+        """The same problem with other values and sigmas at the same times and places.
+
+        It shares this problem's compiled functions (data are arguments, not constants), so a
+        second fit, e.g. to another noise draw, does not compile again.
+        """
+        op = ObservationOperator.build(
+            observations, self.scenario.geometry, self.scenario.interval, species_in_run=self.scenario.options.species
+        )
+        same = (
+            op.n_frames == self.operator.n_frames
+            and op.regions == self.operator.regions
+            and all(
+                np.array_equal(getattr(op, k), getattr(self.operator, k))
+                for k in ("species_index", "region_index", "frame", "fraction")
+            )
+            and len(op.maps) == len(self.operator.maps)
+            and all(a[:3] == b[:3] and np.array_equal(a[3], b[3]) for a, b in zip(op.maps, self.operator.maps))
+        )
+        if not same:
+            raise ObservationError("with_observations needs observations at the same times, places and map cells")
+        new = copy.copy(self)
+        new._set_data(observations)
+        return new
+
+    def compiled(self, key, build):
+        """A compiled function cached on this problem (and shared by :meth:`with_observations` copies)."""
+        if key not in self._compiled:
+            self._compiled[key] = build()
+        return self._compiled[key]
+
     @property
     def n(self) -> int:
         return len(self.names)
@@ -293,25 +338,33 @@ class Problem:
     def predict_params(self, params: Params, initial=None):
         return self.operator.predict(self.frames(params, initial))
 
-    def whiten(self, predicted):
+    @property
+    def log_floor(self) -> float:
+        """e in the log residuals: 1e-6 of the largest observed magnitude."""
+        return _log_floor(np.asarray(self.data))
+
+    def whiten(self, predicted, data=None, sigma=None):
+        data = self.data if data is None else data
+        sigma = self.sigma if sigma is None else sigma
         if self.log_residuals:
-            e = self.log_floor
-            return (jnp.log(jnp.maximum(predicted, 0) + e) - jnp.log(self.data + e)) * (self.data + e) / self.sigma
-        return (predicted - self.data) / self.sigma
+            e = _log_floor(data)
+            return (jnp.log(jnp.maximum(predicted, 0) + e) - jnp.log(data + e)) * (data + e) / sigma
+        return (predicted - data) / sigma
 
     def prior_residuals(self, theta):
         if not len(self.prior_index):
             return jnp.zeros(0, theta.dtype)
         return (jnp.log(theta[self.prior_index]) - self.prior_median) / self.prior_width
 
-    def residuals(self, u):
+    def residuals(self, u, data=None, sigma=None):
         """Whitened data residuals followed by prior residuals (1/2 their squared sum is the loss)."""
         theta = self.transform.theta(u)
         params = set_values(self.scenario.params, self.names, theta)
-        return jnp.concatenate([self.whiten(self.predict_params(params)), self.prior_residuals(theta)])
+        return jnp.concatenate([self.whiten(self.predict_params(params), data, sigma), self.prior_residuals(theta)])
 
-    def loss(self, u):
-        r = self.residuals(u)
+    def loss(self, u, data=None, sigma=None):
+        """The loss at ``u``; ``data``/``sigma`` default to this problem's (pass them to share compiled code)."""
+        r = self.residuals(u, data, sigma)
         return 0.5 * jnp.sum(r * r)
 
     def loss_of(self, params: Params, initial=None):
@@ -323,8 +376,13 @@ class Problem:
         """What the dropped terms add: sum ln sigma + n/2 ln(2 pi) (on the log scale, sigma/(d+e))."""
         s = np.asarray(self.sigma, float)
         if self.log_residuals:
-            s = s / (np.asarray(self.data, float) + self.log_floor)
+            s = s / (np.asarray(self.data, float) + float(self.log_floor))
         return float(np.sum(np.log(s)) + 0.5 * s.size * math.log(2 * math.pi))
+
+
+def _log_floor(data):
+    m = jnp.max(jnp.abs(data)) if data.size else 1.0
+    return jnp.maximum(1e-6 * m, 1e-12)
 
 
 def gauss_newton(problem: Problem, theta: np.ndarray) -> dict[str, np.ndarray]:
@@ -338,12 +396,13 @@ def gauss_newton(problem: Problem, theta: np.ndarray) -> dict[str, np.ndarray]:
     dtype = problem.scenario.dtype
     theta = np.asarray(theta, float)
 
-    def r_of_z(z):
+    def r_of_z(z, data, sigma):
         th = jnp.exp(z)
         params = set_values(problem.scenario.params, problem.names, th)
-        return jnp.concatenate([problem.whiten(problem.predict_params(params)), problem.prior_residuals(th)])
+        return jnp.concatenate([problem.whiten(problem.predict_params(params), data, sigma), problem.prior_residuals(th)])
 
-    jac = np.asarray(jax.jit(jax.jacfwd(r_of_z))(jnp.asarray(np.log(theta), dtype)), float)
+    jacobian = problem.compiled("jacobian", lambda: jax.jit(jax.jacfwd(r_of_z)))
+    jac = np.asarray(jacobian(jnp.asarray(np.log(theta), dtype), problem.data, problem.sigma), float)
     fisher = jac.T @ jac
     evals, evecs = np.linalg.eigh(fisher)
     top = max(float(evals[-1]), 1e-300)
