@@ -119,13 +119,18 @@ def _cmd_fit(args) -> int:
             return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume to continue that fit")
         if args.resume and not out.is_file():
             return _error(f"cannot resume: '{out}' does not exist")
-        problem_note = f"{len(fc.parameters)} parameters, {fc.observations.count} observed values from '{fc.observations_path}'"
-        _info(f"{'resuming' if args.resume else 'fitting'} {problem_note}; {fc.fit.optimizer}, {fc.fit.starts} start(s) -> {out}")
+        kwargs = fc.fit_kwargs()
+        problem = inference.Problem(
+            fc.scenario, fc.observations, {p.name: p for p in fc.parameters}, log_residuals=kwargs.pop("log_residuals")
+        )
+        problem_note = f"{problem.n} parameters, {fc.observations.count} observed values from '{fc.observations_path}'"
+        _info(
+            f"{'resuming' if args.resume else 'fitting'} {problem_note}; {fc.fit.optimizer}, {fc.fit.starts} start(s), "
+            f"{problem.operator.n_frames} frames x {problem.n_substeps} steps of {problem.dt:.4g} h -> {out}"
+        )
         result = inference.fit(
-            fc.scenario,
-            fc.observations,
-            {p.name: p for p in fc.parameters},
-            **fc.fit_kwargs(),
+            problem=problem,
+            **kwargs,
             progress=not args.quiet,
             report=out,
             resume=args.resume,
