@@ -331,6 +331,7 @@ def markdown(result: dict) -> str:
             [
                 r["grid"],
                 r["precision"],
+                r.get("schedule", "8 steps/frame"),
                 r["steps"],
                 f"{r['forward_s'] * 1e3:.3g}",
                 f"{r['grad_s'] * 1e3:.3g}",
@@ -347,6 +348,7 @@ def markdown(result: dict) -> str:
                 [
                     "grid",
                     "precision",
+                    "schedule",
                     "steps",
                     "forward ms",
                     "value+grad ms",
@@ -463,8 +465,16 @@ def plots(result: dict, out: Path) -> list[str]:
     grad = [r for r in recs if r.get("case") == "gradient"]
     if grad:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for precision, style in (("float64", "-o"), ("float32", "--s")):
-            rs = sorted((r for r in grad if r["precision"] == precision), key=lambda r: r["steps"])
+        for precision, schedule, style in (
+            ("float64", "8 steps/frame", "-o"),
+            ("float32", "8 steps/frame", "--s"),
+            ("float64", "sqrt", "-.^"),
+        ):
+            rs = sorted(
+                (r for r in grad if r["precision"] == precision and r.get("schedule", "8 steps/frame") == schedule),
+                key=lambda r: r["steps"],
+            )
+            precision = f"{precision}, {schedule}"
             if not rs:
                 continue
             steps = [r["steps"] for r in rs]
@@ -483,7 +493,8 @@ def plots(result: dict, out: Path) -> list[str]:
             ax2.plot(steps, [r["grad_over_forward"] for r in rs], style, label=precision)
         ax1.set_xlabel("SSP-RK3 steps")
         ax1.set_ylabel("MiB")
-        ax1.set_title(f"Gradient memory vs steps ({grad[0]['grid']}, no checkpointing)")
+        ax1.set_title(f"Gradient memory vs steps ({grad[0]['grid']}, checkpointed)")
+        ax1.set_xscale("log")
         ax1.legend(fontsize=7)
         ax1.grid(True, alpha=0.3)
         ax2.set_xlabel("SSP-RK3 steps")
