@@ -26,3 +26,25 @@ def test_readme_python_example_runs(monkeypatch):
     code = re.findall(r"```python\n(.*?)\n```", README, flags=re.S)[0]
     code = code.replace('"run.t_end_h=24"', '"run.t_end_h=2"')  # same code, fewer frames
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_fit_example_runs(monkeypatch):
+    """The README's fitting example, cut to one iteration (same code path)."""
+    import warnings
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code = re.findall(r"```python\n(.*?)\n```", README, flags=re.S)[1]
+    assert "max_iterations=30" in code
+    code = code.replace("max_iterations=30", "max_iterations=1").replace("starts=2", "starts=1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_lists_every_fit_setting():
+    import dataclasses
+
+    from inference._config import FitSection
+
+    for field in dataclasses.fields(FitSection):
+        assert f"`{field.name}`" in README, field.name
