@@ -390,3 +390,20 @@ def test_resumed_fit_equals_an_uninterrupted_one(recover_problem, tmp_path, opti
     assert resumed.iterations == 4
     assert_close(resumed.loss_history, straight.loss_history, rtol=1e-10)
     assert_close(resumed.theta_history, straight.theta_history, rtol=1e-10)
+
+
+def test_interrupted_fit_keeps_its_report_and_resumes(recover_problem, tmp_path):
+    """Ctrl-C mid-fit: the report holds every finished iteration, and --resume continues from it."""
+
+    def stop_at_two(iteration, values):
+        if iteration == 2:
+            raise KeyboardInterrupt
+
+    kw = dict(problem=recover_problem, optimizer="lbfgs", starts=2, tolerance=0.0, report=tmp_path / "r.h5")
+    with pytest.raises(KeyboardInterrupt):
+        inference.fit(max_iterations=4, on_iteration=stop_at_two, **kw)
+    saved = inference.read_report(tmp_path / "r.h5")
+    assert saved["status"] == "interrupted" and saved["loss_history"].shape == (3, 2)
+    resumed = inference.fit(max_iterations=3, resume=True, **kw)
+    assert resumed.iterations == 3
+    assert_close(resumed.loss_history[:3], saved["loss_history"], rtol=0)
