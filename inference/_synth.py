@@ -44,7 +44,9 @@ def synthesize(
         raise ObservationError(f"noise = {noise} must be >= 0 (a relative standard deviation, e.g. 0.05)")
     scenario = build_scenario(config)
     interval, t_end = scenario.interval, config.run.t_end_h
-    times = list(times) if times else [interval * (k + 1) for k in range(scenario.n_frames)]
+    times = (
+        [float(t) for t in times] if times is not None and len(times) else [interval * (k + 1) for k in range(scenario.n_frames)]
+    )
     for t in list(times) + list(map_times):
         if not 0 <= t <= t_end * (1 + 1e-12):
             raise ObservationError(f"time {t:g} h lies outside the run (0 to run.t_end_h = {t_end:g} h)")

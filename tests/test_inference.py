@@ -407,3 +407,26 @@ def test_interrupted_fit_keeps_its_report_and_resumes(recover_problem, tmp_path)
     resumed = inference.fit(max_iterations=3, resume=True, **kw)
     assert resumed.iterations == 3
     assert_close(resumed.loss_history[:3], saved["loss_history"], rtol=0)
+
+
+def test_gauss_newton_standard_error_equals_the_exact_one_for_decay():
+    """TNF decaying in a closed box: its fluid mean is y0 g(k dt)^n exactly (g the SSP-RK3 amplification),
+    so d y / d ln k is known in closed form, and se(ln k) = (sum (dy/dlnk / sigma)^2 + 1/ln(f)^2)^(-1/2)."""
+    config = load_config("configs/box_diffusion.toml", ["geometry.spacing_mm=0.5"])
+    times = np.array([0.25, 0.5, 1.0, 1.5, 2.0])
+    obs = inference.synthesize(config, times=times, species=("tnf",), noise=0.0)
+    problem = inference.Problem(config, obs, {"decay_tnf": {"prior": [2.0, 1.5]}})
+    k, y0 = 2.25, float(np.asarray(problem.scenario.initial.tnf).mean())
+
+    def amplification(dt):
+        x = k * dt
+        return x, 1 - x + x**2 / 2 - x**3 / 6, np.rint(times / dt)
+
+    _, g, n = amplification(problem.scenario.dt)  # the data: the scenario's own step
+    assert_close(obs.value, y0 * g**n, rtol=1e-12, what="closed-form fluid mean")
+    x, g, n = amplification(problem.dt)  # the fit: a step small enough for 4x the initial k
+    dy_dlnk = y0 * n * g ** (n - 1) * (-1 + x - x**2 / 2) * x
+    fisher = np.sum((dy_dlnk / obs.sigma) ** 2) + 1 / math.log(1.5) ** 2
+    uq = inference.gauss_newton(problem, np.array([k]))
+    assert_close(uq["relative_stderr"][0], fisher**-0.5, rtol=1e-9)
+    assert_close(uq["stderr"][0], k * fisher**-0.5, rtol=1e-9)
