@@ -1,5 +1,6 @@
 """Every shipped config builds; the full knee scenarios run end to end (slow)."""
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,20 @@ from solver._config import load_config
 from solver._output import RunFile
 from solver._scenario import build_scenario
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+ALL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+#: Fit configs (top-level `scenario` key) are checked by inference._config; the rest are run configs.
+FIT_CONFIGS = [p for p in ALL_CONFIGS if tomllib.loads(p.read_text()).get("scenario") is not None]
+CONFIGS = [p for p in ALL_CONFIGS if p not in FIT_CONFIGS]
+
+
+@pytest.mark.parametrize("path", FIT_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_fit_config_loads(path):
+    from inference import Problem
+    from inference._config import load_fit_config
+
+    fc = load_fit_config(path)
+    problem = Problem(fc.scenario, fc.observations, {p.name: p for p in fc.parameters})
+    assert problem.n == len(fc.parameters) and problem.operator.n_frames >= 1
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
