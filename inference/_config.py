@@ -33,7 +33,7 @@ class FitSection:
     """``[fit]``: optimiser and stopping."""
 
     optimizer: str = _opt(
-        "lbfgs", "optax optimiser: L-BFGS with a zoom line search, or Adam with cosine decay", choices=("lbfgs", "adam")
+        "lbfgs", "optax optimiser: L-BFGS with a zoom line search, or Adam with a halving step", choices=("lbfgs", "adam")
     )
     max_iterations: int = _opt(100, "iteration budget (all starts advance together)", lower=0)
     tolerance: float = _opt(1e-9, "a start stops when its loss changes by less than this x max(1, loss) twice", lower=0)

@@ -2,7 +2,8 @@
 
 :func:`plot_fit` writes ``<stem>.png`` (loss per iteration for every start, one panel per observed
 quantity with the data, their error bars (1 sigma) and the fitted model's curve, and the
-correlation matrix of the fitted parameters) and, when the fit used field maps,
+correlation matrix of the fitted parameters; log-normal intervals when the fit compared
+log-concentrations) and, when the fit used field maps,
 ``<stem>_maps.png`` (observed, fitted and residual/sigma for each map). Same style as the run
 figures (solver._plot).
 """
@@ -30,6 +31,22 @@ MODEL_COLOUR = "#3b7dd8"
 def _label(species: str, kind: str, where: str) -> str:
     place = _WHERE.get(kind, f"{kind} {where}".strip())
     return f"{species_style(species).label}, {place}"
+
+
+def error_bars(value, sigma, log_residuals: bool) -> np.ndarray:
+    """Distances (2, n) below and above each value of its 1-sigma interval.
+
+    With ``log_residuals`` the fit compares ln values with a log-scale sd of sigma/value, so the
+    interval is value x exp(-+sigma/value): asymmetric and always positive.
+    """
+    value, sigma = np.asarray(value, float), np.asarray(sigma, float)
+    if not log_residuals:
+        return np.stack([sigma, sigma])
+    positive = value > 0
+    factor = np.exp(np.where(positive, sigma / np.where(positive, value, 1.0), 0.0))
+    below = np.where(positive, value - value / factor, sigma)
+    above = np.where(positive, value * factor - value, sigma)
+    return np.stack([below, above])
 
 
 def fit_figure(report: dict):
@@ -93,10 +110,10 @@ def fit_figure(report: dict):
         sel = [i for i, k in enumerate(zip(obs["species"], obs["kind"], obs["where"])) if k == key]
         t = np.asarray(obs["time_h"])[sel]
         y = np.asarray(obs["value"])[sel]
-        e = np.asarray(obs["sigma"])[sel]
-        ax.errorbar(
-            t, y, yerr=e, fmt="o", ms=3, color=DATA_COLOUR, ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label="data ± 1σ"
-        )
+        log = bool(report.get("log_residuals", False))
+        e = error_bars(y, np.asarray(obs["sigma"])[sel], log)
+        label = "data, 1σ (log-normal)" if log else "data ± 1σ"
+        ax.errorbar(t, y, yerr=e, fmt="o", ms=3, color=DATA_COLOUR, ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label=label)
         if model is not None:
             regions = list(zip(model["species"], model["kind"], model["where"]))
             if key in regions:
