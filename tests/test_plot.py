@@ -281,8 +281,22 @@ def test_movie_frames_are_downsampled():
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not on the PATH")
 def test_movie_mp4_with_ffmpeg(run2d, tmp_path):
+    import subprocess
+
     written = _plot.plot_run(run2d, tmp_path, times=[0.0], movie=True, dpi=40)
     assert written[-1].name == "movie_tnf.mp4" and written[-1].stat().st_size > 1000
+    # a real H.264/MPEG-4 stream that ffprobe decodes: one video frame per run frame
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0"]
+        + ["-show_entries", "stream=nb_read_frames,width,height", "-of", "csv=p=0", str(written[-1])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    width, height, frames = map(int, probe.stdout.strip().split(","))
+    with RunFile.open(run2d) as run:
+        assert frames == run.n_frames == 4
+    assert width > 100 and height > 100
 
 
 # ---------------------------------------------------------------------------------------------
