@@ -347,12 +347,12 @@ def test_fit_recovers_parameters_from_noiseless_data(recover_problem):
 
 
 def test_fit_from_noisy_data_lands_within_its_uncertainty(recover_config, recover_problem, tmp_path):
-    """5% noise, two starts batched with vmap: each parameter within 2.5 reported standard errors of the truth."""
+    """5% noise, two starts batched with vmap: each parameter within 2 reported standard errors of the truth."""
     obs = inference.synthesize(recover_config, map_times=[8.0], noise=0.05, seed=11)
     problem = recover_problem.with_observations(obs)
     result = inference.fit(problem=problem, max_iterations=40, starts=2, seed=1, report=tmp_path / "fit.h5")
     z = {n: (result.parameters[n] - TRUTH[n]) / result.stderr[n] for n in TRUTH}
-    assert all(abs(v) < 2.5 for v in z.values()), z
+    assert all(abs(v) < 2.0 for v in z.values()), z  # measured |z| 0.23-0.86
     assert all(result.identifiable.values())
     assert all(0 < result.relative_stderr[n] < 0.25 for n in TRUTH), result.relative_stderr  # measured 3-10%
     # at the optimum the loss (chi^2 / 2) is about half the number of observed values
