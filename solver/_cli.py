@@ -23,6 +23,14 @@ def _info(message: str) -> None:
     print(f"synovia: {message}", file=sys.stderr)
 
 
+def _missing_folder(out: Path) -> str | None:
+    """Why ``out`` cannot be created, checked before any work is done (None if it can)."""
+    folder = out.parent
+    if not folder.is_dir():
+        return f"cannot write '{out}': folder '{folder}' does not exist (create it first)"
+    return None
+
+
 def _cmd_run(args) -> int:
     from ._config import ConfigError, config_from_toml, load_config
     from ._model import summary_names
@@ -50,6 +58,8 @@ def _cmd_run(args) -> int:
             out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
             if out.exists() and not args.overwrite:
                 return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
+            if problem := _missing_folder(out):
+                return _error(problem)
             attrs = file_attrs(scenario)
             attrs["config_dir"] = str(Path(args.config).resolve().parent) if args.config else str(Path.cwd())
             writer = RunWriter(
@@ -119,6 +129,8 @@ def _cmd_fit(args) -> int:
             return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume to continue that fit")
         if args.resume and not out.is_file():
             return _error(f"cannot resume: '{out}' does not exist")
+        if problem := _missing_folder(out):
+            return _error(problem)
         kwargs = fc.fit_kwargs()
         problem = inference.Problem(
             fc.scenario, fc.observations, {p.name: p for p in fc.parameters}, log_residuals=kwargs.pop("log_residuals")
@@ -167,6 +179,8 @@ def _cmd_synth(args) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         return _error(f"output file '{out}' exists; pass --overwrite to replace it")
+    if problem := _missing_folder(out):
+        return _error(problem)
     try:
         config = load_config(args.config, args.set or [])
         obs = inference.synthesize(

@@ -82,6 +82,14 @@ def test_existing_output_is_refused_without_overwrite(tmp_path, capsys):
     assert main(["run", str(cfg), "-o", str(out), "-q", "--overwrite"]) == 0
 
 
+def test_output_in_a_missing_folder_is_refused_before_running(tmp_path, capsys):
+    cfg = _write(tmp_path, SMALL)
+    assert main(["run", str(cfg), "-o", str(tmp_path / "no" / "run.h5"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"folder '{tmp_path / 'no'}' does not exist" in err[0], err
+    assert not (tmp_path / "no").exists()
+
+
 def test_resume_after_kill_gives_the_same_final_state(tmp_path):
     # many small steps per frame so the run is still going when it is killed
     text = SMALL.replace("t_end_h = 3.0", "t_end_h = 6.0").replace('precision = "float64"', 'precision = "float64"\ndt_h = 0.001')

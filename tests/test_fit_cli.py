@@ -162,3 +162,18 @@ def test_bad_synth_input_exits_2(case, tmp_path, capsys):
     assert "is not a tissue" in capsys.readouterr().err
     assert main(["synth", scenario, "--noise", "-1", "-o", str(tmp_path / "a.h5")]) == 2
     assert "noise = -1.0 must be >= 0" in capsys.readouterr().err
+
+
+def test_fit_and_synth_into_a_missing_folder_exit_2_before_any_work(case, tmp_path, capsys):
+    fit_toml = case / "fit.toml"
+    fit_toml.write_text(FIT.format(obs="data.h5"))
+    missing = tmp_path / "no"
+    for argv in (
+        ["fit", str(fit_toml), "-o", str(missing / "fit.h5"), "-q"],
+        ["synth", str(case / "scenario.toml"), "-o", str(missing / "data.h5")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("synovia: error: ") and f"folder '{missing}' does not exist" in err[-1], err
+        assert "Traceback" not in "\n".join(err)
+    assert not missing.exists()
