@@ -49,7 +49,12 @@ class RunSection:
     dt_h: float = _opt(0.0, "time step; 0 chooses it from the stability limits", "h", lower=0)
     safety: float = _opt(0.9, "fraction of the stable step used when dt_h = 0", "", lower=0, upper=1, strict_lower=True)
     precision: str = _opt("float32", "floating-point precision", choices=("float32", "float64"))
-    stepper: str = _opt("ssp_rk3", "time stepper", choices=("ssp_rk3", "ssp_rk2", "forward_euler"))
+    stepper: str = _opt(
+        "ssp_rk3",
+        "time stepper: SSP Runge-Kutta of order 3, 2 or 1, or strang_ssp_rk3 (decay and drug binding integrated "
+        "exactly, the rest by SSP-RK3; second order, larger steps when drug binding is fast)",
+        choices=("ssp_rk3", "ssp_rk2", "forward_euler", "strang_ssp_rk3"),
+    )
     chemotaxis_scheme: str = _opt(
         "upwind", "chemotaxis flux: first-order upwind or minmod-limited second order", choices=("upwind", "limited")
     )

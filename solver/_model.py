@@ -132,10 +132,32 @@ def dose_rate(params: Params, t) -> jax.Array:
     return jnp.where(on, params.drug_dose / params.drug_infusion, 0.0)
 
 
-def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, options: ModelOptions) -> State:
+def loss_rates(state: State, params: Params, options: ModelOptions) -> State:
+    """Pointwise first-order loss rates K (1/h) of every species: the terms -K_X X of the equations.
+
+    K_T = k_T + k_AT A, K_I = k_I, K_L = d_L, K_C = g_T T + g_I I (cartilage), K_A = k_A + s_AT k_AT T.
+    Each species' loss is proportional to itself, so ``X exp(-K_X dt)`` stays positive whatever
+    the step: a split stepper integrates these exactly and the rest with ``rhs(..., losses=False)``.
+    """
+    p = params
+    T, I, L, C, A = state
+    drug = options.drug
+    return State(
+        tnf=p.decay_tnf + p.drug_tnf_binding * A if drug else p.decay_tnf,
+        il1=p.decay_il1,
+        leukocytes=p.leukocyte_death,
+        cartilage=p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I,
+        drug=None if A is None else (p.drug_clearance + p.drug_per_tnf_bound * p.drug_tnf_binding * T if drug else 0.0),
+    )
+
+
+def rhs(
+    state: State, t, params: Params, coeffs: Coefficients, domain: Domain, options: ModelOptions, losses: bool = True
+) -> State:
     """Time derivative of every field (same units as the state, per hour).
 
     With the drug off, ``state.drug`` may be None (the stepper leaves it out); its derivative is then None.
+    ``losses=False`` leaves out the loss terms of :func:`loss_rates` (for a split stepper).
     """
     p = params
     h = options.grid.spacing
@@ -156,18 +178,24 @@ def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, o
         capacity = 1.0 - L / p.leukocyte_capacity
         inhibition = 1.0 + (T + I) / p.repair_inhibition_half_saturation
 
-    dT = transport("tnf", T) + injury + leuk_tnf + damaged - p.decay_tnf * T - binding
-    dI = transport("il1", I) + p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T) - p.decay_il1 * I
+    dT = transport("tnf", T) + injury + leuk_tnf + damaged
+    dI = transport("il1", I) + p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T)
     with jax.named_scope("chemotaxis"):
         velocities = tuple(p.chemotaxis * g for g in gradient_on_faces(sensing, h))
         chemotaxis = advection(L, velocities, h, coeffs.leukocyte_faces, options.chemotaxis_scheme)
-    dL = transport("leukocytes", L) + chemotaxis + recruitment * capacity - p.leukocyte_death * L
-    dC = domain.cartilage * (
-        p.cartilage_repair * (1.0 - C) / inhibition - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C
-    )
+    dL = transport("leukocytes", L) + chemotaxis + recruitment * capacity
+    repair = p.cartilage_repair * (1.0 - C) / inhibition
+    if losses:
+        dT = dT - p.decay_tnf * T - binding
+        dI = dI - p.decay_il1 * I
+        dL = dL - p.leukocyte_death * L
+        repair = repair - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C
+    dC = domain.cartilage * repair
     if options.drug:
         dose = dose_rate(p, t) * domain.synovium
-        dA = transport("drug", A) + dose - p.drug_clearance * A - p.drug_per_tnf_bound * binding
+        dA = transport("drug", A) + dose
+        if losses:
+            dA = dA - p.drug_clearance * A - p.drug_per_tnf_bound * binding
     else:
         dA = None if A is None else jnp.zeros_like(A)
     # Outside its region a species has zero diffusivity, zero open faces and no source, so its
@@ -175,14 +203,17 @@ def rhs(state: State, t, params: Params, coeffs: Coefficients, domain: Domain, o
     return State(dT, dI, dL, dC, dA)
 
 
-def stable_dt(params: Params, state: State, options: ModelOptions, ssp_coefficient: float = 1.0) -> dict[str, float]:
+def stable_dt(
+    params: Params, state: State, options: ModelOptions, ssp_coefficient: float = 1.0, split_losses: bool = False
+) -> dict[str, float]:
     """Largest stable forward-Euler steps (h) per limit, times the stepper's SSP coefficient.
 
     - diffusion: dt * sum_axes 2 D_max / h_a^2 <= 1 (positivity of the explicit update);
     - chemotaxis: |f(T_R) - f(T_L)| < 1 bounds the face velocity by chi / h, so
       dt * sum_axes 2 (D_L + c chi) / h_a^2 <= 1 with c = 1 (upwind) or 2 (limited);
     - reactions: dt * (fastest linear loss rate) <= 1, with the drug at its largest
-      expected level for TNF binding.
+      expected level for TNF binding. With ``split_losses`` (a stepper that integrates the
+      :func:`loss_rates` terms exactly) only the rates left to the explicit part count.
     """
     h = np.asarray(options.grid.spacing, dtype=float)
     inv_h2 = float(np.sum(2.0 / h**2))
@@ -192,14 +223,18 @@ def stable_dt(params: Params, state: State, options: ModelOptions, ssp_coefficie
     a_max = float(np.max(state.drug)) + (float(params.drug_dose) if options.drug else 0.0)
     # cytokine levels bound the nonlinear loss rates; allow a tenfold rise over the start
     cyt_max = max(1e3, 10.0 * float(np.max(state.tnf)), 10.0 * float(np.max(state.il1)))
+    explicit = 0.0 if split_losses else 1.0
     rates = [
-        float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.drug else 0.0),
-        float(params.decay_il1),
-        float(params.leukocyte_death) + float(params.recruitment_rate) / float(params.leukocyte_capacity),
-        float(params.cartilage_repair) + (float(params.cartilage_damage_tnf) + float(params.cartilage_damage_il1)) * cyt_max,
+        explicit * (float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.drug else 0.0)),
+        explicit * float(params.decay_il1),
+        explicit * float(params.leukocyte_death) + float(params.recruitment_rate) / float(params.leukocyte_capacity),
+        float(params.cartilage_repair)
+        + explicit * (float(params.cartilage_damage_tnf) + float(params.cartilage_damage_il1)) * cyt_max,
     ]
     if options.drug:
-        rates.append(float(params.drug_clearance) + float(params.drug_per_tnf_bound * params.drug_tnf_binding) * cyt_max)
+        rates.append(
+            explicit * (float(params.drug_clearance) + float(params.drug_per_tnf_bound * params.drug_tnf_binding) * cyt_max)
+        )
     limits = {
         "diffusion": 1.0 / (d_max * inv_h2) if d_max > 0 else np.inf,
         "chemotaxis": 1.0 / ((d_leuk + c * float(params.chemotaxis)) * inv_h2) if (d_leuk + params.chemotaxis) > 0 else np.inf,

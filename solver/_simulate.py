@@ -15,7 +15,7 @@ from jax import lax
 
 from fields import State
 
-from ._model import Domain, ModelOptions, coefficients, health, rhs, stable_dt, summaries
+from ._model import Domain, ModelOptions, coefficients, health, loss_rates, rhs, stable_dt, summaries
 from ._params import Params
 from ._steppers import Stepper, get_stepper
 
@@ -32,7 +32,7 @@ def choose_substeps(
     With ``dt`` given, it is checked against the limits (:class:`StepTooLarge` if above)
     and rounded down so that a whole number of steps fits the interval.
     """
-    limits = stable_dt(params, state, options, stepper.ssp_coefficient)
+    limits = stable_dt(params, state, options, stepper.ssp_coefficient, stepper.splits_losses)
     limit = min(limits.values())
     if dt is not None and dt > 0:
         if dt > limit * (1 + 1e-12):
@@ -61,15 +61,19 @@ class Solver:
     def _advance(self, state: State, t0, dt, params: Params, domain: Domain) -> State:
         """Advance ``state`` from ``t0`` by ``n_sub`` steps of ``dt`` (hours)."""
         coeffs = coefficients(params, domain)
+        split = self.stepper.splits_losses
 
         def f(y, t):
-            return rhs(y, t, params, coeffs, domain, self.options)
+            return rhs(y, t, params, coeffs, domain, self.options, losses=not split)
+
+        def rates(y):
+            return loss_rates(y, params, self.options)
 
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
         @jax.checkpoint
         def body(i, y):
-            return self.stepper.step(f, y, t0 + i * dt, dt)
+            return self.stepper.step(f, y, t0 + i * dt, dt, rates if split else None)
 
         with jax.named_scope("interval"):
             if self.options.drug:
