@@ -73,15 +73,19 @@ class Solver:
         # in the backward pass (forward runs are unaffected).
         @jax.checkpoint
         def body(i, y):
-            return self.stepper.step(f, y, t0 + i * dt, dt, rates if split else None)
+            return self.stepper.step(f, y, t0 + i * dt, dt)
+
+        def steps(y):
+            if split:
+                return self.stepper.steps(f, rates, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)
+            return lax.fori_loop(0, self.n_sub, body, y)
 
         with jax.named_scope("interval"):
             if self.options.drug:
-                return lax.fori_loop(0, self.n_sub, body, state)
+                return steps(state)
             # without the drug its field stays as it is: keep it out of the loop (one array fewer
             # to carry, update and copy per stage)
-            out = lax.fori_loop(0, self.n_sub, body, state._replace(drug=None))
-            return out._replace(drug=state.drug)
+            return steps(state._replace(drug=None))._replace(drug=state.drug)
 
     def _advance_with_summary(self, state, t0, dt, params, domain):
         new = self._advance(state, t0, dt, params, domain)

@@ -1,5 +1,6 @@
 """The solver against exact solutions, convergence orders and conservation laws (2D and 3D)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -201,3 +202,30 @@ def test_split_loss_update_is_second_order_for_state_dependent_rates():
         errors.append(abs(float(y["tnf"]) - exact) / exact)
     slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert np.all(np.abs(slopes - 2) < 0.15), (errors, slopes)
+
+
+def test_merged_split_steps_are_the_split_step_for_one_step():
+    """StrangSSPRK3.steps (what the solver runs) merges each closing loss half-step with the next
+    opening one; for one step it is exactly StrangSSPRK3.step. (Its order over many steps is the
+    temporal-order test above, which runs through the solver.)"""
+    from solver._model import coefficients, loss_rates, rhs
+    from solver._steppers import StrangSSPRK3
+
+    grid = Grid((8, 10), (0.5, 0.5))
+    rng = np.random.default_rng(2)
+    init = {s: c * rng.uniform(size=grid.shape) for s, c in (("tnf", 50), ("il1", 20), ("leukocytes", 1000), ("drug", 2))}
+    options, params, domain, state = setup(grid, layered_labels(grid.shape), init, drug=True, injury_rate=0.0, drug_dose=0.0)
+    coeffs = coefficients(params, domain)
+
+    def f(y, t):
+        return rhs(y, t, params, coeffs, domain, options, losses=False)
+
+    def rates(y):
+        return loss_rates(y, params, options)
+
+    stepper = StrangSSPRK3()
+    merged = jax.jit(lambda y: stepper.steps(f, rates, y, 0.0, 0.05, 1))(state)
+    single = jax.jit(lambda y: stepper.step(f, y, 0.0, 0.05, rates))(state)
+    for a, b in zip(merged, single):
+        assert_close(a, b, rtol=0, atol=0)
+    assert float(jnp.max(jnp.abs(merged.tnf - state.tnf))) > 1.0  # the step did something
