@@ -66,18 +66,13 @@ class Solver:
         def f(y, t):
             return rhs(y, t, params, coeffs, domain, self.options, losses=not split)
 
-        def rates(y):
-            return loss_rates(y, params, self.options)
-
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
-        @jax.checkpoint
-        def body(i, y):
-            return self.stepper.step(f, y, t0 + i * dt, dt)
-
         def steps(y):
             if split:
+                rates = functools.partial(loss_rates, params=params, options=self.options)
                 return self.stepper.steps(f, rates, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)
+            body = jax.checkpoint(lambda i, y: self.stepper.step(f, y, t0 + i * dt, dt))
             return lax.fori_loop(0, self.n_sub, body, y)
 
         with jax.named_scope("interval"):

@@ -112,15 +112,8 @@ class StrangSSPRK3:
 
     def step(self, f: Rhs, y, t, dt, rates=None):
         half = 0.5 * jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
-        return self.losses(rates, self.explicit(f, self.losses(rates, y, half), t, dt), half)
-
-    @staticmethod
-    def losses(rates, y, tau):
-        return _exponential_losses(rates, y, tau)
-
-    @staticmethod
-    def explicit(f: Rhs, y, t, dt):
-        return SSPRK3().step(f, y, t, dt)
+        y = SSPRK3().step(f, _exponential_losses(rates, y, half), t, dt)
+        return _exponential_losses(rates, y, half)
 
     def steps(self, f: Rhs, rates, y, t0, dt, n: int, checkpoint=lambda g: g):
         """``n`` steps from ``t0``, each step's closing half of the losses merged with the next one's
@@ -129,10 +122,10 @@ class StrangSSPRK3:
 
         @checkpoint
         def body(i, y):
-            y = self.explicit(f, y, t0 + i * dt, dt)
-            return self.losses(rates, y, jnp.where(i == n - 1, 0.5 * dt, dt))
+            y = SSPRK3().step(f, y, t0 + i * dt, dt)
+            return _exponential_losses(rates, y, jnp.where(i == n - 1, 0.5 * dt, dt))
 
-        return lax.fori_loop(0, n, body, self.losses(rates, y, 0.5 * dt))
+        return lax.fori_loop(0, n, body, _exponential_losses(rates, y, 0.5 * dt))
 
 
 STEPPERS: dict[str, type] = {
