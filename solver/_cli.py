@@ -1,5 +1,6 @@
-"""The ``synovia`` command: ``run`` a scenario, ``info`` on a run file, ``plot`` its figures,
-``synth`` synthetic observations and ``fit`` parameters to observations.
+"""The ``synovia`` command: ``run`` a scenario, ``sweep`` it over parameter values, ``info`` on a run
+file or study, ``plot`` their figures, ``synth`` synthetic observations and ``fit`` parameters to
+observations.
 
 Exit codes: 0 done; 2 bad input (config, arguments, refusing to overwrite); 3 the
 solution diverged (frames so far are kept); 130 interrupted (frames so far are kept).
@@ -31,11 +32,16 @@ def _missing_folder(out: Path) -> str | None:
     return None
 
 
+def _no_file(path: Path) -> str:
+    if path.is_dir():
+        return f"'{path}' is a folder but not a study folder (it has no study.toml; make one with synovia sweep)"
+    return f"'{path}' does not exist"
+
+
 def _cmd_run(args) -> int:
     from ._config import ConfigError, config_from_toml, load_config
-    from ._model import summary_names
-    from ._output import RunFile, RunWriter, resume_writer
-    from ._run import Diverged, file_attrs, frame_index, run, state_from_fields
+    from ._output import RunFile, resume_writer
+    from ._run import Diverged, frame_index, new_writer, run, state_from_fields
     from ._scenario import build_scenario
 
     try:
@@ -60,18 +66,8 @@ def _cmd_run(args) -> int:
                 return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
             if problem := _missing_folder(out):
                 return _error(problem)
-            attrs = file_attrs(scenario)
-            attrs["config_dir"] = str(Path(args.config).resolve().parent) if args.config else str(Path.cwd())
-            writer = RunWriter(
-                out,
-                grid=scenario.geometry.grid,
-                labels=scenario.geometry.labels,
-                species=scenario.options.species,
-                summary_names=list(summary_names(scenario.options)),
-                dtype=scenario.dtype,
-                attrs=attrs,
-                overwrite=args.overwrite,
-            )
+            config_dir = Path(args.config).resolve().parent if args.config else Path.cwd()
+            writer = new_writer(scenario, out, config_dir=config_dir, overwrite=args.overwrite)
             start_frame, state = 0, None
     except ConfigError as err:
         return _error(str(err))
@@ -103,12 +99,75 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from ._config import ConfigError
+    from ._study import load_sweep, prepare_folder, run_study, write_summary
+
+    out = Path(args.output)
+    try:
+        sweep = load_sweep(args.config, args.set or [])
+        chosen = sorted(set(args.point)) if args.point else None
+        if chosen and (bad := [k for k in chosen if not 0 <= k < len(sweep)]):
+            return _error(f"--point {bad[0]}: this sweep has points 0..{len(sweep) - 1}")
+        if args.jobs < 1:
+            return _error(f"--jobs {args.jobs}: must be at least 1")
+        prepare_folder(sweep, out, overwrite=args.overwrite)
+    except (ConfigError, ValueError, OSError) as err:
+        return _error(str(err))
+    count = len(chosen) if chosen else len(sweep)
+    _info(
+        f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points"
+        + (f", running {count} of them" if chosen else "")
+        + (f" in {args.jobs} processes" if args.jobs > 1 and count > 1 else "")
+        + f" -> {out}/"
+    )
+    bar = tqdm(total=count, unit="point", disable=args.quiet, desc="synovia sweep", dynamic_ncols=True)
+    failed = {"diverged": [], "refused": []}
+
+    def on_result(result) -> None:
+        values = ", ".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                           for k, v in zip(sweep.keys, sweep.values[result.index]))  # fmt: skip
+        if result.status in ("diverged", "refused"):
+            failed[result.status].append(result.index)
+            bar.write(f"synovia: point {result.index} ({values}) {result.status}: {result.message}", file=sys.stderr)
+        bar.set_postfix_str(f"point {result.index} {result.status} ({values})", refresh=False)
+        bar.update()
+
+    try:
+        with bar:
+            run_study(sweep, out, points=chosen, jobs=args.jobs, on_result=on_result)
+    except KeyboardInterrupt:
+        write_summary(out)
+        return _error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
+    except (ConfigError, ValueError, OSError) as err:
+        return _error(str(err))
+    table = write_summary(out)
+    print(table.text(), end="")
+    done = int(table.complete.sum())
+    _info(f"{done} of {len(sweep)} points complete; wrote '{out / 'summary.csv'}'; plot with: synovia plot {out} -o FIGS")
+    if failed["refused"]:
+        return _error(f"the config of point(s) {', '.join(map(str, failed['refused']))} was refused (messages above)")
+    if failed["diverged"]:
+        points = ", ".join(map(str, failed["diverged"]))
+        return _error(f"point(s) {points} diverged (messages in {out / 'runs'}/point_*.diverged)", EXIT_DIVERGED)
+    return 0
+
+
 def _cmd_info(args) -> int:
     from ._output import describe
+    from ._study import is_study, read_study
 
     path = Path(args.file)
+    if is_study(path):
+        try:
+            print(read_study(path).text(), end="")
+        except (OSError, ValueError) as err:
+            return _error(str(err))
+        return 0
     if not path.is_file():
-        return _error(f"'{path}' does not exist")
+        return _error(_no_file(path))
     try:
         print(describe(path))
     except OSError as err:
@@ -225,10 +284,23 @@ def _is_fit_report(path: Path) -> bool:
 
 def _cmd_plot(args) -> int:
     from ._plot import plot_run
+    from ._study import is_study
 
     path = Path(args.file)
+    if is_study(path):
+        from ._plot_study import plot_study
+
+        if given := [o for o, v in (("--times", args.times), ("--slice", args.slice), ("--movie", args.movie)) if v]:
+            return _error(f"{given[0]} applies to a run file; plot one point with: synovia plot {path}/runs/point_000.h5 -o DIR")
+        try:
+            written = plot_study(path, args.output, dpi=args.dpi, log=args.log)
+        except (OSError, ValueError) as err:
+            return _error(str(err))
+        for out in written:
+            print(out)
+        return 0
     if not path.is_file():
-        return _error(f"'{path}' does not exist")
+        return _error(_no_file(path))
     if _is_fit_report(path):
         from inference._plot import plot_fit
 
@@ -268,11 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="FILE", help="continue an interrupted run file to its end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
-    p = sub.add_parser("info", help="print what a run file holds")
-    p.add_argument("file")
+    p = sub.add_parser("sweep", help="run a scenario at every combination of chosen config values (a study folder)")
+    p.add_argument("config", help="sweep config TOML (e.g. configs/sweep_knee2d.toml)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="study folder (created; run again to continue it)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key of the base scenario (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="run points in N worker processes (default 1)")
+    p.add_argument(
+        "--point", type=int, nargs="+", metavar="K", help="run only these points (0-based), e.g. one per cluster array task"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a different sweep's runs in the output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("info", help="print what a run file or a study folder holds")
+    p.add_argument("file", help="run file (.h5) or study folder")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("plot", help="draw maps, clinical time courses and optionally a movie of a run file")
-    p.add_argument("file", help="run file (.h5)")
+    p = sub.add_parser("plot", help="draw the figures of a run file, a fit report or a study folder")
+    p.add_argument("file", help="run file (.h5), fit report (.h5) or study folder (from synovia sweep)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the figures (created if needed)")
     p.add_argument(
         "--times", type=float, nargs="+", metavar="H", help="times to map, h (nearest frame; default: 4 spread over the run)"

@@ -379,15 +379,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
+def set_key(raw: dict[str, Any], path: list[str], value: Any, what: str) -> None:
+    """Set ``raw[path[0]]...[path[-1]] = value``, making tables on the way (``what`` names the setting in errors)."""
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: '{part}' is not a table")
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: '{part}' is not a table")
-        node[path[-1]] = value
+        set_key(raw, path, value, f"--set {text!r}")
     return raw
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from importlib import metadata
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,7 +19,8 @@ from tqdm import tqdm
 
 from fields import SPECIES, SPECIES_UNITS, State
 
-from ._model import SUMMARY_UNITS, summaries
+from ._model import SUMMARY_UNITS, summaries, summary_names
+from ._output import RunWriter
 from ._scenario import Scenario
 from ._simulate import get_solver
 
@@ -48,6 +50,22 @@ def file_attrs(scenario: Scenario) -> dict:
         "jax_version": jax.__version__,
         "jax_backend": jax.default_backend(),
     }
+
+
+def new_writer(scenario: Scenario, out: Path, *, config_dir: Path, overwrite: bool = False) -> RunWriter:
+    """A run file for ``scenario`` at ``out``; ``config_dir`` resolves its config's relative paths on resume."""
+    attrs = file_attrs(scenario)
+    attrs["config_dir"] = str(config_dir)
+    return RunWriter(
+        out,
+        grid=scenario.geometry.grid,
+        labels=scenario.geometry.labels,
+        species=scenario.options.species,
+        summary_names=list(summary_names(scenario.options)),
+        dtype=scenario.dtype,
+        attrs=attrs,
+        overwrite=overwrite,
+    )
 
 
 def _check(state_host: State, checks: dict, t: float) -> None:

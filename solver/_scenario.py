@@ -32,6 +32,8 @@ from ._params import DIFFUSIVITIES, Params, default_params
 from ._simulate import StepTooLarge, choose_substeps
 from ._steppers import get_stepper
 
+#: Steps per output interval beyond which a scenario is refused (an extreme value, not a run to wait for).
+MAX_SUBSTEPS = 10**8
 _DIMENSION_KEYS = tuple(f.name for f in dataclasses.fields(JointDimensions))
 
 
@@ -189,4 +191,11 @@ def build_scenario(config: Config) -> Scenario:
         )
     except StepTooLarge as err:
         raise ConfigError(str(err)) from None
+    if n_sub > MAX_SUBSTEPS:
+        worst = min(limits, key=limits.get)
+        raise ConfigError(
+            f"the stable time step is {limits[worst]:.3g} h (set by {worst}): {n_sub:.3g} steps per output interval of "
+            f"{run.output_interval_h:g} h, more than {MAX_SUBSTEPS:.0e}; check the initial values and [parameters] for an "
+            "extreme value"
+        )
     return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, n_sub, dt, limits)

@@ -12,9 +12,22 @@ from solver._output import RunFile
 from solver._scenario import build_scenario
 
 ALL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
-#: Fit configs (top-level `scenario` key) are checked by inference._config; the rest are run configs.
-FIT_CONFIGS = [p for p in ALL_CONFIGS if tomllib.loads(p.read_text()).get("scenario") is not None]
-CONFIGS = [p for p in ALL_CONFIGS if p not in FIT_CONFIGS]
+#: Sweep configs have a [vary] table; fit configs (a top-level `scenario` key, no [vary]) are checked by
+#: inference._config; the rest are run configs.
+SWEEP_CONFIGS = [p for p in ALL_CONFIGS if "vary" in tomllib.loads(p.read_text())]
+FIT_CONFIGS = [p for p in ALL_CONFIGS if tomllib.loads(p.read_text()).get("scenario") is not None and p not in SWEEP_CONFIGS]
+CONFIGS = [p for p in ALL_CONFIGS if p not in FIT_CONFIGS and p not in SWEEP_CONFIGS]
+
+
+@pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_sweep_config_loads(path):
+    from solver._study import load_sweep
+
+    sweep = load_sweep(path)
+    assert len(sweep) > 1 and len(sweep.configs) == len(sweep)
+    for config in (sweep.configs[0], sweep.configs[-1]):  # the extremes of the sweep build and are stable
+        scenario = build_scenario(config)
+        assert scenario.n_frames >= 1 and scenario.dt <= min(scenario.stability_limits.values())
 
 
 @pytest.mark.parametrize("path", FIT_CONFIGS, ids=lambda p: p.stem)

@@ -1,0 +1,531 @@
+"""Parameter studies (``synovia sweep``): one scenario run at every combination of chosen values.
+
+The sweep config (TOML)::
+
+    scenario = "knee2d.toml"      # a run config (path relative to this file), an inline [scenario]
+                                  # table, or left out (all defaults: the 2D knee)
+    combine = "grid"              # "grid": every combination (default); "zip": the i-th values together
+
+    [vary]                        # config keys, spelled as for --set, and their values
+    "parameters.recruitment_rate" = [50, 100, 200, 400]
+    "injury.rate" = { from = 125, to = 1000, count = 4, spacing = "log" }   # or "linear"
+
+The study folder::
+
+    study.toml           the sweep as run: base scenario, varied keys, every point's values
+    runs/point_000.h5    one ordinary run file per point (with its XDMF sidecar); `synovia plot`,
+                         `info` and `run --resume` work on each
+    summary.csv          one row per point: its values, status, and the outcome measures
+
+Every point's config is validated before anything runs. Points are run in order, or in ``jobs``
+worker processes; a point that is already complete is skipped and an interrupted one is resumed, so
+running the same sweep again continues it. A point whose solution diverges is recorded
+(``runs/point_NNN.diverged`` holds the message) and the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import itertools
+import math
+import os
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+from ._config import Config, ConfigError, _unknown, apply_overrides, config_from_dict, set_key
+
+FORMAT = "synovia-study"
+MANIFEST = "study.toml"
+SUMMARY_CSV = "summary.csv"
+RUNS = "runs"
+TOP_KEYS = ("scenario", "combine", "vary")
+COMBINE = ("grid", "zip")
+RANGE_KEYS = ("from", "to", "count", "spacing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """An outcome of one run, computed from its summary time series."""
+
+    name: str
+    summary: str  # the run file's summary series it reads
+    kind: str  # "peak", "time_of_peak", "final" or "minimum"
+    label: str
+    unit: str
+
+
+#: Outcome measures of every point (summary.csv columns, panels of the study figure).
+MEASURES: tuple[Measure, ...] = (
+    Measure("peak_fluid_tnf", "synovial_fluid_tnf", "peak", "Peak synovial-fluid TNF", "pg/mL"),
+    Measure("peak_fluid_il1", "synovial_fluid_il1", "peak", "Peak synovial-fluid IL-1β", "pg/mL"),
+    Measure("peak_fluid_leukocytes", "synovial_fluid_leukocytes", "peak", "Peak synovial-fluid white cells", "cells/µL"),
+    Measure("time_of_peak_fluid_tnf", "synovial_fluid_tnf", "time_of_peak", "Time of the TNF peak", "h"),
+    Measure("final_fluid_tnf", "synovial_fluid_tnf", "final", "Final synovial-fluid TNF", "pg/mL"),
+    Measure("final_fluid_il1", "synovial_fluid_il1", "final", "Final synovial-fluid IL-1β", "pg/mL"),
+    Measure("final_fluid_leukocytes", "synovial_fluid_leukocytes", "final", "Final synovial-fluid white cells", "cells/µL"),
+    Measure("min_cartilage_integrity", "cartilage_integrity", "minimum", "Lowest cartilage integrity (mean)", "fraction"),
+)
+
+
+def measure(m: Measure, time: np.ndarray, series: np.ndarray) -> float:
+    """One outcome measure of a complete run (time in h, the summary series per frame)."""
+    if m.kind == "peak":
+        return float(np.max(series))
+    if m.kind == "time_of_peak":
+        return float(time[int(np.argmax(series))])
+    if m.kind == "final":
+        return float(series[-1])
+    if m.kind == "minimum":
+        return float(np.min(series))
+    raise ValueError(f"unknown measure kind {m.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: the base scenario and one config per point."""
+
+    base: dict[str, Any]  # the base scenario as raw TOML data (after --set)
+    base_dir: str  # folder the scenario's relative paths are taken from
+    combine: str
+    keys: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]  # per point, in the order of ``keys``
+    configs: tuple[Config, ...]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def manifest(self) -> dict[str, Any]:
+        """What ``study.toml`` holds; two sweeps are the same study when these agree (but for config_dir)."""
+        return {
+            "format": FORMAT,
+            "combine": self.combine,
+            "keys": list(self.keys),
+            "config_dir": self.base_dir,
+            "scenario": self.base,
+            "points": [
+                {"index": i, "file": f"{RUNS}/{point_name(i)}.h5", "values": list(v), "t_end_h": c.run.t_end_h}
+                for i, (v, c) in enumerate(zip(self.values, self.configs))
+            ],
+        }
+
+
+def point_name(index: int) -> str:
+    return f"point_{index:03d}"
+
+
+def _number(key: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"sweep key '{key}.{what}' = {value!r}: must be a finite number")
+    return float(value)
+
+
+def _values(key: str, raw) -> list[Any]:
+    """The values of one varied key: a list, or a range table ``{from, to, count, spacing}``."""
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(f"sweep key 'vary.{key}' is an empty list: give at least one value")
+        return list(raw)
+    if isinstance(raw, dict) and "from" in raw:
+        for k in raw:
+            if k not in RANGE_KEYS:
+                raise _unknown(k, f"vary.{key}.", RANGE_KEYS)
+        start, stop = _number(f"vary.{key}", raw["from"], "from"), _number(f"vary.{key}", raw.get("to", math.nan), "to")
+        count = raw.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"sweep key 'vary.{key}.count' = {count!r}: must be an integer >= 1")
+        spacing = raw.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise ConfigError(f"sweep key 'vary.{key}.spacing' = {spacing!r}: allowed: linear, log")
+        if spacing == "log":
+            if start <= 0 or stop <= 0:
+                raise ConfigError(f"sweep key 'vary.{key}': a log range needs from and to > 0, got {start:g} and {stop:g}")
+            grid = np.geomspace(start, stop, count)
+        else:
+            grid = np.linspace(start, stop, count)
+        return [float(f"{v:.12g}") for v in grid]
+    raise ConfigError(
+        f"sweep key 'vary.{key}' = {raw!r}: give a list of values or a range table "
+        '{from = A, to = B, count = N, spacing = "linear" or "log"}'
+    )
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """``[vary]`` as dotted keys: quoted ("parameters.chemotaxis") or nested ([vary.parameters]) alike."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "from" not in v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Validate a sweep config (its raw TOML data); ``overrides`` (``--set``) change the base scenario."""
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown(key, "", TOP_KEYS)
+    scenario = raw.get("scenario", {})
+    if isinstance(scenario, str):
+        path = Path(scenario) if Path(scenario).is_absolute() else base_dir / scenario
+        if not path.is_file():
+            raise ConfigError(f"sweep key 'scenario' = {scenario!r}: the run config '{path}' does not exist")
+        try:
+            base = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
+        scenario_dir = path.parent
+    elif isinstance(scenario, dict):
+        base, scenario_dir = copy.deepcopy(scenario), base_dir
+    else:
+        raise ConfigError(f"sweep key 'scenario' = {scenario!r}: give a run config's path or an inline [scenario] table")
+    base = apply_overrides(base, list(overrides))
+    config_from_dict(base, scenario_dir)  # the base itself must be valid
+
+    combine = raw.get("combine", "grid")
+    if combine not in COMBINE:
+        raise ConfigError(f"sweep key 'combine' = {combine!r}: allowed: {', '.join(COMBINE)}")
+    vary = raw.get("vary")
+    if not isinstance(vary, dict) or not vary:
+        raise ConfigError("sweep key 'vary' is missing: add a [vary] table, e.g. \"parameters.chemotaxis\" = [0.01, 0.05, 0.1]")
+    columns = {key: _values(key, v) for key, v in _flatten(vary).items()}
+    for key in columns:
+        if len(key.split(".")) < 2:
+            raise ConfigError(f"sweep key 'vary.{key}': name a section and a key, like \"parameters.chemotaxis\"")
+    keys = tuple(columns)
+    if combine == "zip":
+        lengths = {k: len(v) for k, v in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f'sweep: combine = "zip" needs as many values for every key, got {lengths}')
+        values = tuple(zip(*columns.values()))
+    else:
+        values = tuple(itertools.product(*columns.values()))
+
+    configs = []
+    for i, point in enumerate(values):
+        raw_point = copy.deepcopy(base)
+        where = ", ".join(f"{k} = {v!r}" for k, v in zip(keys, point))
+        try:
+            for key, value in zip(keys, point):
+                set_key(raw_point, key.split("."), value, f"sweep key 'vary.{key}'")
+            configs.append(config_from_dict(raw_point, scenario_dir))
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {i} ({where}): {err}") from None
+    return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs))
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read and validate a sweep config; ConfigError names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep config '{path}' does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"sweep config '{path}' is not valid TOML: {err}") from None
+    return sweep_from_dict(raw, path.parent, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# The study folder.
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """``study.toml`` of a study folder (ValueError if it is not one)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"'{folder}' is not a study folder: it has no {MANIFEST} (make one with `synovia sweep`)")
+    try:
+        manifest = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"'{path}' is not valid TOML: {err}") from None
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"'{path}' is not a synovia study manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> None:
+    """Create the study folder and its manifest, or check an existing one holds this sweep.
+
+    Raises ValueError when the folder holds something else: another sweep (unless ``overwrite``,
+    which removes its run files first) or files that are not a study.
+    """
+    folder = Path(folder)
+    manifest = sweep.manifest()
+    if folder.exists():
+        if not folder.is_dir():
+            raise ValueError(f"'{folder}' exists and is not a folder")
+        if (folder / MANIFEST).is_file():
+            old = read_manifest(folder)
+            if _identity(old) != _identity(manifest):
+                if not overwrite:
+                    raise ValueError(
+                        f"'{folder}' holds a different sweep ({_difference(old, manifest)}); pass --overwrite to "
+                        "replace it, or choose another output folder"
+                    )
+                _remove_study(folder, old)
+        # (a hidden temporary manifest or runs/ may be another array task creating this same study)
+        elif any(not p.name.startswith(".") and p.name != RUNS for p in folder.iterdir()):
+            raise ValueError(f"'{folder}' is not empty and is not a study folder; choose a new or empty output folder")
+    elif not folder.parent.is_dir():
+        raise ValueError(f"cannot create '{folder}': folder '{folder.parent}' does not exist (create it first)")
+    folder.mkdir(exist_ok=True)
+    # The manifest first, atomically: a concurrent task sees no manifest or a whole one.
+    if not (folder / MANIFEST).is_file() or read_manifest(folder) != manifest:
+        _atomic_write(folder / MANIFEST, tomli_w.dumps(manifest))
+    (folder / RUNS).mkdir(exist_ok=True)
+
+
+def _identity(manifest: dict) -> dict:
+    """What makes two studies the same: not where the sweep config was (a study may move with it)."""
+    return {k: v for k, v in manifest.items() if k != "config_dir"}
+
+
+def _difference(old: dict, new: dict) -> str:
+    for key in ("keys", "combine", "scenario"):
+        if old.get(key) != new.get(key):
+            return f"its {key} differ" if key.endswith("s") else f"its {key} differs"
+    if len(old.get("points", [])) != len(new["points"]):
+        return f"{len(old.get('points', []))} points, this sweep has {len(new['points'])}"
+    for a, b in zip(old["points"], new["points"]):
+        if a != b:
+            return f"point {b['index']} was {a.get('values')}, now {b['values']}"
+    return "its manifest differs"
+
+
+def _remove_study(folder: Path, manifest: dict) -> None:
+    for point in manifest.get("points", []):
+        run = folder / point["file"]
+        for path in (run, run.with_suffix(".xdmf"), run.with_suffix(".diverged")):
+            path.unlink(missing_ok=True)
+    (folder / SUMMARY_CSV).unlink(missing_ok=True)
+    (folder / MANIFEST).unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Running points.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PointResult:
+    index: int
+    status: str  # "done", "complete" (already was), "diverged", "refused" (its scenario cannot be built)
+    message: str = ""
+    steps: int = 0
+    wall_s: float = 0.0
+
+
+def _frames_in(path: Path) -> tuple[int, float]:
+    """Committed frames of a run file and its last time (0, nan if unreadable or empty)."""
+    from ._output import RunFile
+
+    try:
+        with RunFile.open(path) as run:
+            time = run.time
+    except (OSError, KeyError):
+        return 0, math.nan
+    return len(time), float(time[-1]) if len(time) else math.nan
+
+
+def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
+    """Run (or finish) one point's run file; safe to call in a fresh worker process."""
+    from ._config import config_from_toml
+    from ._output import resume_writer
+    from ._run import Diverged, frame_index, new_writer, run, state_from_fields
+    from ._scenario import build_scenario
+
+    path = Path(path)
+    index = int(path.stem.rsplit("_", 1)[-1])
+    marker = path.with_suffix(".diverged")
+    if marker.is_file():
+        return PointResult(index, "diverged", marker.read_text().strip())
+    try:
+        scenario = build_scenario(config_from_toml(config_toml, config_dir))
+    except ConfigError as err:  # found only when the scenario is built (an unstable step, a bad geometry file)
+        return PointResult(index, "refused", str(err))
+    n_frames, last = _frames_in(path) if path.exists() else (0, math.nan)
+    if n_frames == scenario.n_frames + 1:
+        return PointResult(index, "complete")
+    if n_frames > 0:
+        writer, last_time, fields = resume_writer(path)
+        start_frame = frame_index(last_time, scenario.interval)
+        state = state_from_fields(fields, scenario.initial)
+    else:
+        writer = new_writer(scenario, path, config_dir=Path(config_dir), overwrite=True)
+        start_frame, state = 0, None
+    try:
+        with writer:
+            result = run(scenario, writer, start_frame=start_frame, state=state, progress=False)
+    except Diverged as err:
+        marker.write_text(f"{err}\n")
+        return PointResult(index, "diverged", str(err))
+    return PointResult(index, "done", steps=result.steps, wall_s=result.wall_s)
+
+
+def run_study(
+    sweep: Sweep,
+    folder: Path,
+    *,
+    points: Sequence[int] | None = None,
+    jobs: int = 1,
+    on_result: Callable[[PointResult], None] | None = None,
+) -> list[PointResult]:
+    """Run the chosen points (default all) of a prepared study folder, in order or in ``jobs`` processes.
+
+    ``on_result`` is called as each point finishes. A KeyboardInterrupt stops the work; every
+    finished frame is kept, and running the sweep again resumes it.
+    """
+    folder = Path(folder)
+    chosen = list(range(len(sweep))) if points is None else list(points)
+    tasks = [(sweep.configs[i].to_toml(), sweep.base_dir, str(folder / RUNS / f"{point_name(i)}.h5")) for i in chosen]
+    results: list[PointResult] = []
+
+    def done(result: PointResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            done(run_point(*task))
+        return results
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Fresh processes (JAX must not be forked); on a GPU they share it, so none may take 75% of it.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {pool.submit(run_point, *task) for task in tasks}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done(future.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return sorted(results, key=lambda r: r.index)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a study back.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StudyTable:
+    """What a study folder holds: per point its values, status, outcome measures and series."""
+
+    folder: Path
+    keys: list[str]
+    combine: str
+    values: list[list[Any]]
+    files: list[Path]
+    status: list[str]  # "complete", "diverged", "incomplete (k of n frames)", "not run"
+    measures: dict[str, np.ndarray]  # name -> (n_points,), NaN unless complete
+    series: list[dict[str, np.ndarray] | None]  # per point: "time" and the summary series (any frames)
+    units: dict[str, str]
+
+    @property
+    def complete(self) -> np.ndarray:
+        return np.array([s == "complete" for s in self.status])
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["point", *self.keys, "status", *(f"{m.name} [{m.unit}]" for m in MEASURES), "file"])
+        for i, (values, status, path) in enumerate(zip(self.values, self.status, self.files)):
+            numbers = ["" if math.isnan(self.measures[m.name][i]) else f"{self.measures[m.name][i]:.8g}" for m in MEASURES]
+            writer.writerow([i, *values, status, *numbers, path.relative_to(self.folder).as_posix()])
+        return out.getvalue()
+
+    def text(self) -> str:
+        """A short table for the terminal (``synovia info STUDY``)."""
+        counts = {s: self.status.count(s) for s in dict.fromkeys(self.status)}
+        head = [
+            f"study: {self.folder}",
+            f"varied ({self.combine}): {', '.join(self.keys)}",
+            f"points: {len(self.values)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        ]
+        shown = ("peak_fluid_tnf", "peak_fluid_leukocytes", "final_fluid_leukocytes", "min_cartilage_integrity")
+        rows = [["point", *self.keys, "status", *shown]]
+        for i, (values, status) in enumerate(zip(self.values, self.status)):
+            rows.append([str(i), *(f"{v:g}" if isinstance(v, float) else str(v) for v in values), status.split(" (")[0]])
+            rows[-1] += ["-" if math.isnan(self.measures[m][i]) else f"{self.measures[m][i]:.4g}" for m in shown]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        return "\n".join(head + ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]) + "\n"
+
+
+def read_study(folder: str | os.PathLike[str]) -> StudyTable:
+    """Read a study folder: the manifest and every point's run file, complete or not."""
+    from ._output import RunFile
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    points = manifest["points"]
+    n = len(points)
+    measures = {m.name: np.full(n, np.nan) for m in MEASURES}
+    status, series, files, units = [], [], [], {}
+    for i, point in enumerate(points):
+        path = folder / point["file"]
+        files.append(path)
+        marker = path.with_suffix(".diverged")
+        data = None
+        if path.is_file():
+            try:
+                with RunFile.open(path) as run:
+                    data = {"time": run.time, **run.summary}
+                    units.update({k: v for k, v in run.units.items() if v})
+            except (OSError, KeyError):
+                data = None
+        series.append(data)
+        expected = point["t_end_h"]
+        if marker.is_file():
+            status.append("diverged")
+        elif data is None:
+            status.append("not run")
+        elif len(data["time"]) and math.isclose(data["time"][-1], expected, rel_tol=1e-9, abs_tol=1e-9):
+            status.append("complete")
+            for m in MEASURES:
+                if m.summary in data:
+                    measures[m.name][i] = measure(m, data["time"], data[m.summary])
+        else:
+            last = data["time"][-1] if len(data["time"]) else 0.0
+            status.append(f"incomplete (to {last:g} of {expected:g} h)")
+    return StudyTable(
+        folder, list(manifest["keys"]), manifest["combine"], [list(p["values"]) for p in points], files, status, measures,
+        series, units,
+    )  # fmt: skip
+
+
+def write_summary(folder: Path) -> StudyTable:
+    """Write ``summary.csv`` of a study folder from its run files; returns the table."""
+    table = read_study(folder)
+    _atomic_write(Path(folder) / SUMMARY_CSV, table.csv())
+    return table
+
+
+def is_study(path: str | os.PathLike[str]) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+__all__ = ["MEASURES", "Measure", "StudyTable", "Sweep", "load_sweep", "read_study", "run_study", "sweep_from_dict"]

@@ -1,0 +1,422 @@
+"""Parameter studies: ``synovia sweep`` (solver._study) and their figures (solver._plot_study).
+
+One small sweep (a 2D MCP joint at 0.4 mm, 2 h, four points: injury rate x recruitment rate) is
+run once with the project's own CLI and shared by the module; tests that change a study copy it.
+"""
+
+import csv
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from conftest import assert_close
+from matplotlib.image import imread
+
+from solver import ConfigError, _plot_study, _study
+from solver._cli import main
+from solver._output import RunFile, RunWriter
+
+pytestmark = pytest.mark.filterwarnings("ignore:grid spacing .* under-resolved:UserWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIO = textwrap.dedent(
+    """
+    [scenario.run]
+    t_end_h = 2.0
+    output_interval_h = 0.5
+    precision = "float64"
+
+    [scenario.geometry]
+    preset = "mcp"
+    spacing_mm = 0.4
+
+    [scenario.injury]
+    radius_mm = 1.5
+    """
+)
+SWEEP = SCENARIO + textwrap.dedent(
+    """
+    [vary]
+    "injury.rate" = [100.0, 800.0]
+    "parameters.recruitment_rate" = [50.0, 5000.0]
+    """
+)
+RATES = [(100.0, 50.0), (100.0, 5000.0), (800.0, 50.0), (800.0, 5000.0)]  # first key slowest
+
+
+def _sweep_file(folder: Path, text: str = SWEEP, name: str = "sweep.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    cfg = _sweep_file(folder)
+    assert main(["sweep", str(cfg), "-o", str(folder / "study"), "-q"]) == 0
+    return folder / "study"
+
+
+def _copy(study: Path, tmp_path: Path) -> Path:
+    """A copy of the module's study, with its sweep config beside it (for re-running it)."""
+    shutil.copytree(study.parent, tmp_path / "copy")
+    return tmp_path / "copy" / "study"
+
+
+def _last_fields(path: Path) -> dict[str, np.ndarray]:
+    with RunFile.open(path) as run:
+        return {**run.fields(-1), "time": run.time}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep config.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_points_grid_zip_ranges_and_nested_keys(tmp_path):
+    sweep = _study.sweep_from_dict({"vary": {"injury.rate": [1.0, 2.0], "parameters": {"chemotaxis": [0.1, 0.2, 0.3]}}}, tmp_path)
+    assert sweep.keys == ("injury.rate", "parameters.chemotaxis")
+    assert sweep.values == ((1.0, 0.1), (1.0, 0.2), (1.0, 0.3), (2.0, 0.1), (2.0, 0.2), (2.0, 0.3))
+    assert [c.injury.rate for c in sweep.configs] == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    assert [c.parameters["chemotaxis"] for c in sweep.configs] == [0.1, 0.2, 0.3] * 2
+    # every point keeps the base's other values
+    assert all(c.parameters["decay_tnf"] == sweep.configs[0].parameters["decay_tnf"] for c in sweep.configs)
+
+    zipped = _study.sweep_from_dict(
+        {"combine": "zip", "vary": {"injury.rate": [1.0, 2.0], "injury.radius_mm": [0.5, 1.5]}}, tmp_path
+    )
+    assert zipped.values == ((1.0, 0.5), (2.0, 1.5))
+
+    ranged = _study.sweep_from_dict(
+        {"vary": {"parameters.recruitment_rate": {"from": 10, "to": 1000, "count": 3, "spacing": "log"},
+                  "injury.rate": {"from": 0, "to": 1, "count": 5}}},
+        tmp_path,
+    )  # fmt: skip
+    assert sorted({v[0] for v in ranged.values}) == [10.0, 100.0, 1000.0]
+    assert sorted({v[1] for v in ranged.values}) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(ranged) == 15
+
+
+def test_scenario_from_a_file_and_set_overrides_reach_every_point(tmp_path):
+    (tmp_path / "base.toml").write_text('[run]\nt_end_h = 6.0\n[geometry]\npreset = "mcp"\n')
+    sweep = _study.sweep_from_dict(
+        {"scenario": "base.toml", "vary": {"injury.rate": [1.0, 2.0]}}, tmp_path, ["run.output_interval_h=3"]
+    )
+    assert [(c.run.t_end_h, c.run.output_interval_h, c.geometry.preset) for c in sweep.configs] == [(6.0, 3.0, "mcp")] * 2
+    assert sweep.base_dir == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"vary": {"injury.rate": [1.0]}, "combin": "zip"}, "unknown config key 'combin' (did you mean 'combine'?)"),
+        ({"vary": {"injury.rate": [1.0]}, "combine": "all"}, "sweep key 'combine' = 'all': allowed: grid, zip"),
+        ({}, "sweep key 'vary' is missing"),
+        ({"vary": {"injury.rate": []}}, "'vary.injury.rate' is an empty list"),
+        ({"vary": {"injury.rate": 5}}, "'vary.injury.rate' = 5: give a list of values or a range table"),
+        ({"vary": {"rate": [1.0]}}, "'vary.rate': name a section and a key"),
+        ({"combine": "zip", "vary": {"injury.rate": [1.0, 2.0], "injury.radius_mm": [1.0]}}, "needs as many values"),
+        ({"vary": {"injury.rate": [1.0, -5.0]}}, "sweep point 1 (injury.rate = -5.0): config key 'injury.rate' = -5.0"),
+        ({"vary": {"parameters.chemotaxi": [1.0]}}, "unknown config key 'parameters.chemotaxi' (did you mean 'chemotaxis'?)"),
+        ({"vary": {"injury.rate": {"from": 1, "to": 2, "count": 0}}}, "'vary.injury.rate.count' = 0: must be an integer >= 1"),
+        ({"vary": {"injury.rate": {"from": 0, "to": 2, "count": 3, "spacing": "log"}}}, "a log range needs from and to > 0"),
+        ({"vary": {"injury.rate": {"from": 1, "to": 2, "count": 3, "step": 1}}}, "unknown config key 'vary.injury.rate.step'"),
+        ({"scenario": "missing.toml", "vary": {"injury.rate": [1.0]}}, "the run config"),
+        ({"scenario": {"run": {"t_end_h": -1.0}}, "vary": {"injury.rate": [1.0]}}, "config key 'run.t_end_h' = -1.0"),
+    ],
+)
+def test_bad_sweep_configs_name_the_key_and_point(raw, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _study.sweep_from_dict(raw, tmp_path)
+    assert message in str(err.value)
+
+
+def test_cli_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys):
+    env_cmd = [sys.executable, "-m", "solver._cli", "sweep"]
+    cfg = _sweep_file(tmp_path, SWEEP.replace('"injury.rate" = [100.0, 800.0]', '"injury.rate" = [100.0, -1.0]'))
+    out = tmp_path / "study"
+    result = subprocess.run([*env_cmd, str(cfg), "-o", str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("synovia: error: sweep point 2 (injury.rate = -1.0")
+    assert "Traceback" not in result.stderr and not out.exists()
+    for args, message in [
+        (["--point", "7"], "--point 7: this sweep has points 0..3"),
+        (["--jobs", "0"], "--jobs 0: must be at least 1"),
+    ]:
+        assert main(["sweep", str(_sweep_file(tmp_path)), "-o", str(out), *args]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["sweep", str(_sweep_file(tmp_path)), "-o", str(tmp_path / "other")]) == 2
+    assert main(["sweep", str(_sweep_file(tmp_path)), "-o", str(tmp_path / "no" / "such")]) == 2
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a study.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_point_is_the_run_synovia_run_gives(study, tmp_path):
+    manifest = _study.read_manifest(study)
+    assert manifest["keys"] == ["injury.rate", "parameters.recruitment_rate"]
+    assert [tuple(p["values"]) for p in manifest["points"]] == RATES
+    base = tmp_path / "base.toml"
+    base.write_text(SCENARIO.replace("[scenario.", "["))
+    for index in (1, 2):
+        rate, recruitment = RATES[index]
+        out = tmp_path / f"direct_{index}.h5"
+        sets = ["--set", f"injury.rate={rate}", "--set", f"parameters.recruitment_rate={recruitment}"]
+        assert main(["run", str(base), "-o", str(out), "-q", *sets]) == 0
+        direct, swept = _last_fields(out), _last_fields(study / "runs" / f"point_00{index}.h5")
+        assert direct.keys() == swept.keys()
+        for name in direct:
+            assert_close(swept[name], direct[name], rtol=0, what=name)  # the same compiled run, bit for bit
+        with RunFile.open(study / "runs" / f"point_00{index}.h5") as run:
+            assert f"rate = {rate}" in run.config_toml and f"recruitment_rate = {recruitment}" in run.config_toml
+
+
+def test_summary_csv_holds_the_measures_of_each_run(study):
+    rows = list(csv.DictReader((study / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["complete"] * 4
+    assert [(float(r["injury.rate"]), float(r["parameters.recruitment_rate"])) for r in rows] == RATES
+    for row in rows:
+        with RunFile.open(study / row["file"]) as run:
+            time, summary = run.time, run.summary
+        tnf, cells = summary["synovial_fluid_tnf"], summary["synovial_fluid_leukocytes"]
+        assert_close(float(row["peak_fluid_tnf [pg/mL]"]), tnf.max(), rtol=1e-7)
+        assert_close(float(row["time_of_peak_fluid_tnf [h]"]), time[np.argmax(tnf)], rtol=1e-12)
+        assert_close(float(row["final_fluid_leukocytes [cells/µL]"]), cells[-1], rtol=1e-7)
+        assert_close(float(row["min_cartilage_integrity [fraction]"]), summary["cartilage_integrity"].min(), rtol=1e-7)
+    peak = [float(r["peak_fluid_tnf [pg/mL]"]) for r in rows]
+    cells = [float(r["final_fluid_leukocytes [cells/µL]"]) for r in rows]
+    # more injury, more TNF; more recruitment, more white cells (the physics, not just the bookkeeping)
+    assert peak[2] > 2 * peak[0] and peak[3] > 2 * peak[1]
+    assert cells[1] > cells[0] and cells[3] > cells[2]
+
+
+def test_running_again_continues_an_interrupted_study(study, tmp_path):
+    copy = _copy(study, tmp_path)
+    runs = copy / "runs"
+    originals = {i: _last_fields(study / "runs" / f"point_00{i}.h5") for i in range(4)}
+    # point 3 never started; point 1 was killed after two frames (rebuilt as a writer leaves it)
+    (runs / "point_003.h5").unlink()
+    (runs / "point_003.xdmf").unlink()
+    with RunFile.open(runs / "point_001.h5") as run:
+        frames = [(float(t), run.fields(k), {n: v[k] for n, v in run.summary.items()}) for k, t in enumerate(run.time[:2])]
+        layout = dict(grid=run.grid, labels=run.labels, species=run.species, summary_names=run.summary_names,
+                      dtype=run.dtype, attrs=run.attrs)  # fmt: skip
+    with RunWriter(runs / "point_001.h5", overwrite=True, **layout) as writer:
+        for frame in frames:
+            writer.append(*frame)
+    assert _study.read_study(copy).status[1] == "incomplete (to 0.5 of 2 h)"
+    untouched = {i: (runs / f"point_00{i}.h5").stat().st_mtime_ns for i in (0, 2)}
+
+    assert main(["sweep", str(copy.parent / "sweep.toml"), "-o", str(copy), "-q"]) == 0
+    assert {i: (runs / f"point_00{i}.h5").stat().st_mtime_ns for i in (0, 2)} == untouched
+    for i in range(4):
+        again = _last_fields(runs / f"point_00{i}.h5")
+        for name in again:
+            assert_close(again[name], originals[i][name], rtol=0, what=f"point {i} {name}")
+    assert _study.read_study(copy).status == ["complete"] * 4
+
+
+def test_a_different_sweep_is_refused_unless_overwrite(study, tmp_path, capsys):
+    copy = _copy(study, tmp_path)
+    other = _sweep_file(tmp_path, SWEEP.replace("[100.0, 800.0]", "[100.0, 400.0]"), "other.toml")
+    assert main(["sweep", str(other), "-o", str(copy), "-q"]) == 2
+    assert "holds a different sweep (point 2 was [800.0, 50.0], now [400.0, 50.0])" in capsys.readouterr().err
+    assert _study.read_manifest(copy)["points"][2]["values"] == [800.0, 50.0]
+    # the same sweep with a changed base scenario is a different study too
+    assert main(["sweep", str(copy.parent / "sweep.toml"), "-o", str(copy), "-q", "--set", "run.t_end_h=1"]) == 2
+    assert "its scenario differs" in capsys.readouterr().err
+    assert main(["sweep", str(other), "-o", str(copy), "-q", "--overwrite", "--point", "0"]) == 0
+    assert _study.read_manifest(copy)["points"][2]["values"] == [400.0, 50.0]
+    assert sorted(p.name for p in (copy / "runs").iterdir()) == ["point_000.h5", "point_000.xdmf"]
+
+
+def test_point_option_runs_only_those_points(study, tmp_path, capsys):
+    out = tmp_path / "array"
+    assert main(["sweep", str(study.parent / "sweep.toml"), "-o", str(out), "-q", "--point", "2"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["point_002.h5", "point_002.xdmf"]
+    table = _study.read_study(out)
+    assert table.status == ["not run", "not run", "complete", "not run"]
+    assert np.isnan(table.measures["peak_fluid_tnf"][[0, 1, 3]]).all()
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "points: 4 (3 not run, 1 complete)" in text and "injury.rate, parameters.recruitment_rate" in text
+
+
+def test_array_tasks_started_together_fill_one_study(study, tmp_path):
+    """Like a cluster array job: separate processes, one point each, the same new output folder at once."""
+    out = tmp_path / "array"
+    cmd = [sys.executable, "-m", "solver._cli", "sweep", str(study.parent / "sweep.toml"), "-o", str(out), "-q", "--point"]
+    tasks = [subprocess.Popen([*cmd, str(k)], cwd=REPO, stderr=subprocess.PIPE, text=True) for k in (0, 3)]
+    for task in tasks:
+        _, err = task.communicate(timeout=300)
+        assert task.returncode == 0, err
+    assert _study.read_study(out).status == ["complete", "not run", "not run", "complete"]
+    for i in (0, 3):
+        a, b = _last_fields(out / "runs" / f"point_00{i}.h5"), _last_fields(study / "runs" / f"point_00{i}.h5")
+        for name in a:
+            assert_close(a[name], b[name], rtol=0, what=f"point {i} {name}")
+
+
+def test_jobs_run_points_in_worker_processes_with_the_same_results(study, tmp_path):
+    out = tmp_path / "parallel"
+    assert main(["sweep", str(study.parent / "sweep.toml"), "-o", str(out), "-q", "--jobs", "2"]) == 0
+    for i in range(4):
+        a, b = _last_fields(out / "runs" / f"point_00{i}.h5"), _last_fields(study / "runs" / f"point_00{i}.h5")
+        for name in a:
+            assert_close(a[name], b[name], rtol=0, what=f"point {i} {name}")
+    assert (out / "summary.csv").read_text() == (study / "summary.csv").read_text()
+
+
+def test_a_diverging_point_is_recorded_and_the_others_run(study, tmp_path, monkeypatch, capsys):
+    from solver import _run
+
+    real_run = _run.run
+
+    def run(scenario, writer, **kwargs):
+        if scenario.config.injury.rate == 800.0 and scenario.config.parameters["recruitment_rate"] == 50.0:
+            raise _run.Diverged("the solution diverged at t = 1 h: tnf not finite")
+        return real_run(scenario, writer, **kwargs)
+
+    monkeypatch.setattr(_run, "run", run)
+    out = tmp_path / "diverging"
+    assert main(["sweep", str(study.parent / "sweep.toml"), "-o", str(out), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "point 2 (rate=800, recruitment_rate=50) diverged: the solution diverged at t = 1 h" in err
+    assert (out / "runs" / "point_002.diverged").read_text().startswith("the solution diverged")
+    table = _study.read_study(out)
+    assert table.status == ["complete", "complete", "diverged", "complete"]
+    monkeypatch.setattr(_run, "run", real_run)
+    # running again does not retry it (the same config diverges again) and still says so
+    assert main(["sweep", str(study.parent / "sweep.toml"), "-o", str(out), "-q"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pixels(path):
+    image = imread(path)
+    assert image.std() > 0.01, f"{path.name} is blank"
+    return image
+
+
+def test_plot_study_writes_the_figures_at_their_size(study, tmp_path, capsys):
+    dpi = 40
+    assert main(["plot", str(study), "-o", str(tmp_path / "figs"), "--dpi", str(dpi)]) == 0
+    written = capsys.readouterr().out.split()
+    assert [Path(p).name for p in written] == ["study.png", "study_timecourses.png", "summary.csv"]
+    table = _study.read_study(study)
+    assert _plot_study.study_layout(table) == "heatmap"
+    width, height = _plot_study.study_figure_size(table)
+    assert _pixels(tmp_path / "figs" / "study.png").shape[:2] == (height * dpi, width * dpi)
+    width, height = _plot_study.TIMECOURSE_SIZE_IN
+    assert _pixels(tmp_path / "figs" / "study_timecourses.png").shape[:2] == (height * dpi, width * dpi)
+    assert (tmp_path / "figs" / "summary.csv").read_text() == (study / "summary.csv").read_text()
+    # run-file options are refused, and a folder that is not a study is named as such
+    assert main(["plot", str(study), "-o", str(tmp_path / "f2"), "--movie"]) == 2
+    assert "--movie applies to a run file" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path), "-o", str(tmp_path / "f3")]) == 2
+    assert "is a folder but not a study folder" in capsys.readouterr().err
+
+
+def test_heatmap_pixels_follow_the_data(study, tmp_path):
+    """The brightest cell of the peak-TNF heat map (magma: bright = high) is the point with the most TNF."""
+    table = _study.read_study(study)
+    with matplotlib.rc_context(_plot_study.RC):
+        fig = _plot_study.study_figure(table)
+    fig.set_dpi(60)  # the transforms below map to the saved image's pixels (layout is final after the save)
+    fig.savefig(tmp_path / "study.png", dpi=fig.dpi)
+    image = imread(tmp_path / "study.png")[..., :3]
+    height = image.shape[0]
+    for name in ("peak_fluid_tnf", "final_fluid_leukocytes"):
+        ax = next(a for a in fig.axes if any(im.get_gid() == f"study:{name}" for im in a.get_images()))
+        data = ax.get_images()[0].get_array()
+        # x: injury.rate (100, 800), y: recruitment_rate (50, 5000); each cell's centre in pixels
+        luminance = np.empty(data.shape)
+        for (r, c), _ in np.ndenumerate(data):
+            px, py = ax.transData.transform((c + 0.3, r + 0.3))  # off the centre, clear of the written value
+            rgb = image[int(round(height - py)), int(round(px))]
+            luminance[r, c] = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+        values = np.array([[table.measures[name][table.values.index([x, y])] for x in (100.0, 800.0)] for y in (50.0, 5000.0)])
+        assert_close(data.filled(np.nan), values, rtol=0)
+        # every pair of cells whose values clearly differ is drawn in that order of brightness
+        v, lum = values.ravel(), luminance.ravel()
+        clear = [(i, j) for i in range(4) for j in range(4) if v[i] - v[j] > 0.1 * (v.max() - v.min())]
+        assert clear, name
+        assert all(lum[i] > lum[j] for i, j in clear), (name, v, lum)
+
+
+def _table(keys, values, measures, combine="grid", status=None):
+    n = len(values)
+    return _study.StudyTable(
+        Path("synthetic"), list(keys), combine, [list(v) for v in values], [Path(f"synthetic/p{i}.h5") for i in range(n)],
+        status or ["complete"] * n, {m.name: np.asarray(measures(m), float) for m in _study.MEASURES}, [None] * n, {},
+    )  # fmt: skip
+
+
+def test_one_key_draws_lines_with_log_axes_and_clinical_ranges():
+    x = [10.0, 100.0, 1000.0, 10000.0]
+    table = _table(["parameters.recruitment_rate"], [[v] for v in x], lambda m: [1.0, 10.0, 1e3, 1e4], status=None)
+    table.measures["final_fluid_leukocytes"][1] = np.nan  # a point without a complete run
+    table.status[1] = "not run"
+    with matplotlib.rc_context(_plot_study.RC):
+        fig = _plot_study.study_figure(table)
+    assert _plot_study.study_layout(table) == "line"
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    assert set(lines) == {f"study:{m.name}" for m in _study.MEASURES}
+    ax = lines["study:peak_fluid_tnf"].axes
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"  # both span 3 decades
+    assert_close(lines["study:peak_fluid_tnf"].get_xdata(), x, rtol=0)
+    assert_close(lines["study:final_fluid_leukocytes"].get_ydata(), [1.0, np.nan, 1e3, 1e4], rtol=0)
+    ranges = {p.get_gid() for ax in fig.axes for p in ax.patches if p.get_gid()}
+    assert any(g.startswith("range:final_fluid_leukocytes:RA") for g in ranges)
+    assert not any(g.startswith("range:peak_") for g in ranges)  # clinical ranges describe the steady state
+    assert "1 of 4 points not complete, left out" in fig.get_suptitle()
+
+
+def test_three_keys_draw_one_row_per_key():
+    values = [[a, b, c] for a in (1.0, 2.0) for b in ("ssp_rk3", "strang_ssp_rk3") for c in (0.1, 0.2)]
+    table = _table(["injury.rate", "run.stepper", "parameters.chemotaxis"], values, lambda m: np.arange(8.0) + 1)
+    with matplotlib.rc_context(_plot_study.RC):
+        fig = _plot_study.study_figure(table)
+    assert _plot_study.study_layout(table) == "scatter"
+    gids = {ln.get_gid() for ax in fig.axes for ln in ax.get_lines()}
+    assert gids == {f"study:{m.name}:{k}" for m in _study.MEASURES for k in table.keys}
+    stepper_axes = next(ln.axes for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == "study:peak_fluid_tnf:run.stepper")
+    assert [t.get_text() for t in stepper_axes.get_xticklabels()] == ["ssp_rk3", "strang_ssp_rk3"]
+
+
+def test_timecourses_draw_every_point_coloured_by_the_first_key(study):
+    table = _study.read_study(study)
+    with matplotlib.rc_context(_plot_study.RC):
+        fig = _plot_study.study_timecourse_figure(table)
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    for i in range(4):
+        line = lines[f"series:synovial_fluid_tnf:{i}"]
+        assert_close(line.get_ydata(), table.series[i]["synovial_fluid_tnf"], rtol=0)
+    # colour by injury rate: the two points of each rate share a colour, the rates differ
+    colours = [lines[f"series:synovial_fluid_tnf:{i}"].get_color() for i in range(4)]
+    assert colours[0] == colours[1] and colours[2] == colours[3] and colours[0] != colours[2]
+    # line style by the second key (two values)
+    styles = [lines[f"series:synovial_fluid_tnf:{i}"].get_linestyle() for i in range(4)]
+    assert styles[0] == styles[2] != styles[1] == styles[3]
+
+
+def test_compact_labels():
+    assert [_plot_study.compact(v) for v in (5.33e-6, 0.0648, 1255.94, 12818.6, 2.9, 3e7, 0, "ssp_rk3")] == [
+        "5e-6", "0.0648", "1.26k", "12.8k", "2.9", "3e7", "0", "ssp_rk3",
+    ]  # fmt: skip
+    assert [_plot_study.compact(v, 3) for v in (0.0054, 0.0025, 0.001, 1.23456e-5)] == ["5.4e-3", "2.5e-3", "1e-3", "1.23e-5"]
