@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from solver import Config, ConfigError
-from solver._config import _opt, _section, _unknown, apply_overrides, config_from_dict, load_config
+from solver._config import _opt, _section, _unknown, apply_overrides, config_from_dict, load_config, read_toml
 
 from ._observations import Observations, load_observations
 from ._problem import FitError, FitParameter, fittable_names
@@ -115,13 +114,7 @@ def fit_config_from_dict(raw: dict, base_dir: Path, text: str = "") -> FitConfig
 def load_fit_config(path: str | Path, overrides=()) -> FitConfig:
     """Read and validate a fit config; ConfigError/ObservationError/FitError name what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"fit config '{path}' does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"fit config '{path}' is not valid TOML: {err}") from None
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(read_toml(path, "fit config"), list(overrides))
     import tomli_w
 
     return fit_config_from_dict(raw, path.parent, tomli_w.dumps(raw))

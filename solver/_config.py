@@ -396,19 +396,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The data of a TOML file; ConfigError (naming it as ``what``) if it is missing or not valid TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{what} '{path}' is not valid TOML: {err}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a TOML file (None: all defaults), apply ``--set`` overrides and validate."""
     raw: dict[str, Any] = {}
     base = Path(".")
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
-        base = path.parent
+        raw = read_toml(path)
+        base = Path(path).parent
     return config_from_dict(apply_overrides(raw, list(overrides)), base)
 
 

@@ -153,6 +153,17 @@ def _missing_note(table: StudyTable) -> str:
     return f"; {missing} of {len(table.status)} points not complete, left out" if missing else ""
 
 
+def _scales(ax, xlog: bool, names: list[str] | None, y: np.ndarray, m: Measure, log: bool | None) -> None:
+    """Grid, x scale or category ticks, and y scale of one measure panel."""
+    ax.grid(True, lw=0.4, alpha=0.4)
+    if xlog:
+        ax.set_xscale("log")
+    if names is not None:
+        ax.set_xticks(range(len(names)), names)
+    if _use_log(y, m, log):
+        ax.set_yscale("log")
+
+
 def _line_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
     key = table.keys[0]
     x, names, xlog = _axis([v[0] for v in table.values])
@@ -164,15 +175,9 @@ def _line_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
         ax.plot(x[order], y[order], "o-", color="black", ms=3.5, lw=1.2, gid=f"study:{m.name}", zorder=3)
         ax.set_title(m.label)
         ax.set_ylabel(m.unit)
-        ax.grid(True, lw=0.4, alpha=0.4)
-        if xlog:
-            ax.set_xscale("log")
-        if names is not None:
-            ax.set_xticks(range(len(names)), names)
-        if _use_log(y, m, log):
-            ax.set_yscale("log")
-            finite = y[np.isfinite(y)]
-            ax.set_ylim(*_log_limits(finite, []))
+        _scales(ax, xlog, names, y, m, log)
+        if ax.get_yscale() == "log":
+            ax.set_ylim(*_log_limits(y[np.isfinite(y)], []))
         elif m.summary == "cartilage_integrity" and m.kind != "time_of_peak":
             ax.set_ylim(0.0, 1.05)
         _shade_ranges(ax, m, ax.get_yscale() == "log")
@@ -229,13 +234,7 @@ def _scatter_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
         for ax, m in zip(axes[row], MEASURES):
             y = table.measures[m.name]
             ax.plot(x, y, "o", color="black", ms=2.5, alpha=0.6, gid=f"study:{m.name}:{key}")
-            ax.grid(True, lw=0.4, alpha=0.4)
-            if xlog:
-                ax.set_xscale("log")
-            if names is not None:
-                ax.set_xticks(range(len(names)), names)
-            if _use_log(y, m, log):
-                ax.set_yscale("log")
+            _scales(ax, xlog, names, y, m, log)
             if row == 0:
                 ax.set_title(m.label, fontsize=7)
             ax.set_xlabel(_label(key), fontsize=7)

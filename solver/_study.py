@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from ._config import Config, ConfigError, _unknown, apply_overrides, config_from_dict, set_key
+from ._config import Config, ConfigError, _unknown, apply_overrides, config_from_dict, read_toml, set_key
 
 FORMAT = "synovia-study"
 MANIFEST = "study.toml"
@@ -177,13 +177,7 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
     scenario = raw.get("scenario", {})
     if isinstance(scenario, str):
         path = Path(scenario) if Path(scenario).is_absolute() else base_dir / scenario
-        if not path.is_file():
-            raise ConfigError(f"sweep key 'scenario' = {scenario!r}: the run config '{path}' does not exist")
-        try:
-            base = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
-        scenario_dir = path.parent
+        base, scenario_dir = read_toml(path, "sweep key 'scenario': the run config"), path.parent
     elif isinstance(scenario, dict):
         base, scenario_dir = copy.deepcopy(scenario), base_dir
     else:
@@ -225,14 +219,7 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     """Read and validate a sweep config; ConfigError names what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config '{path}' does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"sweep config '{path}' is not valid TOML: {err}") from None
-    return sweep_from_dict(raw, path.parent, overrides)
+    return sweep_from_dict(read_toml(path, "sweep config"), Path(path).parent, overrides)
 
 
 # --------------------------------------------------------------------------------------------
