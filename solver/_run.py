@@ -90,7 +90,7 @@ class RunResult:
 def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None = None, progress: bool = True) -> RunResult:
     """Advance from frame ``start_frame`` (state ``state``, default the initial one) to the end.
 
-    Frame ``k`` is at ``k * output_interval_h``. A new run writes frame 0 first. Each frame
+    Frame ``k`` is at ``k * output_interval_h``. An empty file gets frame 0 first. Each frame
     is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host.
     Raises :class:`Diverged` after writing every good frame.
     """
@@ -105,7 +105,7 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
         fields = {s: np.asarray(getattr(st, s)) for s in species}
         return fields, {k: float(v) for k, v in summ.items()}
 
-    if start_frame == 0:
+    if writer.n_frames == 0:  # a new file (a resumed one holding only frame 0 has it already)
         fields, summ = frame_out(state, jax.device_get(summaries(state, domain, scenario.options)))
         writer.append(0.0, fields, summ)
 

@@ -366,6 +366,17 @@ def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
     return PointResult(index, "done", steps=result.steps, wall_s=result.wall_s)
 
 
+def _ignore_interrupt() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them all."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_task(task: tuple[str, str, str]) -> PointResult:
+    return run_point(*task)
+
+
 def run_study(
     sweep: Sweep,
     folder: Path,
@@ -395,21 +406,21 @@ def run_study(
         return results
 
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # Fresh processes (JAX must not be forked); on a GPU they share it, so none may take 75% of it.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_interrupt)
     try:
-        pending = {pool.submit(run_point, *task) for task in tasks}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                done(future.result())
+        for result in pool.imap_unordered(_run_task, tasks):
+            done(result)
+        pool.close()
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Ctrl-C or an error: stop the workers, so none goes on writing after this returns
+        # (their files stay readable and resumable, as after kill -9).
+        pool.terminate()
         raise
-    pool.shutdown()
+    finally:
+        pool.join()
     return sorted(results, key=lambda r: r.index)
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_close
 
 from solver._cli import main
-from solver._output import RunFile
+from solver._output import RunFile, RunWriter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,6 +131,21 @@ def test_resume_after_kill_gives_the_same_final_state(tmp_path):
                 np.testing.assert_array_equal(b.field(species, frame), a.field(species, frame), err_msg=f"{species} {frame}")
         for name, values in a.summary.items():
             assert_close(b.summary[name], values, rtol=0, what=name)
+
+
+def test_resume_of_a_file_cut_after_its_first_frame(tmp_path):
+    cfg = _write(tmp_path, SMALL)
+    full, cut = tmp_path / "full.h5", tmp_path / "cut.h5"
+    assert main(["run", str(cfg), "-o", str(full), "-q"]) == 0
+    with RunFile.open(full) as f:  # what a run killed before its second frame leaves
+        layout = dict(grid=f.grid, labels=f.labels, species=f.species, summary_names=f.summary_names, dtype=f.dtype)
+        with RunWriter(cut, attrs=f.attrs, **layout) as w:
+            w.append(0.0, f.fields(0), {n: v[0] for n, v in f.summary.items()})
+    assert main(["run", "--resume", str(cut), "-q"]) == 0
+    with RunFile.open(full) as a, RunFile.open(cut) as b:
+        assert_close(b.time, a.time, rtol=0)
+        for species in a.species:
+            np.testing.assert_array_equal(b.field(species, -1), a.field(species, -1), err_msg=species)
 
 
 @pytest.mark.parametrize(
