@@ -30,6 +30,7 @@ import numpy as np
 
 from fields import TISSUE_NAMES
 from solver import DIFFUSIVITIES, PARAMETERS, Config, Params, build_scenario, choose_substeps, get_solver
+from solver._simulate import super_step_stages
 from solver._steppers import get_stepper
 
 from ._observations import ObservationError, ObservationOperator, Observations, observed
@@ -270,18 +271,14 @@ class Problem:
         # upper bounds (or 4x the initial value where unbounded) are the tightest it can meet.
         extreme = [p.upper if math.isfinite(p.upper) else 4.0 * p.initial for p in self.parameters]
         params_hi = set_values(scenario.params, self.names, jnp.asarray(extreme, scenario.dtype))
-        n_sub, dt, _ = choose_substeps(
-            scenario.interval,
-            params_hi,
-            scenario.initial,
-            scenario.options,
-            get_stepper(config.run.stepper),
-            config.run.safety,
-            config.run.dt_h,
+        stepper = get_stepper(config.run.stepper)
+        n_sub, dt, limits = choose_substeps(
+            scenario.interval, params_hi, scenario.initial, scenario.options, stepper, config.run.safety, config.run.dt_h
         )
         self.n_substeps = max(n_sub, scenario.n_substeps)
         self.dt = scenario.interval / self.n_substeps
-        self.solver = get_solver(scenario.options, config.run.stepper, self.n_substeps)
+        stages = max(super_step_stages(stepper, self.dt, limits, config.run.safety), scenario.stages)
+        self.solver = get_solver(scenario.options, config.run.stepper, self.n_substeps, stages)
         self.u0 = self.transform.u(np.array([p.initial for p in self.parameters]))
 
     def _set_data(self, observations: Observations) -> None:

@@ -68,7 +68,7 @@ def synthesize(
         maps = [FieldMap(m.name, m.time_h, m.species, np.where(lives, 0.0, np.nan), m.sigma) for m in maps]
         template = make_observations(rows, maps)
     op = ObservationOperator.build(template, scenario.geometry, interval, species_in_run=scenario.options.species)
-    solver = get_solver(scenario.options, config.run.stepper, scenario.n_substeps)
+    solver = get_solver(scenario.options, config.run.stepper, scenario.n_substeps, scenario.stages)
 
     @jax.jit
     def predict(params):

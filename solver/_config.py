@@ -51,9 +51,11 @@ class RunSection:
     precision: str = _opt("float32", "floating-point precision", choices=("float32", "float64"))
     stepper: str = _opt(
         "ssp_rk3",
-        "time stepper: SSP Runge-Kutta of order 3, 2 or 1, or strang_ssp_rk3 (decay and drug binding integrated "
-        "exactly, the rest by SSP-RK3; second order, larger steps when drug binding is fast)",
-        choices=("ssp_rk3", "ssp_rk2", "forward_euler", "strang_ssp_rk3"),
+        "time stepper: SSP Runge-Kutta of order 3, 2 or 1; strang_ssp_rk3 (decay and drug binding integrated "
+        "exactly, the rest by SSP-RK3; second order, larger steps when drug binding is fast); strang_rkl2 (as "
+        "strang_ssp_rk3, with diffusion split off too and advanced by RKL2 super-steps; second order, the step "
+        "set by accuracy (0.25/k_T) and chemotaxis instead of diffusion: for long runs and fine grids)",
+        choices=("ssp_rk3", "ssp_rk2", "forward_euler", "strang_ssp_rk3", "strang_rkl2"),
     )
     chemotaxis_scheme: str = _opt(
         "upwind", "chemotaxis flux: first-order upwind or minmod-limited second order", choices=("upwind", "limited")

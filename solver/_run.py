@@ -94,7 +94,7 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
     is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host.
     Raises :class:`Diverged` after writing every good frame.
     """
-    solver = get_solver(scenario.options, scenario.config.run.stepper, scenario.n_substeps)
+    solver = get_solver(scenario.options, scenario.config.run.stepper, scenario.n_substeps, scenario.stages)
     species = scenario.options.species
     interval, dt = scenario.interval, scenario.dt
     params, domain = scenario.params, scenario.domain

@@ -29,7 +29,7 @@ from ._config import WALLS, Config, ConfigError
 from ._model import Domain, ModelOptions, make_domain
 from ._operators import NO_FLUX, WallCondition
 from ._params import DIFFUSIVITIES, Params, default_params
-from ._simulate import StepTooLarge, choose_substeps
+from ._simulate import StepTooLarge, choose_substeps, super_step_stages
 from ._steppers import get_stepper
 
 #: Steps per output interval beyond which a scenario is refused (an extreme value, not a run to wait for).
@@ -52,6 +52,7 @@ class Scenario:
     n_substeps: int
     dt: float
     stability_limits: dict
+    stages: int = 0  # RKL2 stages per diffusion super-step (steppers that split diffusion), else 0
 
     @property
     def interval(self) -> float:
@@ -198,4 +199,5 @@ def build_scenario(config: Config) -> Scenario:
             f"{run.output_interval_h:g} h, more than {MAX_SUBSTEPS:.0e}; check the initial values and [parameters] for an "
             "extreme value"
         )
-    return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, n_sub, dt, limits)
+    stages = super_step_stages(get_stepper(run.stepper), dt, limits, run.safety)
+    return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, n_sub, dt, limits, stages)

@@ -15,9 +15,9 @@ from jax import lax
 
 from fields import State
 
-from ._model import Domain, ModelOptions, coefficients, health, loss_rates, rhs, stable_dt, summaries
+from ._model import Domain, ModelOptions, coefficients, diffusion_rhs, health, loss_rates, rhs, stable_dt, summaries
 from ._params import Params
-from ._steppers import Stepper, get_stepper
+from ._steppers import Stepper, get_stepper, rkl2_stages
 
 
 class StepTooLarge(ValueError):
@@ -32,11 +32,16 @@ def choose_substeps(
     With ``dt`` given, it is checked against the limits (:class:`StepTooLarge` if above)
     and rounded down so that a whole number of steps fits the interval.
     """
-    limits = stable_dt(params, state, options, stepper.ssp_coefficient, stepper.splits_losses)
-    limit = min(limits.values())
+    limits = stable_dt(params, state, options, stepper.ssp_coefficient, stepper.splits_losses, stepper.splits_diffusion)
+    # A stepper that splits diffusion off takes any step for it (its super-step's stages grow
+    # instead); its "splitting" bound is one of accuracy, for the automatic step only.
+    binding = {k: v for k, v in limits.items() if not (k == "diffusion" and stepper.splits_diffusion)}
+    stability = {k: v for k, v in binding.items() if k != "splitting"}
+    limit = min(binding.values())
     if dt is not None and dt > 0:
-        if dt > limit * (1 + 1e-12):
-            worst = min(limits, key=limits.get)
+        if dt > min(stability.values()) * (1 + 1e-12):
+            limit = min(stability.values())
+            worst = min(stability, key=stability.get)
             raise StepTooLarge(
                 f"run.dt_h = {dt:g} h is above the stable limit {limit:.4g} h (set by {worst}); "
                 f"use a value <= {limit:.4g} or 0 for automatic"
@@ -48,13 +53,26 @@ def choose_substeps(
     return n_sub, interval / n_sub, limits
 
 
+def super_step_stages(stepper: Stepper, dt: float, limits: dict[str, float], safety: float) -> int:
+    """RKL2 stages per diffusion super-step of ``dt`` for a stepper that splits diffusion (else 0).
+
+    Chosen so the super-step is stable with the same margin ``safety`` as the explicit steps.
+    """
+    if not stepper.splits_diffusion:
+        return 0
+    return rkl2_stages(dt, safety * limits["diffusion"]) if math.isfinite(limits["diffusion"]) else 2
+
+
 class Solver:
     """The compiled interval function for one geometry and set of static options."""
 
-    def __init__(self, options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1):
+    def __init__(self, options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1, stages: int = 0):
         self.options = options
         self.stepper = get_stepper(stepper)
         self.n_sub = int(n_sub)
+        if self.stepper.splits_diffusion and stages < 2:
+            raise ValueError(f"stepper {stepper!r} needs the RKL2 stage count (super_step_stages), got {stages}")
+        self.stages = int(stages)
         self.advance = jax.jit(self._advance)
         self.advance_with_summary = jax.jit(self._advance_with_summary)
 
@@ -62,13 +80,18 @@ class Solver:
         """Advance ``state`` from ``t0`` by ``n_sub`` steps of ``dt`` (hours)."""
         coeffs = coefficients(params, domain)
         split = self.stepper.splits_losses
+        split_diffusion = self.stepper.splits_diffusion
 
         def f(y, t):
-            return rhs(y, t, params, coeffs, domain, self.options, losses=not split)
+            return rhs(y, t, params, coeffs, domain, self.options, losses=not split, diffusion=not split_diffusion)
 
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
         def steps(y):
+            if split_diffusion:
+                rates = functools.partial(loss_rates, params=params, options=self.options)
+                diffuse = functools.partial(diffusion_rhs, coeffs=coeffs, options=self.options)
+                return self.stepper.steps(f, rates, diffuse, y, t0, dt, self.n_sub, self.stages, checkpoint=jax.checkpoint)
             if split:
                 rates = functools.partial(loss_rates, params=params, options=self.options)
                 return self.stepper.steps(f, rates, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)
@@ -105,10 +128,13 @@ class Solver:
 
 
 @functools.cache
-def _cached_solver(options: ModelOptions, stepper: str, n_sub: int) -> Solver:
-    return Solver(options, stepper, n_sub)
+def _cached_solver(options: ModelOptions, stepper: str, n_sub: int, stages: int) -> Solver:
+    return Solver(options, stepper, n_sub, stages)
 
 
-def get_solver(options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1) -> Solver:
-    """A :class:`Solver`, reused for equal static options so its compiled code is too."""
-    return _cached_solver(options, stepper, int(n_sub))
+def get_solver(options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1, stages: int = 0) -> Solver:
+    """A :class:`Solver`, reused for equal static options so its compiled code is too.
+
+    ``stages``: RKL2 stages of a stepper that splits diffusion (:func:`super_step_stages`).
+    """
+    return _cached_solver(options, stepper, int(n_sub), int(stages))

@@ -7,7 +7,7 @@ import numpy as np
 
 from fields import Grid, State, Tissue
 from solver import ModelOptions, default_params, get_solver, make_domain
-from solver._simulate import choose_substeps
+from solver._simulate import choose_substeps, super_step_stages
 from solver._steppers import get_stepper
 
 #: Parameters that switch off every source and reaction (transport only).
@@ -76,6 +76,6 @@ def setup(
 
 def integrate(options, params, domain, state, t_end: float, *, stepper="ssp_rk3", safety=0.9, dt=None, t0=0.0):
     """Advance to ``t0 + t_end`` in one interval of automatic (or given) steps."""
-    n_sub, dt, _ = choose_substeps(t_end, params, state, options, get_stepper(stepper), safety, dt)
-    solver = get_solver(options, stepper, n_sub)
+    n_sub, dt, limits = choose_substeps(t_end, params, state, options, get_stepper(stepper), safety, dt)
+    solver = get_solver(options, stepper, n_sub, super_step_stages(get_stepper(stepper), dt, limits, safety))
     return solver.advance(state, t0, dt, params, domain), n_sub, dt

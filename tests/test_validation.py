@@ -9,7 +9,10 @@ from conftest import assert_close
 
 from fields import Grid, Tissue
 from solver import WallCondition, get_solver
+from solver._model import stable_dt
 from solver._params import DIFFUSIVITIES
+from solver._simulate import super_step_stages
+from solver._steppers import get_stepper
 
 D_FLUID = DIFFUSIVITIES["diffusivity_tnf"][0][int(Tissue.SYNOVIAL_FLUID)]
 
@@ -50,6 +53,8 @@ def test_diffusion_with_decay_matches_the_exact_gaussian_at_second_order(ndim, s
         ("ssp_rk3", 3, (4, 5, 10)),
         ("strang_ssp_rk3", 2, (8, 10)),
         ("strang_ssp_rk3", 2, (4, 5, 10)),
+        ("strang_rkl2", 2, (8, 10)),
+        ("strang_rkl2", 2, (4, 5, 10)),
     ],
 )
 def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order, shape):
@@ -66,7 +71,9 @@ def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order, shape)
     }
     options, params, domain, state = setup(grid, labels, init, drug=True, injury_rate=0.0, drug_dose=0.0, chemotaxis=0.5)
     t_end, n_sub = 1.0, 10
-    solver = get_solver(options, stepper, n_sub)
+    # RKL2 stages for the coarsest step below, if the stepper splits diffusion (stable for the finer ones too)
+    limits = stable_dt(params, state, options, 1.0, True, True)
+    solver = get_solver(options, stepper, n_sub, super_step_stages(get_stepper(stepper), t_end / (8 * n_sub), limits, 0.9))
 
     def solve(m):
         dt, y = t_end / (n_sub * m), state
@@ -92,6 +99,8 @@ def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order, shape)
         (3, "limited", "ssp_rk3"),
         (2, "upwind", "strang_ssp_rk3"),
         (3, "limited", "strang_ssp_rk3"),
+        (2, "upwind", "strang_rkl2"),
+        (3, "limited", "strang_rkl2"),
     ],
 )
 def test_mass_is_conserved_to_round_off_across_tissues_with_chemotaxis(ndim, scheme, stepper):
@@ -158,7 +167,13 @@ def test_two_layer_steady_state_with_a_jump_in_diffusivity(ndim):
 
 @pytest.mark.parametrize(
     "ndim,scheme,stepper",
-    [(2, "upwind", "ssp_rk3"), (2, "limited", "ssp_rk3"), (3, "upwind", "ssp_rk3"), (2, "upwind", "strang_ssp_rk3")],
+    [
+        (2, "upwind", "ssp_rk3"),
+        (2, "limited", "ssp_rk3"),
+        (3, "upwind", "ssp_rk3"),
+        (2, "upwind", "strang_ssp_rk3"),
+        (2, "upwind", "strang_rkl2"),
+    ],
 )
 def test_leukocytes_stay_non_negative_under_strong_chemotaxis(ndim, scheme, stepper):
     shape = (16, 16) if ndim == 2 else (10, 10, 10)
@@ -229,3 +244,80 @@ def test_merged_split_steps_are_the_split_step_for_one_step():
     for a, b in zip(merged, single):
         assert_close(a, b, rtol=0, atol=0)
     assert float(jnp.max(jnp.abs(merged.tnf - state.tnf))) > 1.0  # the step did something
+
+
+def _neumann_mode(grid: Grid, m: int) -> tuple[np.ndarray, float]:
+    """cos(pi m x / L) at the cell centres of the last axis (no-flux walls): an eigenvector of the
+    discrete diffusion operator; returns it and its eigenvalue (1/h, for unit diffusivity)."""
+    n, h = grid.shape[-1], grid.spacing[-1]
+    x = grid.axis_centres(grid.ndim - 1)
+    mode = np.cos(np.pi * m * (x - grid.origin[-1]) / (n * h)) * np.ones(grid.shape)
+    return mode, 4.0 / h**2 * np.sin(np.pi * m / (2 * n)) ** 2
+
+
+def _diffusion_only(grid):
+    table = np.zeros(6)
+    table[int(Tissue.SYNOVIAL_FLUID)] = 1.0
+    options, params, domain, _ = setup(
+        grid, uniform_labels(grid.shape), {}, diffusivity_tnf=table, diffusivity_il1=table, **TRANSPORT_ONLY
+    )
+    from solver._model import coefficients, diffusion_rhs
+
+    coeffs = coefficients(params, domain)
+    return lambda y: diffusion_rhs(y, coeffs, options)
+
+
+def test_rkl2_super_step_is_second_order_against_the_exact_discrete_decay():
+    """The RKL2 super-step alone on one eigenmode of the discrete diffusion operator (exact:
+    exp(-lambda t)), at steps of 16, 8 and 4 forward-Euler limits (8, 6 and 4 stages): order 2."""
+    from fields import State
+    from solver._steppers import rkl2, rkl2_stages
+
+    grid = Grid((1, 32), (1.0, 1.0 / 32))
+    diffuse = _diffusion_only(grid)
+    mode, lam = _neumann_mode(grid, 3)
+    dt_euler = 1.0 / (2.0 / grid.spacing[-1] ** 2)  # forward-Euler limit of the operator (D = 1)
+    zeros = jnp.zeros(grid.shape)
+    y0 = State(jnp.asarray(mode), zeros, zeros, zeros, None)
+    t_end = 64 * dt_euler
+    errors, stages = [], []
+    for n_steps in (4, 8, 16):
+        tau = t_end / n_steps
+        s = rkl2_stages(tau, dt_euler)
+        stages.append(s)
+        y = y0
+        for _ in range(n_steps):
+            y = rkl2(diffuse, y, tau, s)
+        errors.append(float(jnp.max(jnp.abs(y.tnf - mode * np.exp(-lam * t_end)))))
+    slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert stages == [8, 6, 4], stages
+    assert np.all(np.abs(slopes - 2) < 0.35), (errors, slopes)
+
+
+def test_rkl2_stage_count_is_the_stability_boundary():
+    """The stiffest mode (a checkerboard) over 20 super-steps: bounded with rkl2_stages' count,
+    growing with one stage fewer; and the super-step conserves the total to round-off."""
+    from fields import State
+    from solver._steppers import rkl2, rkl2_stages
+
+    grid = Grid((16, 16), (0.1, 0.1))
+    diffuse = _diffusion_only(grid)
+    rng = np.random.default_rng(3)
+    checker = (np.indices(grid.shape).sum(axis=0) % 2) * 2.0 - 1.0
+    zeros = jnp.zeros(grid.shape)
+    y0 = State(jnp.asarray(checker + 2.0 + 0.1 * rng.uniform(size=grid.shape)), zeros, zeros, zeros, None)
+    dt_euler = 1.0 / (2.0 / 0.01 + 2.0 / 0.01)
+    tau = 30.0 * dt_euler
+    s = rkl2_stages(tau, dt_euler)
+    assert (s * s + s - 2) / 4 >= 30.0 > ((s - 1) ** 2 + (s - 1) - 2) / 4
+
+    def run(stages):
+        y = y0
+        for _ in range(20):
+            y = rkl2(diffuse, y, tau, stages)
+        return y.tnf
+
+    stable, unstable = run(s), run(s - 1)
+    assert float(jnp.max(jnp.abs(stable - jnp.mean(stable)))) < float(jnp.max(jnp.abs(y0.tnf - jnp.mean(y0.tnf))))
+    assert float(jnp.max(jnp.abs(unstable))) > 1e3
+    assert_close(float(jnp.sum(stable)), float(jnp.sum(y0.tnf)), rtol=1e-13)
