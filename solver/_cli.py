@@ -2,13 +2,15 @@
 file or study, ``plot`` their figures, ``synth`` synthetic observations and ``fit`` parameters to
 observations.
 
-Exit codes: 0 done; 2 bad input (config, arguments, refusing to overwrite); 3 the
-solution diverged (frames so far are kept); 130 interrupted (frames so far are kept).
+Exit codes: 0 done; 1 a sweep point failed with an unexpected error or is busy in another
+process (run again); 2 bad input (config, arguments, refusing to overwrite); 3 the solution
+diverged (frames so far are kept); 130 interrupted (frames so far are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -103,7 +105,7 @@ def _cmd_sweep(args) -> int:
     from tqdm import tqdm
 
     from ._config import ConfigError
-    from ._study import load_sweep, prepare_folder, run_study, write_summary
+    from ._study import load_sweep, prepare_folder, run_study
 
     out = Path(args.output)
     try:
@@ -124,35 +126,61 @@ def _cmd_sweep(args) -> int:
         + f" -> {out}/"
     )
     bar = tqdm(total=count, unit="point", disable=args.quiet, desc="synovia sweep", dynamic_ncols=True)
-    failed = {"diverged": [], "refused": []}
+    failed: dict[str, list[int]] = {"refused": [], "failed": [], "diverged": [], "busy": []}
 
     def on_result(result) -> None:
         values = ", ".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                            for k, v in zip(sweep.keys, sweep.values[result.index]))  # fmt: skip
-        if result.status in ("diverged", "refused"):
+        if result.status in failed:
             failed[result.status].append(result.index)
             bar.write(f"synovia: point {result.index} ({values}) {result.status}: {result.message}", file=sys.stderr)
         bar.set_postfix_str(f"point {result.index} {result.status} ({values})", refresh=False)
         bar.update()
 
+    # A job manager's SIGTERM (kill, timeout, a cluster's time limit) stops the workers like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with bar:
             run_study(sweep, out, points=chosen, jobs=args.jobs, on_result=on_result)
     except KeyboardInterrupt:
-        write_summary(out)
+        _summary_or_none(out)
         return _error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
     except (ConfigError, ValueError, OSError) as err:
         return _error(str(err))
-    table = write_summary(out)
-    print(table.text(), end="")
-    done = int(table.complete.sum())
-    _info(f"{done} of {len(sweep)} points complete; wrote '{out / 'summary.csv'}'; plot with: synovia plot {out} -o FIGS")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    table = _summary_or_none(out)
+    if table is not None:
+        print(table.text(), end="")
+        _info(
+            f"{int(table.complete.sum())} of {len(sweep)} points complete; wrote '{out / 'summary.csv'}'; "
+            f"plot with: synovia plot {out} -o FIGS"
+        )
+    points = {k: ", ".join(map(str, v)) for k, v in failed.items()}
     if failed["refused"]:
-        return _error(f"the config of point(s) {', '.join(map(str, failed['refused']))} was refused (messages above)")
+        return _error(f"the config of point(s) {points['refused']} was refused (messages above)")
+    if failed["failed"]:
+        return _error(f"point(s) {points['failed']} failed (messages above); run the same command again to retry", 1)
     if failed["diverged"]:
-        points = ", ".join(map(str, failed["diverged"]))
-        return _error(f"point(s) {points} diverged (messages in {out / 'runs'}/point_*.diverged)", EXIT_DIVERGED)
+        return _error(f"point(s) {points['diverged']} diverged (messages in {out / 'runs'}/point_*.diverged)", EXIT_DIVERGED)
+    if failed["busy"]:
+        return _error(f"point(s) {points['busy']} are being run by another process; run this command again when it is done", 1)
     return 0
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _summary_or_none(out: Path):
+    """Write the study's summary.csv; on a file-system error, say so and go on (None)."""
+    from ._study import write_summary
+
+    try:
+        return write_summary(out)
+    except (OSError, ValueError) as err:
+        _info(f"could not write '{out / 'summary.csv'}': {err}")
+        return None
 
 
 def _cmd_info(args) -> int:

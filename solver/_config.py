@@ -398,6 +398,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def frame_count(run: RunSection) -> int:
+    """Output frames after the first: t_end_h / output_interval_h, which must be a whole number >= 1."""
+    n_frames = round(run.t_end_h / run.output_interval_h)
+    if abs(n_frames * run.output_interval_h - run.t_end_h) > 1e-9 * run.t_end_h or n_frames < 1:
+        raise ConfigError(
+            f"config key 'run.t_end_h' = {run.t_end_h}: must be a whole multiple of "
+            f"run.output_interval_h = {run.output_interval_h}"
+        )
+    return n_frames
+
+
 def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """The data of a TOML file; ConfigError (naming it as ``what``) if it is missing or not valid TOML."""
     path = Path(path)

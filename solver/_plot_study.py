@@ -75,6 +75,8 @@ def compact(v, tiny_digits: int = 1) -> str:
     Values below 0.01 get ``tiny_digits`` significant digits (5.33e-6 -> 5e-6): in a heat map's
     cells their order of magnitude is what matters; tick labels of swept values ask for 3.
     """
+    if isinstance(v, (list, tuple)):
+        return str(list(v))
     if not _is_number(v):
         return str(v)
     a = abs(v)
@@ -95,6 +97,11 @@ def compact_text(text: str) -> str:
         return compact(float(text), 3)
     except ValueError:
         return text
+
+
+def _hashable(v):
+    """A swept value as a dictionary key (a list, e.g. a centre in mm, as a tuple)."""
+    return tuple(v) if isinstance(v, list) else v
 
 
 def _axis(values: Sequence) -> tuple[np.ndarray, list[str] | None, bool]:
@@ -187,8 +194,8 @@ def _line_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
 
 def _heatmap_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
     kx, ky = table.keys
-    xs = list(dict.fromkeys(v[0] for v in table.values))
-    ys = list(dict.fromkeys(v[1] for v in table.values))
+    xs = list(dict.fromkeys(_hashable(v[0]) for v in table.values))
+    ys = list(dict.fromkeys(_hashable(v[1]) for v in table.values))
     if _axis(xs)[1] is None:
         xs = sorted(xs)
     if _axis(ys)[1] is None:
@@ -199,7 +206,7 @@ def _heatmap_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
     for ax, m in zip(axes, MEASURES):
         grid = np.full((len(ys), len(xs)), np.nan)
         for v, value in zip(table.values, table.measures[m.name]):
-            grid[ys.index(v[1]), xs.index(v[0])] = value
+            grid[ys.index(_hashable(v[1])), xs.index(_hashable(v[0]))] = value
         finite = grid[np.isfinite(grid)]
         if _use_log(grid, m, log):
             norm = mcolors.LogNorm(finite.min(), finite.max()) if finite.min() < finite.max() else None

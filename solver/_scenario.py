@@ -25,7 +25,7 @@ from fields import box as box_geometry
 from fields import from_file as file_geometry
 from fields import joint as joint_geometry
 
-from ._config import WALLS, Config, ConfigError
+from ._config import WALLS, Config, ConfigError, frame_count
 from ._model import Domain, ModelOptions, make_domain
 from ._operators import NO_FLUX, WallCondition
 from ._params import DIFFUSIVITIES, Params, default_params
@@ -170,12 +170,7 @@ def build_scenario(config: Config) -> Scenario:
     if run.precision == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if run.precision == "float64" else jnp.float32
-    n_frames = round(run.t_end_h / run.output_interval_h)
-    if abs(n_frames * run.output_interval_h - run.t_end_h) > 1e-9 * run.t_end_h or n_frames < 1:
-        raise ConfigError(
-            f"config key 'run.t_end_h' = {run.t_end_h}: must be a whole multiple of "
-            f"run.output_interval_h = {run.output_interval_h}"
-        )
+    n_frames = frame_count(run)
     geometry, config = _geometry(config)
     grid = geometry.grid
     centre = _centre(config.injury.centre_mm, geometry, "injury.centre_mm")

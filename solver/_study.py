@@ -28,11 +28,13 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import fcntl
 import io
 import itertools
 import math
 import os
 import tomllib
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from ._config import Config, ConfigError, _unknown, apply_overrides, config_from_dict, read_toml, set_key
+from ._config import Config, ConfigError, _unknown, apply_overrides, config_from_dict, frame_count, read_toml, set_key
 
 FORMAT = "synovia-study"
 MANIFEST = "study.toml"
@@ -133,17 +135,22 @@ def _values(key: str, raw) -> list[Any]:
         if not raw:
             raise ConfigError(f"sweep key 'vary.{key}' is an empty list: give at least one value")
         return list(raw)
-    if isinstance(raw, dict) and "from" in raw:
+    if _is_range(raw):
         for k in raw:
             if k not in RANGE_KEYS:
                 raise _unknown(k, f"vary.{key}.", RANGE_KEYS)
-        start, stop = _number(f"vary.{key}", raw["from"], "from"), _number(f"vary.{key}", raw.get("to", math.nan), "to")
+        for k in ("from", "to", "count"):
+            if k not in raw:
+                raise ConfigError(f"sweep key 'vary.{key}': the range table has no '{k}' (it needs from, to and count)")
+        start, stop = _number(f"vary.{key}", raw["from"], "from"), _number(f"vary.{key}", raw["to"], "to")
         count = raw.get("count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"sweep key 'vary.{key}.count' = {count!r}: must be an integer >= 1")
         spacing = raw.get("spacing", "linear")
         if spacing not in ("linear", "log"):
             raise ConfigError(f"sweep key 'vary.{key}.spacing' = {spacing!r}: allowed: linear, log")
+        if count == 1 and start != stop:
+            raise ConfigError(f"sweep key 'vary.{key}': count = 1 with from != to; give count >= 2, or a list of one value")
         if spacing == "log":
             if start <= 0 or stop <= 0:
                 raise ConfigError(f"sweep key 'vary.{key}': a log range needs from and to > 0, got {start:g} and {stop:g}")
@@ -157,12 +164,18 @@ def _values(key: str, raw) -> list[Any]:
     )
 
 
+def _is_range(raw) -> bool:
+    return isinstance(raw, dict) and any(k in raw for k in RANGE_KEYS)
+
+
 def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
     """``[vary]`` as dotted keys: quoted ("parameters.chemotaxis") or nested ([vary.parameters]) alike."""
     out: dict[str, Any] = {}
     for k, v in raw.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and "from" not in v:
+        if isinstance(v, dict) and not _is_range(v):
+            if not v:
+                raise ConfigError(f"sweep key 'vary.{key}' is an empty table: give it keys with values to vary")
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -211,7 +224,9 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
         try:
             for key, value in zip(keys, point):
                 set_key(raw_point, key.split("."), value, f"sweep key 'vary.{key}'")
-            configs.append(config_from_dict(raw_point, scenario_dir))
+            config = config_from_dict(raw_point, scenario_dir)
+            frame_count(config.run)  # the cheap check build_scenario makes, here before anything runs
+            configs.append(config)
         except ConfigError as err:
             raise ConfigError(f"sweep point {i} ({where}): {err}") from None
     return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs))
@@ -228,7 +243,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a unique temporary name: tasks on different nodes of a shared file system may share a pid
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -250,14 +266,23 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> None:
     """Create the study folder and its manifest, or check an existing one holds this sweep.
 
-    Raises ValueError when the folder holds something else: another sweep (unless ``overwrite``,
-    which removes its run files first) or files that are not a study.
+    Raises ValueError when the folder holds something else: another sweep, or run files without a
+    manifest (unless ``overwrite``, which removes those run files first), or files that are not a
+    study. Concurrent calls (array tasks) take turns on a lock in the folder.
     """
     folder = Path(folder)
     manifest = sweep.manifest()
-    if folder.exists():
-        if not folder.is_dir():
-            raise ValueError(f"'{folder}' exists and is not a folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"'{folder}' exists and is not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise ValueError(f"cannot create '{folder}': folder '{folder.parent}' does not exist (create it first)")
+    if folder.exists() and any(
+        not p.name.startswith(".") and p.name not in (RUNS, MANIFEST, SUMMARY_CSV) for p in folder.iterdir()
+    ):
+        raise ValueError(f"'{folder}' is not empty and is not a study folder; choose a new or empty output folder")
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / MANIFEST).is_file():
             old = read_manifest(folder)
             if _identity(old) != _identity(manifest):
@@ -266,17 +291,18 @@ def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> No
                         f"'{folder}' holds a different sweep ({_difference(old, manifest)}); pass --overwrite to "
                         "replace it, or choose another output folder"
                     )
-                _remove_study(folder, old)
-        # (a hidden temporary manifest or runs/ may be another array task creating this same study)
-        elif any(not p.name.startswith(".") and p.name != RUNS for p in folder.iterdir()):
-            raise ValueError(f"'{folder}' is not empty and is not a study folder; choose a new or empty output folder")
-    elif not folder.parent.is_dir():
-        raise ValueError(f"cannot create '{folder}': folder '{folder.parent}' does not exist (create it first)")
-    folder.mkdir(exist_ok=True)
-    # The manifest first, atomically: a concurrent task sees no manifest or a whole one.
-    if not (folder / MANIFEST).is_file() or read_manifest(folder) != manifest:
-        _atomic_write(folder / MANIFEST, tomli_w.dumps(manifest))
-    (folder / RUNS).mkdir(exist_ok=True)
+                _remove_runs(folder)
+        elif (folder / RUNS).is_dir() and any((folder / RUNS).glob("point_*")):
+            if not overwrite:
+                raise ValueError(
+                    f"'{folder}' holds run files but no {MANIFEST}, so they cannot be checked against this sweep; "
+                    "pass --overwrite to replace them, or choose another output folder"
+                )
+            _remove_runs(folder)
+        # The manifest first, atomically: a task that does not wait for the lock sees none or a whole one.
+        if not (folder / MANIFEST).is_file() or read_manifest(folder) != manifest:
+            _atomic_write(folder / MANIFEST, tomli_w.dumps(manifest))
+        (folder / RUNS).mkdir(exist_ok=True)
 
 
 def _identity(manifest: dict) -> dict:
@@ -296,13 +322,12 @@ def _difference(old: dict, new: dict) -> str:
     return "its manifest differs"
 
 
-def _remove_study(folder: Path, manifest: dict) -> None:
-    for point in manifest.get("points", []):
-        run = folder / point["file"]
-        for path in (run, run.with_suffix(".xdmf"), run.with_suffix(".diverged")):
-            path.unlink(missing_ok=True)
+def _remove_runs(folder: Path) -> None:
+    """Every point's run file, sidecar and marker, the summary and the manifest (to be replaced)."""
+    for path in (folder / RUNS).glob("point_*"):
+        path.unlink()
     (folder / SUMMARY_CSV).unlink(missing_ok=True)
-    (folder / MANIFEST).unlink()
+    (folder / MANIFEST).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +338,7 @@ def _remove_study(folder: Path, manifest: dict) -> None:
 @dataclasses.dataclass(frozen=True)
 class PointResult:
     index: int
-    status: str  # "done", "complete" (already was), "diverged", "refused" (its scenario cannot be built)
+    status: str  # "done", "complete" (already was), "busy" (another process runs it), or one of MARKERS
     message: str = ""
     steps: int = 0
     wall_s: float = 0.0
@@ -331,23 +356,54 @@ def _frames_in(path: Path) -> tuple[int, float]:
     return len(time), float(time[-1]) if len(time) else math.nan
 
 
+MARKERS = ("diverged", "refused", "failed")  # runs/point_NNN.<status>: why a point has no complete run
+
+
 def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
-    """Run (or finish) one point's run file; safe to call in a fresh worker process."""
+    """Run (or finish) one point's run file; safe to call in a fresh worker process.
+
+    A point another process is running (its lock is held) is left to it ("busy"). A point that
+    diverged before is not retried. A config that cannot be built ("refused") or an unexpected
+    error ("failed") is recorded in a marker file beside the run file and retried next time.
+    """
+    path = Path(path)
+    index = int(path.stem.rsplit("_", 1)[-1])
+    if path.with_suffix(".diverged").is_file():
+        return PointResult(index, "diverged", path.with_suffix(".diverged").read_text().strip())
+    with open(path.with_name(f".{path.stem}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return PointResult(index, "busy", "another process is running this point")
+        for status in ("refused", "failed"):
+            path.with_suffix(f".{status}").unlink(missing_ok=True)
+        try:
+            result = _run_point(index, config_toml, config_dir, path)
+        except Exception as err:  # one point's trouble (I/O, memory) must not stop the others
+            result = PointResult(index, "failed", f"{type(err).__name__}: {err}")
+        if result.status in MARKERS:
+            path.with_suffix(f".{result.status}").write_text(result.message + "\n")
+        return result
+
+
+def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
     from ._config import config_from_toml
-    from ._output import resume_writer
+    from ._output import RunFile, resume_writer
     from ._run import Diverged, frame_index, new_writer, run, state_from_fields
     from ._scenario import build_scenario
 
-    path = Path(path)
-    index = int(path.stem.rsplit("_", 1)[-1])
-    marker = path.with_suffix(".diverged")
-    if marker.is_file():
-        return PointResult(index, "diverged", marker.read_text().strip())
     try:
         scenario = build_scenario(config_from_toml(config_toml, config_dir))
     except ConfigError as err:  # found only when the scenario is built (an unstable step, a bad geometry file)
         return PointResult(index, "refused", str(err))
-    n_frames, last = _frames_in(path) if path.exists() else (0, math.nan)
+    n_frames, _ = _frames_in(path) if path.exists() else (0, math.nan)
+    if n_frames > 0:
+        with RunFile.open(path) as f:
+            if f.config_toml != scenario.config.to_toml():
+                return PointResult(
+                    index, "refused", f"'{path}' holds a run of another config (not this sweep's point {index}); "
+                    "move it away or delete it"
+                )  # fmt: skip
     if n_frames == scenario.n_frames + 1:
         return PointResult(index, "complete")
     if n_frames > 0:
@@ -361,7 +417,6 @@ def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
         with writer:
             result = run(scenario, writer, start_frame=start_frame, state=state, progress=False)
     except Diverged as err:
-        marker.write_text(f"{err}\n")
         return PointResult(index, "diverged", str(err))
     return PointResult(index, "done", steps=result.steps, wall_s=result.wall_s)
 
@@ -409,7 +464,7 @@ def run_study(
 
     # Fresh processes (JAX must not be forked); on a GPU they share it, so none may take 75% of it.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_interrupt)
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_interrupt)
     try:
         for result in pool.imap_unordered(_run_task, tasks):
             done(result)
@@ -438,7 +493,7 @@ class StudyTable:
     combine: str
     values: list[list[Any]]
     files: list[Path]
-    status: list[str]  # "complete", "diverged", "incomplete (k of n frames)", "not run"
+    status: list[str]  # "complete", "incomplete (to t of T h)", "not run", or a marker: diverged, refused, failed
     measures: dict[str, np.ndarray]  # name -> (n_points,), NaN unless complete
     series: list[dict[str, np.ndarray] | None]  # per point: "time" and the summary series (any frames)
     units: dict[str, str]
@@ -458,7 +513,8 @@ class StudyTable:
 
     def text(self) -> str:
         """A short table for the terminal (``synovia info STUDY``)."""
-        counts = {s: self.status.count(s) for s in dict.fromkeys(self.status)}
+        kinds = [s.split(" (")[0] for s in self.status]
+        counts = {s: kinds.count(s) for s in dict.fromkeys(kinds)}
         head = [
             f"study: {self.folder}",
             f"varied ({self.combine}): {', '.join(self.keys)}",
@@ -486,7 +542,6 @@ def read_study(folder: str | os.PathLike[str]) -> StudyTable:
     for i, point in enumerate(points):
         path = folder / point["file"]
         files.append(path)
-        marker = path.with_suffix(".diverged")
         data = None
         if path.is_file():
             try:
@@ -497,11 +552,13 @@ def read_study(folder: str | os.PathLike[str]) -> StudyTable:
                 data = None
         series.append(data)
         expected = point["t_end_h"]
-        if marker.is_file():
-            status.append("diverged")
+        complete = data is not None and len(data["time"]) and math.isclose(data["time"][-1], expected, rel_tol=1e-9, abs_tol=1e-9)
+        marked = [m for m in MARKERS if path.with_suffix(f".{m}").is_file()]
+        if marked and not complete:
+            status.append(marked[0])
         elif data is None:
             status.append("not run")
-        elif len(data["time"]) and math.isclose(data["time"][-1], expected, rel_tol=1e-9, abs_tol=1e-9):
+        elif complete:
             status.append("complete")
             for m in MEASURES:
                 if m.summary in data:

@@ -25,9 +25,9 @@ def test_shipped_sweep_config_loads(path):
 
     sweep = load_sweep(path)
     assert len(sweep) > 1 and len(sweep.configs) == len(sweep)
-    for config in (sweep.configs[0], sweep.configs[-1]):  # the extremes of the sweep build and are stable
+    for config in sweep.configs:  # every point builds (nothing is refused when its turn comes)
         scenario = build_scenario(config)
-        assert scenario.n_frames >= 1 and scenario.dt <= min(scenario.stability_limits.values())
+        assert scenario.n_frames >= 1 and scenario.n_substeps >= 1
 
 
 @pytest.mark.parametrize("path", FIT_CONFIGS, ids=lambda p: p.stem)

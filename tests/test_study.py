@@ -131,6 +131,14 @@ def test_scenario_from_a_file_and_set_overrides_reach_every_point(tmp_path):
         ({"vary": {"injury.rate": {"from": 1, "to": 2, "count": 3, "step": 1}}}, "unknown config key 'vary.injury.rate.step'"),
         ({"scenario": "missing.toml", "vary": {"injury.rate": [1.0]}}, "the run config"),
         ({"scenario": {"run": {"t_end_h": -1.0}}, "vary": {"injury.rate": [1.0]}}, "config key 'run.t_end_h' = -1.0"),
+        ({"vary": {"parameters": {}}}, "sweep key 'vary.parameters' is an empty table"),
+        ({"vary": {"injury.rate": {"from": 1, "count": 3}}}, "'vary.injury.rate': the range table has no 'to'"),
+        ({"vary": {"injury.rate": {"to": 1, "count": 3}}}, "'vary.injury.rate': the range table has no 'from'"),
+        ({"vary": {"injury.rate": {"from": 1, "to": 2, "count": 1}}}, "count = 1 with from != to"),
+        (
+            {"scenario": {"run": {"output_interval_h": 0.5}}, "vary": {"run.t_end_h": [1.0, 1.2]}},
+            "sweep point 1 (run.t_end_h = 1.2): config key 'run.t_end_h' = 1.2: must be a whole multiple",
+        ),
     ],
 )
 def test_bad_sweep_configs_name_the_key_and_point(raw, message, tmp_path):
@@ -240,13 +248,13 @@ def test_a_different_sweep_is_refused_unless_overwrite(study, tmp_path, capsys):
     assert "its scenario differs" in capsys.readouterr().err
     assert main(["sweep", str(other), "-o", str(copy), "-q", "--overwrite", "--point", "0"]) == 0
     assert _study.read_manifest(copy)["points"][2]["values"] == [400.0, 50.0]
-    assert sorted(p.name for p in (copy / "runs").iterdir()) == ["point_000.h5", "point_000.xdmf"]
+    assert sorted(p.name for p in (copy / "runs").iterdir() if not p.name.startswith(".")) == ["point_000.h5", "point_000.xdmf"]
 
 
 def test_point_option_runs_only_those_points(study, tmp_path, capsys):
     out = tmp_path / "array"
     assert main(["sweep", str(study.parent / "sweep.toml"), "-o", str(out), "-q", "--point", "2"]) == 0
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["point_002.h5", "point_002.xdmf"]
+    assert sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith(".")) == ["point_002.h5", "point_002.xdmf"]
     table = _study.read_study(out)
     assert table.status == ["not run", "not run", "complete", "not run"]
     assert np.isnan(table.measures["peak_fluid_tnf"][[0, 1, 3]]).all()
@@ -281,8 +289,10 @@ def test_jobs_run_points_in_worker_processes_with_the_same_results(study, tmp_pa
     assert (out / "summary.csv").read_text() == (study / "summary.csv").read_text()
 
 
-def test_ctrl_c_stops_every_worker_and_the_study_continues_later(tmp_path):
-    """SIGINT to the parent of --jobs 2: exit 130 at once, no worker left writing, and a rerun finishes."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_every_worker_and_the_study_continues_later(tmp_path, signum):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, a job manager) to the parent of --jobs 2: exit 130 at once,
+    no worker left writing, and a rerun finishes."""
     cfg = _sweep_file(tmp_path, SWEEP.replace("t_end_h = 2.0", "t_end_h = 40.0"))
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "solver._cli", "sweep", str(cfg), "-o", str(out), "-q", "--jobs", "2"]
@@ -293,7 +303,7 @@ def test_ctrl_c_stops_every_worker_and_the_study_continues_later(tmp_path):
         assert parent.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be interrupted"
         time.sleep(0.1)
     time.sleep(0.5)
-    parent.send_signal(signal.SIGINT)
+    parent.send_signal(signum)
     _, err = parent.communicate(timeout=30)
     assert parent.returncode == 130, err
     assert "interrupted; finished frames are kept" in err
@@ -327,6 +337,61 @@ def test_a_diverging_point_is_recorded_and_the_others_run(tmp_path, capsys):
     # running again does not retry it (the same config diverges again) and still says so
     assert main(["sweep", str(cfg), "-o", str(out), "-q"]) == 3
     assert "point 1 (tnf_per_leukocyte=1e+37) diverged" in capsys.readouterr().err
+
+
+def test_a_point_refused_when_built_is_recorded_and_the_others_run(tmp_path, capsys):
+    # an absurd initial TNF needs ~1e36 steps per frame: refused when its scenario is built
+    text = SCENARIO + '[vary]\n"initial.synovial_fluid.tnf" = [1.0, 3e38]\n'
+    cfg = _sweep_file(tmp_path, text)
+    out = tmp_path / "refused"
+    assert main(["sweep", str(cfg), "-o", str(out), "-q"]) == 2
+    assert "point 1 (tnf=3e+38) refused: the stable time step is" in capsys.readouterr().err
+    assert _study.read_study(out).status == ["complete", "refused"]
+    assert "more than 1e+08" in (out / "runs" / "point_001.refused").read_text()
+
+
+def test_an_unexpected_error_in_one_point_does_not_stop_the_others(study, tmp_path, capsys):
+    out = tmp_path / "failing"
+    cfg = study.parent / "sweep.toml"
+    assert main(["sweep", str(cfg), "-o", str(out), "-q", "--point", "3"]) == 0
+    (out / "runs" / "point_001.h5").mkdir()  # the run file cannot be created
+    assert main(["sweep", str(cfg), "-o", str(out), "-q", "--jobs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "point 1 (rate=100, recruitment_rate=5000) failed: " in err and "run the same command again to retry" in err
+    assert _study.read_study(out).status == ["complete", "failed", "complete", "complete"]
+    (out / "runs" / "point_001.h5").rmdir()
+    assert main(["sweep", str(cfg), "-o", str(out), "-q"]) == 0  # retried
+    assert _study.read_study(out).status == ["complete"] * 4
+    assert not (out / "runs" / "point_001.failed").exists()
+
+
+def test_a_point_being_run_elsewhere_is_left_alone(study, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "busy"
+    cfg = study.parent / "sweep.toml"
+    assert main(["sweep", str(cfg), "-o", str(out), "-q", "--point", "3"]) == 0
+    with open(out / "runs" / ".point_000.lock", "a") as lock:  # another process holds point 0
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert main(["sweep", str(cfg), "-o", str(out), "-q", "--point", "0", "1"]) == 1
+    assert "point 0 (rate=100, recruitment_rate=50) busy: another process is running this point" in capsys.readouterr().err
+    assert _study.read_study(out).status == ["not run", "complete", "not run", "complete"]
+
+
+def test_run_files_that_are_not_this_sweeps_are_never_taken_for_its_points(study, tmp_path, capsys):
+    copy = _copy(study, tmp_path)
+    cfg = copy.parent / "sweep.toml"
+    # a folder with run files but no manifest (another sweep's, whose study.toml was deleted)
+    (copy / "study.toml").unlink()
+    assert main(["sweep", str(cfg), "-o", str(copy), "-q"]) == 2
+    assert "holds run files but no study.toml" in capsys.readouterr().err
+    # a run file of another config in this sweep's place
+    assert main(["sweep", str(cfg), "-o", str(tmp_path / "fresh"), "-q", "--point", "0"]) == 0
+    shutil.copy(study / "runs" / "point_003.h5", tmp_path / "fresh" / "runs" / "point_002.h5")
+    assert main(["sweep", str(cfg), "-o", str(tmp_path / "fresh"), "-q", "--point", "2"]) == 2
+    assert "holds a run of another config (not this sweep's point 2)" in capsys.readouterr().err
+    assert main(["sweep", str(cfg), "-o", str(copy), "-q", "--overwrite"]) == 0
+    assert _study.read_study(copy).status == ["complete"] * 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +477,17 @@ def test_one_key_draws_lines_with_log_axes_and_clinical_ranges():
     assert any(g.startswith("range:final_fluid_leukocytes:RA") for g in ranges)
     assert not any(g.startswith("range:peak_") for g in ranges)  # clinical ranges describe the steady state
     assert "1 of 4 points not complete, left out" in fig.get_suptitle()
+
+
+def test_heatmap_of_list_valued_keys():
+    """Swept values may be lists (a centre in mm): they are categories of the heat map."""
+    values = [[r, c] for r in (1.0, 2.0) for c in ([], [3.0, 3.0])]
+    table = _table(["injury.radius_mm", "injury.centre_mm"], values, lambda m: [1.0, 2.0, 3.0, 4.0])
+    with matplotlib.rc_context(_plot_study.RC):
+        fig = _plot_study.study_figure(table)
+    ax = next(a for a in fig.axes if any(im.get_gid() == "study:peak_fluid_tnf" for im in a.get_images()))
+    assert_close(ax.get_images()[0].get_array().filled(np.nan), [[1.0, 3.0], [2.0, 4.0]], rtol=0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["[]", "[3.0, 3.0]"]
 
 
 def test_three_keys_draw_one_row_per_key():
