@@ -395,12 +395,12 @@ def knee3d_compile(st: Settings) -> list[dict]:
     args = (sc.initial, t0, dt, sc.params, sc.domain)
     with Memory() as mem:
         t = now()
-        solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps)
+        solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps, sc.stages)
         first = jax.block_until_ready(solver.advance(*args))
         first_s = now() - t
         run = time_calls(blocking(solver.advance, *args), max(2, st.repeats - 1), warmup=0)
     # the same split with ahead-of-time lowering on a fresh (uncached) solver
-    fresh = Solver(sc.options, sc.config.run.stepper, sc.n_substeps)
+    fresh = Solver(sc.options, sc.config.run.stepper, sc.n_substeps, sc.stages)
     t = now()
     lowered = fresh.advance.lower(*args)
     lower_s = now() - t

@@ -325,8 +325,8 @@ def markdown(result: dict) -> str:
             f'reaction {lim["reaction"]:.4g} (drug binding). `run.stepper = "strang_ssp_rk3"` integrates decay '
             'and binding exactly, so diffusion sets its step. `run.stepper = "strang_rkl2"` also splits diffusion '
             "off and advances it by RKL2 super-steps (explicit, stable for (s^2 + s - 2)/4 forward-Euler steps with "
-            "s stages); its step is then bounded by the accuracy of splitting diffusion from decay "
-            "(0.25 / k_T), chemotaxis and the remaining reactions.",
+            "s stages); its step is then bounded by an empirical accuracy cap (0.25 / k_T), chemotaxis and the "
+            "remaining reactions.",
             "",
         ]
         for r in long:

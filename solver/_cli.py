@@ -91,7 +91,8 @@ def _cmd_run(args) -> int:
         with writer:
             result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet)
     except Diverged as err:
-        return _error(f"{err}; frames up to that time are in '{out}'; try a smaller run.safety or run.dt_h", EXIT_DIVERGED)
+        hint = " or run.stepper = 'ssp_rk3' (RKL2 super-steps can undershoot at sharp features)" if scenario.stages else ""
+        return _error(f"{err}; frames up to that time are in '{out}'; try a smaller run.safety or run.dt_h{hint}", EXIT_DIVERGED)
     except KeyboardInterrupt:
         return _error(f"interrupted; finished frames are in '{out}'; continue with: synovia run --resume {out}", EXIT_INTERRUPTED)
     _info(

@@ -47,7 +47,14 @@ class RunSection:
     t_end_h: float = _opt(72.0, "simulated time", "h", lower=0, strict_lower=True)
     output_interval_h: float = _opt(1.0, "time between saved frames", "h", lower=0, strict_lower=True)
     dt_h: float = _opt(0.0, "time step; 0 chooses it from the stability limits", "h", lower=0)
-    safety: float = _opt(0.9, "fraction of the stable step used when dt_h = 0", "", lower=0, upper=1, strict_lower=True)
+    safety: float = _opt(
+        0.9,
+        "fraction of the stable step used when dt_h = 0 (and, for strang_rkl2, the margin of its super-step's stage count)",
+        "",
+        lower=0,
+        upper=1,
+        strict_lower=True,
+    )
     precision: str = _opt("float32", "floating-point precision", choices=("float32", "float64"))
     stepper: str = _opt(
         "ssp_rk3",

@@ -64,7 +64,13 @@ def super_step_stages(stepper: Stepper, dt: float, limits: dict[str, float], saf
 
 
 class Solver:
-    """The compiled interval function for one geometry and set of static options."""
+    """The compiled interval function for one geometry and set of static options.
+
+    ``stages`` (a stepper that splits diffusion) is fixed at construction, while dt and the
+    diffusivities are arguments: a super-step is stable only for dt * D_max up to what the
+    stage count was chosen for (:func:`super_step_stages`); a larger dt or diffusivity needs a
+    new Solver.
+    """
 
     def __init__(self, options: ModelOptions, stepper: str = "ssp_rk3", n_sub: int = 1, stages: int = 0):
         self.options = options
