@@ -344,16 +344,15 @@ class PointResult:
     wall_s: float = 0.0
 
 
-def _frames_in(path: Path) -> tuple[int, float]:
-    """Committed frames of a run file and its last time (0, nan if unreadable or empty)."""
+def _stored(path: Path) -> tuple[int, str]:
+    """Committed frames of a run file and the config it holds ((0, "") if missing or unreadable)."""
     from ._output import RunFile
 
     try:
         with RunFile.open(path) as run:
-            time = run.time
+            return run.n_frames, run.config_toml
     except (OSError, KeyError):
-        return 0, math.nan
-    return len(time), float(time[-1]) if len(time) else math.nan
+        return 0, ""
 
 
 MARKERS = ("diverged", "refused", "failed")  # runs/point_NNN.<status>: why a point has no complete run
@@ -388,7 +387,7 @@ def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
 
 def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
     from ._config import config_from_toml
-    from ._output import RunFile, resume_writer
+    from ._output import resume_writer
     from ._run import Diverged, frame_index, new_writer, run, state_from_fields
     from ._scenario import build_scenario
 
@@ -396,14 +395,12 @@ def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> Poi
         scenario = build_scenario(config_from_toml(config_toml, config_dir))
     except ConfigError as err:  # found only when the scenario is built (an unstable step, a bad geometry file)
         return PointResult(index, "refused", str(err))
-    n_frames, _ = _frames_in(path) if path.exists() else (0, math.nan)
-    if n_frames > 0:
-        with RunFile.open(path) as f:
-            if f.config_toml != scenario.config.to_toml():
-                return PointResult(
-                    index, "refused", f"'{path}' holds a run of another config (not this sweep's point {index}); "
-                    "move it away or delete it"
-                )  # fmt: skip
+    n_frames, stored_config = _stored(path)
+    if n_frames > 0 and stored_config != scenario.config.to_toml():
+        return PointResult(
+            index, "refused", f"'{path}' holds a run of another config (not this sweep's point {index}); "
+            "move it away or delete it"
+        )  # fmt: skip
     if n_frames == scenario.n_frames + 1:
         return PointResult(index, "complete")
     if n_frames > 0:
