@@ -431,6 +431,21 @@ def _log_limits(series: np.ndarray, ranges: Sequence[ClinicalRange]) -> tuple[fl
     return max(bottom, top * 1e-7), top
 
 
+def shade_range(ax, r: ClinicalRange, name: str) -> tuple[float, float] | None:
+    """Shade a clinical range within the axes' y limits (gid ``range:<name>:<group>:<label>``).
+
+    Returns the (low, high) drawn, or None when the range lies outside the limits.
+    """
+    bottom, top = ax.get_ylim()
+    low, high = max(r.low, bottom), min(r.high, top)
+    if low >= high:
+        return None
+    colour = GROUP_COLOUR.get(r.group, "0.5")
+    ax.axhspan(low, high, color=colour, alpha=0.14, lw=0, gid=f"range:{name}:{r.group}:{r.label}", zorder=1)
+    ax.set_ylim(bottom, top)
+    return low, high
+
+
 def timecourse_figure(run: RunFile) -> Figure:
     """The clinical summaries against time (2 x 2 panels) with the clinical ranges shaded."""
     time = run.time
@@ -457,11 +472,11 @@ def timecourse_figure(run: RunFile) -> Figure:
             if len(series) and np.isfinite(series).any():
                 low = float(np.nanmin(series))
                 ax.text(0.98, 0.05, f"minimum {low:.5f}", transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
-        bottom, top = ax.get_ylim()
         for r in ranges:
-            low, high = max(r.low, bottom), min(r.high, top)
+            if (span := shade_range(ax, r, name)) is None:
+                continue
+            low, high = span
             colour = GROUP_COLOUR.get(r.group, "0.5")
-            ax.axhspan(low, high, color=colour, alpha=0.14, lw=0, gid=f"range:{name}:{r.group}:{r.label}", zorder=1)
             if r.centre is not None:
                 ax.axhline(r.centre, color=colour, lw=0.7, ls=":", zorder=2)
             middle = math.sqrt(low * high) if log else (low + high) / 2

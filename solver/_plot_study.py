@@ -36,9 +36,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._plot import (
+    _UNIT_TEXT,
     CLINICAL_RANGES,
     CMAP_START,
-    GROUP_COLOUR,
     LOG_SPAN,
     RC,
     TIMECOURSE_PANELS,
@@ -47,6 +47,7 @@ from ._plot import (
     _new_figure,
     _quarter,
     _save,
+    shade_range,
 )
 from ._study import MEASURES, Measure, StudyTable, read_study
 
@@ -122,10 +123,6 @@ def _label(key: str) -> str:
     return key.split(".", 1)[1] if key.startswith("parameters.") else key
 
 
-def _unit_label(m: Measure) -> str:
-    return f"{m.label} ({m.unit})" if m.unit and m.unit != "fraction" else m.label
-
-
 def _use_log(values: np.ndarray, m: Measure, log: bool | None) -> bool:
     if m.kind == "time_of_peak" or m.summary == "cartilage_integrity":
         return False
@@ -143,16 +140,12 @@ def _cmap(m: Measure) -> mcolors.Colormap:
     return cmap.with_extremes(bad="0.85")
 
 
-def _shade_ranges(ax, m: Measure, log: bool) -> None:
-    if m.kind != "final":
-        return
-    bottom, top = ax.get_ylim()
-    for r in (r for r in CLINICAL_RANGES if r.summary == m.summary):
-        low, high = max(r.low, bottom), min(r.high, top)
-        if low < high:
-            ax.axhspan(low, high, color=GROUP_COLOUR.get(r.group, "0.5"), alpha=0.14, lw=0, zorder=1,
-                       gid=f"range:{m.name}:{r.group}:{r.label}")  # fmt: skip
-    ax.set_ylim(bottom, top)
+def _shade_ranges(ax, m: Measure) -> None:
+    """The clinical ranges of a final value's summary (they describe established disease, not peaks)."""
+    if m.kind == "final":
+        for r in CLINICAL_RANGES:
+            if r.summary == m.summary:
+                shade_range(ax, r, m.name)
 
 
 def _missing_note(table: StudyTable) -> str:
@@ -187,7 +180,7 @@ def _line_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
             ax.set_ylim(*_log_limits(y[np.isfinite(y)], []))
         elif m.summary == "cartilage_integrity" and m.kind != "time_of_peak":
             ax.set_ylim(0.0, 1.05)
-        _shade_ranges(ax, m, ax.get_yscale() == "log")
+        _shade_ranges(ax, m)
     for ax in axes[4:]:
         ax.set_xlabel(_label(key) + together)
 
@@ -305,19 +298,15 @@ def study_timecourse_figure(table: StudyTable) -> Figure:
             values.append(data[name])
             t_max = max(t_max, float(data["time"][-1]))
         unit = table.units.get(name, "")
-        ax.set_ylabel({"1": "fraction", "cells/uL": "cells/µL"}.get(unit, unit))
+        ax.set_ylabel(_UNIT_TEXT.get(unit, unit))
         ranges = [r for r in CLINICAL_RANGES if r.summary == name]
         if log:
             ax.set_yscale("log")
             ax.set_ylim(*_log_limits(np.concatenate(values) if values else np.array([]), ranges))
         else:
             ax.set_ylim(0.0, 1.05)
-        bottom, top = ax.get_ylim()
         for r in ranges:
-            low, high = max(r.low, bottom), min(r.high, top)
-            if low < high:
-                ax.axhspan(low, high, color=GROUP_COLOUR.get(r.group, "0.5"), alpha=0.14, lw=0, zorder=1,
-                           gid=f"range:{name}:{r.group}:{r.label}")  # fmt: skip
+            shade_range(ax, r, name)
     for ax in axes[2:]:
         ax.set_xlabel("time (h)")
         ax.set_xlim(0.0, t_max or 1.0)
