@@ -1,7 +1,7 @@
 """``python -m benchmarks [--quick] [--only CASES] [--out DIR]``: run the suite, write JSON, Markdown and PNGs.
 
 Cases (``--only`` takes a comma-separated list): forward, ensemble, long, gradient, compile,
-profile, roofline, numba, pypde; ``smallest`` runs only the smallest forward case (a smoke test).
+profile, trace, roofline, numba, pypde; ``smallest`` runs only the smallest forward case (a smoke test).
 References (numba, pypde) are skipped with a note when their packages are not installed.
 """
 
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-ORDER = ("roofline", "forward", "numba", "pypde", "profile", "ensemble", "gradient", "compile", "long")
+ORDER = ("roofline", "forward", "numba", "pypde", "profile", "trace", "ensemble", "gradient", "compile", "long")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         target_cell_updates=(4e6 if args.quick else 1.5e7) * (100 if _harness.on_gpu() else 1),
         time_budget_s=40 if args.quick else 240,
         log=log,
+        out=args.out,
     )
     machine = _harness.machine()
     log(f"device: {machine['device']} ({machine['device_kind']}), host {machine['cpu_model']} x {machine['usable_cpus']}")
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "numba": _cases.numba_reference,
         "pypde": _cases.pypde_reference,
         "profile": _cases.profile,
+        "trace": _cases.trace,
         "ensemble": _cases.ensemble,
         "gradient": _cases.gradient,
         "compile": _cases.knee3d_compile,

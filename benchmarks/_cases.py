@@ -34,6 +34,7 @@ class Settings:
     repeats: int
     target_cell_updates: float  # per timed call
     time_budget_s: float  # per forward case: skip sizes projected to take longer
+    out: str = "bench_results"  # output directory (the trace case writes its files there)
     log: object = print
 
 
@@ -310,8 +311,9 @@ def gradient(st: Settings) -> list[dict]:
     the number of steps, as the frames are the output anyway), and sqrt(N) frames of sqrt(N)
     sub-steps (the checkpointing schedule a fit uses: memory ~ 2 sqrt(N) states).
     """
-    n = 64 if st.quick else 128
-    fixed = [(f, 8) for f in ([1, 2, 4, 8] if st.quick else [1, 2, 4, 8, 16, 32])]
+    # on a GPU a small grid only measures kernel-launch latency: use one that fills the device
+    n = 2048 if on_gpu() else (64 if st.quick else 128)
+    fixed = [(f, 8) for f in (([1, 4, 8] if on_gpu() else [1, 2, 4, 8]) if st.quick else [1, 2, 4, 8, 16, 32])]
     balanced = [(k, k) for k in ([4, 8, 16] if st.quick else [4, 8, 16, 32])]
     out = []
     for precision, schedule, plan in (
@@ -530,6 +532,7 @@ def roofline(st: Settings) -> list[dict]:
     """STREAM-like triad a = b + s*c in JAX (and numba when present): the memory-bandwidth limit."""
     gpu = on_gpu()
     out = []
+    sweeps = 20
     for precision in ("float64", "float32"):
         dtype = DTYPES[precision]
         itemsize = jnp.dtype(dtype).itemsize
@@ -537,14 +540,18 @@ def roofline(st: Settings) -> list[dict]:
         n = min(n, int(0.15 * _free_device_bytes() / itemsize))
         b = jnp.ones(n, dtype)
         c = jnp.full(n, 0.5, dtype)
-        s = jnp.asarray(1.5, dtype)
-        triad = jax.jit(lambda b, c, s: b + s * c)
+        s = jnp.asarray(1e-3, dtype)
+        # `sweeps` triads b = 0.999 b + s c in one compiled loop (in place: 2 reads and 1 write per
+        # element each): one call per triad measured launch and allocation too (a 1.2 ms median
+        # but 0.68 ms minimum for 1.6 GB in float32 on an H200)
+        decay = jnp.asarray(0.999, dtype)
+        triad = jax.jit(lambda b, c, s, k=decay: jax.lax.fori_loop(0, sweeps, lambda i, x: k * x + s * c, b))
         timing = time_calls(blocking(triad, b, c, s), max(5, st.repeats))
-        moved = 3 * n * itemsize
+        moved = 3 * n * itemsize * sweeps
         out.append(
             {
                 "case": "roofline",
-                "kernel": "jax triad",
+                "kernel": f"jax triad ({sweeps} in a loop)",
                 "precision": precision,
                 "elements": n,
                 "bytes_moved": moved,
@@ -587,6 +594,130 @@ def _numba_triad(n: int, dtype, st: Settings) -> dict:
     }
     st.log(f"roofline numba triad {dtype.name}: {rec['bandwidth_GBps']:.1f} GB/s")
     return rec
+
+
+# ----------------------------------------------------------------------------- trace
+
+
+def _trace_events(trace_dir: Path) -> list[dict]:
+    import glob
+    import gzip
+
+    files = sorted(glob.glob(str(trace_dir / "**" / "perfetto_trace.json.gz"), recursive=True))
+    if not files:
+        return []
+    data = json.loads(gzip.open(files[-1]).read())
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    procs = {
+        e["pid"]: e.get("args", {}).get("name", "") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    for e in events:
+        e["process"] = procs.get(e.get("pid"), "")
+    return events
+
+
+def _hlo_scopes(hlo_text: str) -> dict[str, list[str]]:
+    """Compiled instruction name (dots as underscores) -> the model's named scopes in its op_name metadata.
+
+    A fusion's scopes are those of the instructions inside its fused computation.
+    """
+    import re
+
+    scopes = ("diffusion_tnf", "diffusion_il1", "diffusion_leukocytes", "diffusion_drug", "reactions", "chemotaxis")
+    per_computation: dict[str, set] = {}
+    calls: dict[str, str] = {}
+    own: dict[str, set] = {}
+    computation = None
+    for line in hlo_text.splitlines():
+        head = re.match(r"\s*(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if head and " = " not in line:
+            computation = head.group(1)
+            continue
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+        if not m:
+            continue
+        found = {s for s in scopes if f"{s}/" in line}
+        if computation:
+            per_computation.setdefault(computation, set()).update(found)
+        name = m.group(1).replace(".", "_").replace("-", "_")
+        own[name] = found
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if called:
+            calls[name] = called.group(1)
+    return {name: sorted(found | per_computation.get(calls.get(name, ""), set())) for name, found in own.items()}
+
+
+def trace(st: Settings) -> list[dict]:
+    """A jax.profiler trace of the largest 3D float32 forward case: time per compiled kernel.
+
+    Kernel (GPU) or thunk (CPU) events are summed by name and attributed to the model's named
+    scopes through the compiled HLO's metadata; the raw trace and the HLO are kept in
+    ``<out>/trace/`` (open the perfetto file at ui.perfetto.dev).
+    """
+    gpu = on_gpu()
+    n = 256 if gpu and not st.quick else (128 if gpu else (32 if st.quick else 64))
+    if gpu and st.quick:
+        n = 256 if _free_device_bytes() > 16e9 else 128
+    shape, precision, n_steps = (n, n, n), "float32", 4
+    pb = box_problem(shape, DTYPES[precision])
+    solver = Solver(pb.options, "ssp_rk3", n_steps)
+    t0, dt = _scalars(pb)
+    args = (pb.state, t0, dt, pb.params, pb.domain)
+    compiled = solver.advance.lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    out_dir = Path(st.out) / "trace"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hlo = compiled.as_text()
+    (out_dir / f"advance_{n}cubed_{precision}.hlo.txt").write_text(hlo)
+    calls = 3
+    st.log(f"trace {cells_label(shape)} {precision}: {calls} calls of {n_steps} steps")
+    t = now()
+    with jax.profiler.trace(str(out_dir), create_perfetto_trace=True):
+        for _ in range(calls):
+            jax.block_until_ready(compiled(*args))
+    wall = now() - t
+    events = _trace_events(out_dir)
+    scopes = _hlo_scopes(hlo)
+    kernels: dict[str, list[float]] = {}
+    device = [e for e in events if e.get("ph") == "X" and ("GPU" in e["process"] or "gpu" in e["process"])]
+    pool = device if device else [e for e in events if e.get("ph") == "X"]
+    for e in pool:
+        key = e["name"].replace(".", "_").replace("-", "_")
+        if device or (key in scopes and not key.startswith(("while", "conditional", "call"))):
+            kernels.setdefault(e["name"], []).append(float(e.get("dur", 0.0)) * 1e-6)
+    steps = calls * n_steps
+    total = sum(sum(v) for v in kernels.values())
+    rows = []
+    for name, durs in sorted(kernels.items(), key=lambda kv: -sum(kv[1])):
+        key = name.replace(".", "_").replace("-", "_")
+        rows.append(
+            {
+                "kernel": name,
+                "calls_per_step": len(durs) / steps,
+                "ms_per_step": sum(durs) / steps * 1e3,
+                "share": sum(durs) / total if total else None,
+                "scopes": scopes.get(key, []),
+            }
+        )
+    rec = {
+        "case": "trace",
+        "grid": cells_label(shape),
+        "cells": pb.cells,
+        "precision": precision,
+        "steps_traced": steps,
+        "wall_s": wall,
+        "kernel_source": "device" if device else "host thunks",
+        "kernels_per_step": sum(len(v) for v in kernels.values()) / steps,
+        "kernel_ms_per_step": total / steps * 1e3,
+        "hlo_fusions": hlo.count("fusion("),
+        "kernels": rows[:25],
+        "trace_dir": str(out_dir),
+    }
+    st.log(
+        f"  {rec['kernels_per_step']:.1f} kernels per step, {rec['kernel_ms_per_step']:.3f} ms per step in kernels; top: "
+        + ", ".join(f"{r['kernel']} {r['ms_per_step']:.3f} ms {r['scopes']}" for r in rows[:6])
+    )
+    return [rec]
 
 
 # ----------------------------------------------------------------------------- references

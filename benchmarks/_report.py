@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ._problem import bytes_per_cell_update
+
 
 def _find(records, case, **match):
     for r in records:
@@ -59,20 +61,20 @@ def _t(name, value, target, met, unit, note=""):
 
 def add_roofline(records: list[dict]) -> None:
     """Fraction of the triad bandwidth that each forward case reaches (minimal-traffic model)."""
-    bw = {}
-    for r in records:
-        if r.get("case") == "roofline":
-            bw[r["precision"]] = max(bw.get(r["precision"], 0.0), r["bandwidth_GBps"])
+    # memory bandwidth does not depend on the element type: the best triad of either precision
+    best = max((r["bandwidth_GBps"] for r in records if r.get("case") == "roofline"), default=None)
+    bw = {"float32": best, "float64": best} if best else {}
     for r in records:
         if r.get("case") in ("forward", "numba_stencil") and "skipped" not in r and r.get("precision") in bw:
             bpc = r.get("bytes_per_cell_update")
             if bpc is None:
-                from ._problem import bytes_per_cell_update
-
                 bpc = bytes_per_cell_update(8 if r["precision"] == "float64" else 4)["total_bytes"]
                 r["bytes_per_cell_update"] = bpc
             r["achieved_GBps"] = r["cell_updates_per_s"] * bpc / 1e9
             r["roofline_fraction"] = r["achieved_GBps"] / bw[r["precision"]]
+            # against the leanest layout (one uint8 tissue label per cell instead of coefficient arrays)
+            lean = bytes_per_cell_update(8 if r["precision"] == "float64" else 4)["lean_total_bytes"]
+            r["lean_roofline_fraction"] = r["cell_updates_per_s"] * lean / 1e9 / bw[r["precision"]]
             r["roofline_cell_updates_per_s"] = bw[r["precision"]] * 1e9 / bpc
 
 
@@ -147,6 +149,7 @@ def markdown(result: dict) -> str:
                     _mb(r.get("peak_rss_bytes")),
                     _mb(r.get("device_peak_bytes")),
                     "-" if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.2f}",
+                    "-" if r.get("lean_roofline_fraction") is None else f"{r['lean_roofline_fraction']:.2f}",
                     _mb(r.get("xla_temp_bytes")),
                 ]
             )
@@ -164,6 +167,7 @@ def markdown(result: dict) -> str:
                     "peak RSS MiB",
                     "device peak MiB",
                     "roofline frac.",
+                    "vs lean layout",
                     "XLA temp MiB",
                 ],
                 rows,
@@ -233,8 +237,6 @@ def markdown(result: dict) -> str:
             [r["kernel"], r["precision"], r["elements"], f"{r['bandwidth_GBps']:.1f}", f"{r['best_bandwidth_GBps']:.1f}"]
             for r in roof
         ]
-        from ._problem import bytes_per_cell_update
-
         b64, b32 = bytes_per_cell_update(8), bytes_per_cell_update(4)
         lines += [
             _table(["kernel", "precision", "elements", "GB/s (median)", "GB/s (best)"], rows),
@@ -244,7 +246,7 @@ def markdown(result: dict) -> str:
             f"state {b64['state_bytes']} B (T, I, L, C: stage 1 reads y0 and writes y1, stages 2-3 read y_s and y0 and write; "
             f"8 arrays per species) + coefficients {b64['coefficient_bytes']} B (3 cell diffusivities + 5 masks read per stage). "
             f"With one uint8 tissue label per cell instead: {b64['lean_total_bytes']} B. Roofline fraction = cell-updates/s x "
-            "bytes per cell-update / best triad bandwidth of that precision.",
+            "bytes per cell-update / best triad bandwidth (either precision: bandwidth does not depend on the element type).",
             "",
         ]
 
@@ -429,6 +431,25 @@ def markdown(result: dict) -> str:
         last = prof[-1]
         if "hlo_fusions" in last:
             lines += [f"Compiled step: {last['hlo_fusions']} fusions, {last['hlo_while_loops']} while loops in the HLO.", ""]
+    for r in (r for r in recs if r.get("case") == "trace" and "skipped" not in r):
+        lines += [
+            f"## Trace of the forward step ({r['grid']} {r['precision']}, jax.profiler, {r['kernel_source']})",
+            "",
+            f"{r['kernels_per_step']:.1f} kernels per SSP-RK3 step, {r['kernel_ms_per_step']:.3g} ms per step inside them; "
+            f"{r['hlo_fusions']} fusions in the compiled HLO. Raw trace and HLO: `{r['trace_dir']}`.",
+            "",
+        ]
+        rows = [
+            [
+                k["kernel"],
+                f"{k['calls_per_step']:.2g}",
+                f"{k['ms_per_step']:.3g}",
+                f"{100 * (k['share'] or 0):.1f}%",
+                ", ".join(k["scopes"]),
+            ]
+            for k in r["kernels"][:15]
+        ]
+        lines += [_table(["kernel", "calls per step", "ms per step", "share", "named scopes"], rows), ""]
     lines += ["Plots: `throughput.png`, `gradient_memory.png`, `profile.png`.", ""]
     return "\n".join(lines)
 

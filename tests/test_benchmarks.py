@@ -33,3 +33,41 @@ def test_benchmarks_smallest(tmp_path):
     markdown = (out / "results.md").read_text()
     assert "cell-updates/s" in markdown
     assert forward[0]["grid"] in markdown
+
+
+def test_hlo_scopes_attribute_a_fusion_to_the_named_scopes_inside_it():
+    from benchmarks._cases import _hlo_scopes
+
+    hlo = """HloModule jit_advance
+%fused_computation.3 (param_0: f32[4]) -> f32[4] {
+  %param_0 = f32[4]{0} parameter(0)
+  %pad.1 = f32[6]{0} pad(%param_0), metadata={op_name="jit(_advance)/interval/diffusion_tnf/pad"}
+  ROOT %mul.2 = f32[4]{0} multiply(%param_0, %param_0), metadata={op_name="jit(_advance)/interval/chemotaxis/mul"}
+}
+ENTRY %main (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %loop_add_fusion.3 = f32[4]{0} fusion(%p), kind=kLoop, calls=%fused_computation.3, metadata={op_name="jit(_advance)/add"}
+}
+"""
+    scopes = _hlo_scopes(hlo)
+    assert scopes["loop_add_fusion_3"] == ["chemotaxis", "diffusion_tnf"]
+    assert scopes["p"] == []
+
+
+def test_trace_case_times_the_kernels_of_a_step(tmp_path):
+    """The trace case on a CPU (32^3): XLA's thunks summed by name and attributed to the model's scopes."""
+    from benchmarks import _cases
+
+    st = _cases.Settings(quick=True, repeats=1, target_cell_updates=1e5, time_budget_s=10, log=lambda m: None, out=str(tmp_path))
+    (rec,) = _cases.trace(st)
+    assert rec["grid"] == "32^3" and rec["steps_traced"] == 12
+    kernels = rec["kernels"]
+    assert kernels and rec["kernel_ms_per_step"] > 0
+    assert sum(k["share"] for k in kernels) <= 1.0 + 1e-9
+    assert all(k["ms_per_step"] >= 0 and k["calls_per_step"] > 0 for k in kernels)
+    # loop bodies are not kernels: counting them would count their kernels twice
+    assert not any(k["kernel"].startswith("while") for k in kernels)
+    scoped = {s for k in kernels for s in k["scopes"]}
+    assert {"diffusion_tnf", "chemotaxis", "reactions"} <= scoped, scoped
+    assert list((tmp_path / "trace").glob("advance_32cubed_float32.hlo.txt"))
+    assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))

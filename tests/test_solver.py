@@ -65,6 +65,40 @@ def test_gradient_through_the_solver_matches_central_differences(stepper):
     assert_close(jnp.sum(grads.diffusivity_tnf * direction), (up - down) / (2 * eps), rtol=1e-6, atol=1e-9, what="D_T")
 
 
+@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_rkl2"])
+def test_written_out_stages_match_the_stage_loop(stepper, monkeypatch):
+    """The GPU form of the Runge-Kutta stages (written out, an optimization barrier between
+    stages) against the CPU form (a loop over the stages): same states, same gradients."""
+    import solver._steppers as steppers
+    from solver._simulate import Solver
+
+    options, params, domain, state = _problem(drug=True)
+    state = state._replace(drug=0.5 * domain.cytokine)
+    stages = 3 if stepper == "strang_rkl2" else 0
+
+    def run():
+        solver = Solver(options, stepper, 5, stages)  # not the cached one: the form is chosen when traced
+
+        def loss(p):
+            final, frames = solver.trajectory(state, p, domain, 0.01, 2)
+            return jnp.sum(frames.tnf[-1] * domain.fluid) + 1e-2 * jnp.sum(final.leukocytes)
+
+        final = solver.advance(state, 0.0, 0.01, params, domain)
+        text = solver.advance.lower(state, 0.0, 0.01, params, domain).as_text()
+        return final, jax.grad(loss)(params), text.count("optimization_barrier")
+
+    assert not steppers.written_out_stages()  # the tests run on a CPU
+    looped, looped_grad, looped_barriers = run()
+    monkeypatch.setattr(steppers, "written_out_stages", lambda: True)
+    written, written_grad, written_barriers = run()
+    assert looped_barriers == 0
+    assert written_barriers == 2  # between stages 1-2 and 2-3 of the (one traced) step
+    for name in ("tnf", "il1", "leukocytes", "cartilage", "drug"):
+        assert_close(getattr(written, name), getattr(looped, name), rtol=1e-12, atol=1e-12, what=name)
+    for name in ("chemotaxis", "decay_tnf", "diffusivity_tnf", "recruitment_rate", "drug_tnf_binding"):
+        assert_close(getattr(written_grad, name), getattr(looped_grad, name), rtol=1e-10, atol=1e-14, what=name)
+
+
 def test_vmap_over_parameter_sets_matches_separate_runs():
     options, params, domain, state = _problem()
     solver = get_solver(options, "ssp_rk3", 5)
