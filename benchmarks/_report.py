@@ -55,6 +55,10 @@ def targets(records: list[dict], machine: dict) -> list[dict]:
     return out
 
 
+def _gbps(value) -> str:
+    return "-" if not value else f"{value:.1f}"
+
+
 def _t(name, value, target, met, unit, note=""):
     return {"target": name, "value": value, "goal": target, "met": met, "unit": unit, "note": note}
 
@@ -62,7 +66,7 @@ def _t(name, value, target, met, unit, note=""):
 def add_roofline(records: list[dict]) -> None:
     """Fraction of the triad bandwidth that each forward case reaches (minimal-traffic model)."""
     # memory bandwidth does not depend on the element type: the best triad of either precision
-    best = max((r["bandwidth_GBps"] for r in records if r.get("case") == "roofline"), default=None)
+    best = max((r["bandwidth_GBps"] or 0.0 for r in records if r.get("case") == "roofline"), default=None)
     bw = {"float32": best, "float64": best} if best else {}
     for r in records:
         if r.get("case") in ("forward", "numba_stencil") and "skipped" not in r and r.get("precision") in bw:
@@ -234,7 +238,7 @@ def markdown(result: dict) -> str:
     if roof:
         lines += ["## Hardware limit (STREAM-like triad a = b + s*c)", ""]
         rows = [
-            [r["kernel"], r["precision"], r["elements"], f"{r['bandwidth_GBps']:.1f}", f"{r['best_bandwidth_GBps']:.1f}"]
+            [r["kernel"], r["precision"], r["elements"], _gbps(r["bandwidth_GBps"]), _gbps(r["best_bandwidth_GBps"])]
             for r in roof
         ]
         b64, b32 = bytes_per_cell_update(8), bytes_per_cell_update(4)

@@ -71,3 +71,18 @@ def test_trace_case_times_the_kernels_of_a_step(tmp_path):
     assert {"diffusion_tnf", "chemotaxis", "reactions"} <= scoped, scoped
     assert list((tmp_path / "trace").glob("advance_32cubed_float32.hlo.txt"))
     assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))
+
+
+def test_roofline_triad_takes_the_difference_of_two_loops():
+    """The bandwidth is the extra bytes of the longer loop over its extra time (fixed passes cancel)."""
+    from benchmarks import _cases
+
+    st = _cases.Settings(quick=True, repeats=3, target_cell_updates=1e5, time_budget_s=10, log=lambda m: None)
+    records = [r for r in _cases.roofline(st) if r["kernel"].startswith("jax triad")]
+    assert {r["precision"] for r in records} == {"float32", "float64"}
+    for r in records:
+        short, long = r["loop_medians_s"]
+        assert long > short > 0
+        extra = 3 * r["elements"] * (4 if r["precision"] == "float32" else 8) * 20
+        assert r["bytes_moved"] == extra
+        assert abs(r["bandwidth_GBps"] - extra / (long - short) / 1e9) < 1e-6 * r["bandwidth_GBps"]
