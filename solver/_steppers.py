@@ -205,7 +205,7 @@ def rkl2(diffuse: Callable[[Any], Any], y, tau, stages: int):
     y1 = jax.tree.map(lambda y0, k0: y0 + first * tau * k0, y, m0)
 
     def stage(jj, carry):
-        prev2, prev = carry
+        prev2, prev, m0 = carry
         c_mu, c_nu, c_m, c_g = coef[0, jj], coef[1, jj], coef[3, jj], coef[4, jj]
         k = diffuse(prev)
         # Y_0 + mu (Y_{j-1} - Y_0) + nu (Y_{j-2} - Y_0) + ...: the same combination, written so that a
@@ -214,9 +214,17 @@ def rkl2(diffuse: Callable[[Any], Any], y, tau, stages: int):
             lambda y0, y2, y1_, kj, k0: y0 + c_mu * (y1_ - y0) + c_nu * (y2 - y0) + tau * (c_m * kj + c_g * k0),
             y, prev2, prev, k, m0,
         )  # fmt: skip
-        return prev, new
+        return prev, new, m0
 
-    return lax.fori_loop(2, s + 1, stage, (y, y1))[1]
+    if not written_out_stages():
+        return lax.fori_loop(2, s + 1, stage, (y, y1, m0))[1]
+    # On a GPU written out, as in ShuOsher.step (no copy of every field into a loop carry per
+    # stage), with a barrier before each stage so that XLA does not recompute the previous
+    # stages, or M(Y_0), inside its stencils. Not timed on a GPU yet (the SSP-RK3 stages were).
+    carry = (y, y1, m0)
+    for jj in range(2, s + 1):
+        carry = stage(jj, lax.optimization_barrier(carry))
+    return carry[1]
 
 
 class StrangRKL2:
