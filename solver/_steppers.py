@@ -12,7 +12,7 @@ so one stage function runs them all. On a CPU the stages run in a loop: written 
 fused each stage into the next stage's stencils and recomputed it for every neighbour (2.7x
 slower on the 3D knee grid; optimization barriers do not stop it, XLA:CPU removes them before
 fusing). On a GPU they are written out with a barrier between stages, which XLA:GPU keeps: the
-loop cost a copy of every field per stage there (:func:`written_out_stages`).
+loop cost a copy of every field per stage there (:func:`by_platform`).
 
 A split stepper (``splits_losses = True``) also takes ``rates(y)``, pointwise first-order loss
 rates K with ``dy/dt = f(y, t) - K(y) y``, and ``f`` without those losses (solver._model.loss_rates).
@@ -72,30 +72,45 @@ class ShuOsher:
             k = f(ys, t + c_s * dt)
             return jax.tree.map(lambda y0, yi, ki: a_s * y0 + (1 - a_s) * (yi + dt * ki), y, ys, k)
 
-        if not written_out_stages():
+        def looped(y):
             return lax.fori_loop(0, len(self.a), lambda i, ys: stage(a[i], c[i], ys), y)
-        # On a GPU the stages are written out, with an optimization barrier between them that keeps
-        # XLA from fusing a stage into the next one's stencils. No stage result is then copied into
-        # a loop carry (the loop over the stages copied every field once per stage: a quarter of
-        # the step's time), and the last stage, which reads the step's input only at its own cell,
-        # can write over it: 1.31x the throughput at 256^3 float32 on an H200, 1.5x at 2048^2
-        # (benchmarks/README.md). XLA:CPU drops the barriers before fusion and then recomputes each
-        # stage inside the next one's stencils (4-5x slower), so on a CPU the stages stay in a loop.
-        ys = y
-        for i in range(len(self.a)):
-            ys = stage(a[i], c[i], ys)
-            if i < len(self.a) - 1:
-                ys = lax.optimization_barrier(ys)
-        return ys
+
+        # Written out (on a GPU), with an optimization barrier between stages that keeps XLA from
+        # fusing a stage into the next one's stencils. No stage result is then copied into a loop
+        # carry (the loop over the stages copied every field once per stage: a quarter of the
+        # step's time on an H200), and the last stage, which reads the step's input only at its
+        # own cell, can write over it: 1.21-1.49x the throughput on an H200 (benchmarks/README.md).
+        # XLA:CPU drops the barriers before fusion and then recomputes each stage inside the next
+        # one's stencils (about 3-5x slower), so on a CPU the stages stay in a loop.
+        def written(y):
+            ys = y
+            for i in range(len(self.a)):
+                ys = stage(a[i], c[i], ys)
+                if i < len(self.a) - 1:
+                    ys = lax.optimization_barrier(ys)
+            return ys
+
+        return by_platform(looped, written, y)
 
 
-def written_out_stages() -> bool:
-    """Whether the Runge-Kutta stages are written out (GPU) rather than run in a loop (CPU).
+#: How Runge-Kutta stages are laid out: "platform" (a loop on a CPU, written out on other
+#: platforms, chosen when the program is lowered for its platform), or "loop" or "written"
+#: everywhere (tests compare the two on a CPU).
+STAGE_LAYOUT = "platform"
 
-    Decided by the default backend when a solver is traced (jit compiles for it): the
-    stage loop is what XLA:CPU runs fastest, written-out stages what XLA:GPU does.
+
+def by_platform(looped: Callable, written: Callable, *operands):
+    """``looped(*operands)`` where the program runs on a CPU, ``written(*operands)`` elsewhere.
+
+    Chosen by ``lax.platform_dependent`` when the program is lowered, so a CPU computation on a
+    GPU machine (``jax.default_device``, CPU-committed inputs) still gets the loop; only the
+    chosen branch is compiled. ``STAGE_LAYOUT`` overrides the choice.
     """
-    return jax.default_backend() != "cpu"
+    if STAGE_LAYOUT == "loop":
+        return looped(*operands)
+    if STAGE_LAYOUT == "written":
+        return written(*operands)
+    return lax.platform_dependent(*operands, cpu=looped, default=written)
 
 
 class ForwardEuler(ShuOsher):
@@ -200,12 +215,15 @@ def rkl2(diffuse: Callable[[Any], Any], y, tau, stages: int):
     gamma[2:] = -(1.0 - b[1:-1]) * mu[2:] * w1
     coef = jnp.asarray(np.stack([mu, nu, 1.0 - mu - nu, mu * w1, gamma]), dtype)
     tau = jnp.asarray(tau, dtype)
-    m0 = diffuse(y)
     first = jnp.asarray(b[1] * w1, dtype)
-    y1 = jax.tree.map(lambda y0, k0: y0 + first * tau * k0, y, m0)
+
+    def start(y):
+        """(Y_0, Y_0, Y_1, M(Y_0)): the carry of the stages (Y_0, Y_{j-2}, Y_{j-1}, M(Y_0))."""
+        m0 = diffuse(y)
+        return y, y, jax.tree.map(lambda y0, k0: y0 + first * tau * k0, y, m0), m0
 
     def stage(jj, carry):
-        prev2, prev, m0 = carry
+        y, prev2, prev, m0 = carry
         c_mu, c_nu, c_m, c_g = coef[0, jj], coef[1, jj], coef[3, jj], coef[4, jj]
         k = diffuse(prev)
         # Y_0 + mu (Y_{j-1} - Y_0) + nu (Y_{j-2} - Y_0) + ...: the same combination, written so that a
@@ -214,17 +232,22 @@ def rkl2(diffuse: Callable[[Any], Any], y, tau, stages: int):
             lambda y0, y2, y1_, kj, k0: y0 + c_mu * (y1_ - y0) + c_nu * (y2 - y0) + tau * (c_m * kj + c_g * k0),
             y, prev2, prev, k, m0,
         )  # fmt: skip
-        return prev, new, m0
+        return y, prev, new, m0
 
-    if not written_out_stages():
-        return lax.fori_loop(2, s + 1, stage, (y, y1, m0))[1]
+    def looped(y):
+        return lax.fori_loop(2, s + 1, stage, start(y))[2]
+
     # On a GPU written out, as in ShuOsher.step (no copy of every field into a loop carry per
-    # stage), with a barrier before each stage so that XLA does not recompute the previous
-    # stages, or M(Y_0), inside its stencils. Not timed on a GPU yet (the SSP-RK3 stages were).
-    carry = (y, y1, m0)
-    for jj in range(2, s + 1):
-        carry = stage(jj, lax.optimization_barrier(carry))
-    return carry[1]
+    # stage), with a barrier on the input (it may come straight from a pointwise update of the
+    # reaction step) and before each stage, so that XLA does not recompute earlier work inside a
+    # stencil. Not timed on a GPU yet (the SSP-RK3 stages were).
+    def written(y):
+        carry = start(lax.optimization_barrier(y))
+        for jj in range(2, s + 1):
+            carry = stage(jj, lax.optimization_barrier(carry))
+        return carry[2]
+
+    return by_platform(looped, written, y)
 
 
 class StrangRKL2:

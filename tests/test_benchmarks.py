@@ -74,7 +74,7 @@ def test_trace_case_times_the_kernels_of_a_step(tmp_path):
 
 
 def test_roofline_triad_takes_the_difference_of_two_loops():
-    """The bandwidth is the extra bytes of the longer loop over its extra time (fixed passes cancel)."""
+    """The bandwidth is the extra bytes of the longer loop over the median paired time difference."""
     from benchmarks import _cases
 
     st = _cases.Settings(quick=True, repeats=3, target_cell_updates=1e5, time_budget_s=10, log=lambda m: None)
@@ -83,6 +83,8 @@ def test_roofline_triad_takes_the_difference_of_two_loops():
     for r in records:
         short, long = r["loop_medians_s"]
         assert long > short > 0
-        extra = 3 * r["elements"] * (4 if r["precision"] == "float32" else 8) * 20
+        extra = 3 * r["elements"] * (4 if r["precision"] == "float32" else 8) * 50
         assert r["bytes_moved"] == extra
-        assert abs(r["bandwidth_GBps"] - extra / (long - short) / 1e9) < 1e-6 * r["bandwidth_GBps"]
+        assert r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert abs(r["bandwidth_GBps"] - extra / r["median_s"] / 1e9) < 1e-6 * r["bandwidth_GBps"]
+        assert r["best_bandwidth_GBps"] is None

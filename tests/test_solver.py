@@ -67,17 +67,19 @@ def test_gradient_through_the_solver_matches_central_differences(stepper):
 
 @pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_rkl2"])
 def test_written_out_stages_match_the_stage_loop(stepper, monkeypatch):
-    """The GPU form of the Runge-Kutta stages (written out, an optimization barrier between
-    stages) against the CPU form (a loop over the stages): same states, same gradients."""
+    """The GPU layout of the Runge-Kutta stages (written out, an optimization barrier between
+    stages) against the CPU layout (a loop over the stages), both run here: same states, same
+    gradients, float32 kept float32."""
     import solver._steppers as steppers
     from solver._simulate import Solver
 
-    options, params, domain, state = _problem(drug=True)
-    state = state._replace(drug=0.5 * domain.cytokine)
     stages = 3 if stepper == "strang_rkl2" else 0
 
-    def run():
-        solver = Solver(options, stepper, 5, stages)  # not the cached one: the form is chosen when traced
+    def run(layout, precision=jnp.float64):
+        monkeypatch.setattr(steppers, "STAGE_LAYOUT", layout)
+        options, params, domain, state = _problem(drug=True, dtype=precision)
+        state = state._replace(drug=0.5 * domain.cytokine)
+        solver = Solver(options, stepper, 5, stages)  # not the cached one: the layout is chosen when traced
 
         def loss(p):
             final, frames = solver.trajectory(state, p, domain, 0.01, 2)
@@ -87,18 +89,34 @@ def test_written_out_stages_match_the_stage_loop(stepper, monkeypatch):
         text = solver.advance.lower(state, 0.0, 0.01, params, domain).as_text()
         return final, jax.grad(loss)(params), text.count("optimization_barrier")
 
-    assert not steppers.written_out_stages()  # the tests run on a CPU
-    looped, looped_grad, looped_barriers = run()
-    monkeypatch.setattr(steppers, "written_out_stages", lambda: True)
-    written, written_grad, written_barriers = run()
+    looped, looped_grad, looped_barriers = run("loop")
+    written, written_grad, written_barriers = run("written")
     assert looped_barriers == 0
-    # SSP-RK3: between stages 1-2 and 2-3 of the (one traced) step; RKL2: before each of its
-    # stages 2..s, in the opening half super-step and in the step
-    assert written_barriers == 2 + (2 * (stages - 1) if stages else 0)
+    # SSP-RK3: between stages 1-2 and 2-3 of the (one traced) step; RKL2: on its input and before
+    # each of its stages 2..s, in the opening half super-step and in the step
+    assert written_barriers == 2 + 2 * stages
     for name in ("tnf", "il1", "leukocytes", "cartilage", "drug"):
         assert_close(getattr(written, name), getattr(looped, name), rtol=1e-12, atol=1e-12, what=name)
     for name in ("chemotaxis", "decay_tnf", "diffusivity_tnf", "recruitment_rate", "drug_tnf_binding"):
         assert_close(getattr(written_grad, name), getattr(looped_grad, name), rtol=1e-10, atol=1e-14, what=name)
+    if stepper == "ssp_rk3":
+        written32, _, _ = run("written", jnp.float32)
+        assert all(u.dtype == jnp.float32 for u in written32)
+        assert_close(written32.tnf, looped.tnf, rtol=1e-5, atol=1e-5, what="float32 tnf")
+
+
+def test_the_stage_layout_follows_the_platform_it_is_lowered_for():
+    """By default the layout is chosen per platform at lowering: a loop for a CPU, written-out
+    stages with barriers for a GPU (lowered here without one)."""
+    from solver._simulate import Solver
+
+    options, params, domain, state = _problem()
+    solver = Solver(options, "ssp_rk3", 4)
+    args = (state, 0.0, 0.01, params, domain)
+    cpu = solver.advance.trace(*args).lower(lowering_platforms=("cpu",)).as_text()
+    gpu = solver.advance.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert cpu.count("optimization_barrier") == 0 and cpu.count("stablehlo.while") == 2  # steps, stages
+    assert gpu.count("optimization_barrier") == 2 and gpu.count("stablehlo.while") == 1  # steps only
 
 
 def test_vmap_over_parameter_sets_matches_separate_runs():
