@@ -164,6 +164,81 @@ def _skipped(case, shape, precision, why) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- layout
+
+
+def layout(st: Settings) -> list[dict]:
+    """The two layouts of the Runge-Kutta stages side by side on this device: a loop over the stages
+    (chosen on a CPU) and stages written out behind optimization barriers (chosen on a GPU).
+
+    Forward steps of ssp_rk3 and strang_rkl2 and value+grad of ssp_rk3 through ``Solver.trajectory``,
+    each layout compiled apart and the timed calls alternating (medians), so the choice in
+    ``solver._steppers.by_platform`` can be checked on any machine.
+    """
+    import solver._steppers as steppers
+
+    gpu = on_gpu()
+    shape = (256,) * 3 if gpu else ((32,) * 3 if st.quick else (64,) * 3)
+    grad_shape = (2048, 2048) if gpu else ((64, 64) if st.quick else (128, 128))
+    pb = box_problem(shape, jnp.float32)
+    t0, dt = _scalars(pb)
+    args = (pb.state, t0, dt, pb.params, pb.domain)
+    gp = box_problem(grad_shape, jnp.float32)
+    _, gdt = _scalars(gp)
+    n_steps = 8
+    out = []
+    saved = steppers.STAGE_LAYOUT
+    try:
+        plans = [
+            ("ssp_rk3 forward", pb, lambda solver: solver.advance.lower(*args).compile(), args, "ssp_rk3", 0),
+            ("strang_rkl2 forward", pb, lambda solver: solver.advance.lower(*args).compile(), args, "strang_rkl2", 4),
+        ]
+
+        def grad_program(solver):
+            def loss(p):
+                final, frames = solver.trajectory(gp.state, p, gp.domain, gdt, 4)
+                return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
+
+            return jax.jit(jax.value_and_grad(loss)).lower(gp.params).compile()
+
+        plans.append(("ssp_rk3 value+grad", gp, grad_program, (gp.params,), "ssp_rk3", 0))
+        for what, problem, build, call_args, stepper, stages in plans:
+            compiled = {}
+            for name in ("loop", "written"):
+                steppers.STAGE_LAYOUT = name
+                t = now()
+                compiled[name] = build(Solver(problem.options, stepper, n_steps, stages))
+                compiled[f"{name}_compile_s"] = now() - t
+            times = {"loop": [], "written": []}
+            for name in ("loop", "written"):
+                jax.block_until_ready(compiled[name](*call_args))
+            for _ in range(st.repeats):
+                for name in ("loop", "written"):
+                    t = now()
+                    jax.block_until_ready(compiled[name](*call_args))
+                    times[name].append(now() - t)
+            loop_s, written_s = (statistics.median(times[k]) for k in ("loop", "written"))
+            rec = {
+                "case": "layout",
+                "what": what,
+                "grid": cells_label(problem.grid.shape),
+                "precision": "float32",
+                "steps_per_call": n_steps * (4 if "grad" in what else 1),
+                "loop_s": loop_s,
+                "written_s": written_s,
+                "written_speedup": loop_s / written_s,
+                "loop_compile_s": compiled["loop_compile_s"],
+                "written_compile_s": compiled["written_compile_s"],
+                "chosen_here": "loop" if not gpu else "written",
+            }
+            ms = f"loop {loop_s * 1e3:.2f} ms, written {written_s * 1e3:.2f} ms"
+            st.log(f"layout {what} {rec['grid']}: {ms} ({rec['written_speedup']:.2f}x)")
+            out.append(rec)
+    finally:
+        steppers.STAGE_LAYOUT = saved
+    return out
+
+
 # ----------------------------------------------------------------------------- ensemble
 
 

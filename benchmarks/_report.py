@@ -261,6 +261,37 @@ def markdown(result: dict) -> str:
             "",
         ]
 
+    lay = [r for r in recs if r.get("case") == "layout"]
+    if lay:
+        lines += [
+            "## Stage layout (a loop over the Runge-Kutta stages vs written out behind barriers; float32, alternating calls)",
+            "",
+        ]
+        rows = [
+            [
+                r["what"],
+                r["grid"],
+                r["steps_per_call"],
+                f"{r['loop_s'] * 1e3:.3g}",
+                f"{r['written_s'] * 1e3:.3g}",
+                f"{r['written_speedup']:.2f}x",
+                f"{r['loop_compile_s']:.2f} / {r['written_compile_s']:.2f}",
+                r["chosen_here"],
+            ]
+            for r in lay
+        ]
+        header = [
+            "run",
+            "grid",
+            "steps",
+            "loop ms",
+            "written ms",
+            "written speed-up",
+            "compile s (loop / written)",
+            "chosen here",
+        ]
+        lines += [_table(header, rows), ""]
+
     ens = [r for r in recs if r.get("case") == "ensemble"]
     if ens:
         lines += ["## Ensemble (jax.vmap over parameter sets and states)", ""]

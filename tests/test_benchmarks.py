@@ -88,3 +88,16 @@ def test_roofline_triad_takes_the_difference_of_two_loops():
         assert r["min_s"] <= r["median_s"] <= r["max_s"]
         assert abs(r["bandwidth_GBps"] - extra / r["median_s"] / 1e9) < 1e-6 * r["bandwidth_GBps"]
         assert r["best_bandwidth_GBps"] is None
+
+
+def test_layout_case_compares_both_stage_layouts_and_restores_the_choice():
+    import solver._steppers as steppers
+    from benchmarks import _cases
+
+    st = _cases.Settings(quick=True, repeats=1, target_cell_updates=1e5, time_budget_s=10, log=lambda m: None)
+    records = _cases.layout(st)
+    assert [r["what"] for r in records] == ["ssp_rk3 forward", "strang_rkl2 forward", "ssp_rk3 value+grad"]
+    for r in records:
+        assert r["loop_s"] > 0 and r["written_s"] > 0 and r["chosen_here"] == "loop"
+        assert abs(r["written_speedup"] - r["loop_s"] / r["written_s"]) < 1e-12
+    assert steppers.STAGE_LAYOUT == "platform"
