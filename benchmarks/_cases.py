@@ -203,12 +203,12 @@ def layout(st: Settings) -> list[dict]:
 
         plans.append(("ssp_rk3 value+grad", gp, grad_program, (gp.params,), "ssp_rk3", 0))
         for what, problem, build, call_args, stepper, stages in plans:
-            compiled = {}
+            compiled, compile_s = {}, {}
             for name in ("loop", "written"):
                 steppers.STAGE_LAYOUT = name
                 t = now()
                 compiled[name] = build(Solver(problem.options, stepper, n_steps, stages))
-                compiled[f"{name}_compile_s"] = now() - t
+                compile_s[name] = now() - t
             times = {"loop": [], "written": []}
             for name in ("loop", "written"):
                 jax.block_until_ready(compiled[name](*call_args))
@@ -227,8 +227,8 @@ def layout(st: Settings) -> list[dict]:
                 "loop_s": loop_s,
                 "written_s": written_s,
                 "written_speedup": loop_s / written_s,
-                "loop_compile_s": compiled["loop_compile_s"],
-                "written_compile_s": compiled["written_compile_s"],
+                "loop_compile_s": compile_s["loop"],
+                "written_compile_s": compile_s["written"],
                 "chosen_here": "loop" if not gpu else "written",
             }
             ms = f"loop {loop_s * 1e3:.2f} ms, written {written_s * 1e3:.2f} ms"
@@ -727,6 +727,11 @@ def _trace_events(path: Path) -> list[dict]:
     return events
 
 
+def _kernel_key(name: str) -> str:
+    """An HLO instruction or kernel name with dots and dashes as underscores (kernels are named so)."""
+    return name.replace(".", "_").replace("-", "_")
+
+
 def _hlo_scopes(hlo_text: str) -> dict[str, list[str]]:
     """Compiled instruction name (dots as underscores) -> the model's named scopes in its op_name metadata.
 
@@ -751,7 +756,7 @@ def _hlo_scopes(hlo_text: str) -> dict[str, list[str]]:
         found = set(scope.findall(line))
         if computation:
             per_computation.setdefault(computation, set()).update(found)
-        name = m.group(1).replace(".", "_").replace("-", "_")
+        name = _kernel_key(m.group(1))
         own[name] = found
         called = re.search(r"calls=%?([\w.\-]+)", line)
         if called:
@@ -767,9 +772,7 @@ def trace(st: Settings) -> list[dict]:
     ``<out>/trace/`` (open the perfetto file at ui.perfetto.dev).
     """
     gpu = on_gpu()
-    n = 256 if gpu and not st.quick else (128 if gpu else (32 if st.quick else 64))
-    if gpu and st.quick:
-        n = 256 if _free_device_bytes() > 16e9 else 128
+    n = (256 if not st.quick or _free_device_bytes() > 16e9 else 128) if gpu else (32 if st.quick else 64)
     shape, precision, n_steps = (n, n, n), "float32", 4
     pb = box_problem(shape, DTYPES[precision])
     solver = Solver(pb.options, "ssp_rk3", n_steps)
@@ -791,37 +794,29 @@ def trace(st: Settings) -> list[dict]:
     wall = now() - t
     new = sorted(_perfetto_files(out_dir) - before)  # this run's trace, not an earlier run's
     if not new:
-        return [
-            {
-                "case": "trace",
-                "grid": cells_label(shape),
-                "precision": precision,
-                "skipped": "the profiler wrote no perfetto trace",
-            }
-        ]
+        return [_skipped("trace", shape, precision, "the profiler wrote no perfetto trace")]
     events = _trace_events(new[0])
     scopes = _hlo_scopes(hlo)
     kernels: dict[str, list[float]] = {}
     device = [e for e in events if e.get("ph") == "X" and ("GPU" in e["process"] or "gpu" in e["process"])]
     pool = device if device else [e for e in events if e.get("ph") == "X"]
     for e in pool:
-        key = e["name"].replace(".", "_").replace("-", "_")
+        key = _kernel_key(e["name"])
         if device or (key in scopes and not key.startswith(("while", "conditional", "call"))):
             kernels.setdefault(e["name"], []).append(float(e.get("dur", 0.0)) * 1e-6)
     steps = calls * n_steps
     total = sum(sum(v) for v in kernels.values())
     if not kernels:
-        return [{"case": "trace", "grid": cells_label(shape), "precision": precision, "skipped": "no kernel events in the trace"}]
+        return [_skipped("trace", shape, precision, "no kernel events in the trace")]
     rows = []
     for name, durs in sorted(kernels.items(), key=lambda kv: -sum(kv[1])):
-        key = name.replace(".", "_").replace("-", "_")
         rows.append(
             {
                 "kernel": name,
                 "calls_per_step": len(durs) / steps,
                 "ms_per_step": sum(durs) / steps * 1e3,
                 "share": sum(durs) / total if total else None,
-                "scopes": scopes.get(key, []),
+                "scopes": scopes.get(_kernel_key(name), []),
             }
         )
     rec = {
