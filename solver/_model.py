@@ -106,10 +106,20 @@ class Coefficients(NamedTuple):
     leukocyte_faces: tuple
 
 
+def per_tissue(table: jax.Array, labels: jax.Array) -> jax.Array:
+    """The field ``table[labels]`` of a per-tissue value, as a sum over tissues of value x mask.
+
+    Not a gather: the gradient of a gather is a scatter-add of every cell into a few table
+    entries, which a GPU serialises on atomics (88 of 219 ms of a value+grad on an H200 at
+    2048^2, benchmarks/README.md). Here the gradient is one masked sum per tissue.
+    """
+    return sum(table[k] * (labels == k) for k in range(table.shape[0]))
+
+
 def coefficients(params: Params, domain: Domain) -> Coefficients:
     """Diffusivity fields from the per-tissue table (zero outside each species' region)."""
     region = {"tnf": domain.cytokine, "il1": domain.cytokine, "drug": domain.cytokine, "leukocytes": domain.leukocyte}
-    d_cell = {s: getattr(params, f"diffusivity_{s}")[domain.labels] * region[s] for s in TRANSPORTED}
+    d_cell = {s: per_tissue(getattr(params, f"diffusivity_{s}"), domain.labels) * region[s] for s in TRANSPORTED}
     d_faces = {s: face_diffusivities(d) for s, d in d_cell.items()}
     leukocyte_faces = tuple(
         pad_faces(lower(domain.leukocyte, a) * upper(domain.leukocyte, a), a) for a in range(domain.labels.ndim)

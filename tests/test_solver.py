@@ -119,6 +119,30 @@ def test_the_stage_layout_follows_the_platform_it_is_lowered_for():
     assert gpu.count("optimization_barrier") == 2 and gpu.count("stablehlo.while") == 1  # steps only
 
 
+def test_per_tissue_fields_and_their_gradient_need_no_gather_or_scatter():
+    """Diffusivity fields come from the per-tissue tables by masked sums: equal to indexing the
+    table, and the table's gradient (every cell's cotangent summed per tissue) has no scatter,
+    which a GPU runs as contended atomic adds."""
+    from solver._model import coefficients, per_tissue
+
+    options, params, domain, state = _problem()
+    labels = np.asarray(domain.labels)
+    table = params.diffusivity_tnf
+    assert_close(per_tissue(table, domain.labels), np.asarray(table)[labels], rtol=0, atol=0)
+    weights = jnp.asarray(np.random.default_rng(3).uniform(size=labels.shape))
+
+    def loss(p):
+        return jnp.sum(coefficients(p, domain).d_cell["tnf"] * weights)
+
+    grad = jax.grad(loss)(params).diffusivity_tnf
+    cytokine = np.asarray(domain.cytokine, bool)
+    expected = [float(np.sum(np.asarray(weights)[(labels == k) & cytokine])) for k in range(table.shape[0])]
+    assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    assert sum(e > 0 for e in expected) >= 3  # several tissues carry TNF
+    hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+    assert "scatter" not in hlo and "gather" not in hlo
+
+
 def test_vmap_over_parameter_sets_matches_separate_runs():
     options, params, domain, state = _problem()
     solver = get_solver(options, "ssp_rk3", 5)
