@@ -110,8 +110,8 @@ def per_tissue(table: jax.Array, labels: jax.Array) -> jax.Array:
     """The field ``table[labels]`` of a per-tissue value, as a sum over tissues of value x mask.
 
     Not a gather: the gradient of a gather is a scatter-add of every cell into a few table
-    entries, which a GPU serialises on atomics (88 of 219 ms of a value+grad on an H200 at
-    2048^2, benchmarks/README.md). Here the gradient is one masked sum per tissue.
+    entries, which a GPU serialises on atomics (40-47% of a value+grad on an H200 at 2048^2,
+    benchmarks/README.md). Here the gradient is one masked sum per tissue.
     """
     return sum(table[k] * (labels == k) for k in range(table.shape[0]))
 

@@ -129,6 +129,7 @@ def test_per_tissue_fields_and_their_gradient_need_no_gather_or_scatter():
     labels = np.asarray(domain.labels)
     table = params.diffusivity_tnf
     assert_close(per_tissue(table, domain.labels), np.asarray(table)[labels], rtol=0, atol=0)
+    assert per_tissue(table.astype(jnp.float32), domain.labels).dtype == jnp.float32  # x64 is on here
     weights = jnp.asarray(np.random.default_rng(3).uniform(size=labels.shape))
 
     def loss(p):
