@@ -17,7 +17,8 @@ import numpy as np
 
 from solver._model import coefficients, rhs
 from solver._operators import advection, diffusion, gradient_on_faces
-from solver._simulate import Solver, get_solver
+from solver._simulate import Solver, binding_limits, get_solver
+from solver._steppers import get_stepper
 
 from ._harness import Memory, blocking, compiled_memory, now, on_gpu, proc_field, time_calls
 from ._problem import Problem, box_problem, bytes_per_cell_update, cells_label, steps_per_call
@@ -332,6 +333,7 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
         finals[stepper] = {n: np.array([row[n] for row in series]) for n in series[0]}
         per_frame = statistics.median(times)
         limits = sc.stability_limits
+        binding = binding_limits(limits, get_stepper(stepper))
         reaction_steps = math.ceil(t_end / (sc.config.run.safety * limits["reaction"]))
         transport_free_steps = math.ceil(t_end / (sc.config.run.safety * min(limits["reaction"], limits["chemotaxis"])))
         rec = {
@@ -355,7 +357,7 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
             "steps_if_step_set_by_reactions_and_chemotaxis": transport_free_steps,
             "steps_if_step_set_by_reactions_only": reaction_steps,
             # a stepper that super-steps diffusion is not bound by its limit
-            "step_set_by": min((k for k in limits if not (k == "diffusion" and sc.stages)), key=limits.get),
+            "step_set_by": min(binding, key=binding.get),
             "fluid_summaries_at_end": {n: float(v[-1]) for n, v in finals[stepper].items()},
             **mem.as_dict(),
         }

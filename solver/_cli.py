@@ -42,8 +42,8 @@ def _no_file(path: Path) -> str:
 
 def _cmd_run(args) -> int:
     from ._config import ConfigError, config_from_toml, load_config
-    from ._output import RunFile, resume_writer
-    from ._run import Diverged, frame_index, new_writer, run, state_from_fields
+    from ._output import RunFile
+    from ._run import Diverged, new_writer, resume, run
     from ._scenario import build_scenario
 
     try:
@@ -56,9 +56,7 @@ def _cmd_run(args) -> int:
             with RunFile.open(path) as f:
                 config = config_from_toml(f.attrs["config_toml"], base_dir=f.attrs.get("config_dir", "."))
             scenario = build_scenario(config)
-            writer, last_time, fields = resume_writer(path)
-            start_frame = frame_index(last_time, scenario.interval)
-            state = state_from_fields(fields, scenario.initial)
+            writer, start_frame, state = resume(scenario, path)
             out = path
         else:
             config = load_config(args.config, args.set or [])
@@ -105,7 +103,6 @@ def _cmd_run(args) -> int:
 def _cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    from ._config import ConfigError
     from ._study import load_sweep, prepare_folder, run_study
 
     out = Path(args.output)
@@ -117,7 +114,7 @@ def _cmd_sweep(args) -> int:
         if args.jobs < 1:
             return _error(f"--jobs {args.jobs}: must be at least 1")
         prepare_folder(sweep, out, overwrite=args.overwrite)
-    except (ConfigError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
         return _error(str(err))
     count = len(chosen) if chosen else len(sweep)
     _info(
@@ -146,7 +143,7 @@ def _cmd_sweep(args) -> int:
     except KeyboardInterrupt:
         _summary_or_none(out)
         return _error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
-    except (ConfigError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
         return _error(str(err))
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -169,6 +169,8 @@ def _transport(name: str, u, coeffs: Coefficients, options: ModelOptions):
 def diffusion_rhs(state: State, coeffs: Coefficients, options: ModelOptions) -> State:
     """The diffusion terms div(D grad u) alone (T, I, L, A; zero for C): linear, time-independent.
 
+    A field given as None (cartilage or the drug, left out by a stepper) gives None.
+
     A stepper that splits diffusion off (``splits_diffusion``) advances these and
     ``rhs(..., diffusion=False)`` separately.
     """
@@ -177,7 +179,7 @@ def diffusion_rhs(state: State, coeffs: Coefficients, options: ModelOptions) -> 
         _transport("tnf", T, coeffs, options),
         _transport("il1", I, coeffs, options),
         _transport("leukocytes", L, coeffs, options),
-        jnp.zeros_like(C),
+        None if C is None else jnp.zeros_like(C),
         None if A is None else (_transport("drug", A, coeffs, options) if options.drug else jnp.zeros_like(A)),
     )
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from fields import SPECIES, SPECIES_UNITS, State
 
 from ._model import SUMMARY_UNITS, summaries, summary_names
-from ._output import RunWriter
+from ._output import RunWriter, resume_writer
 from ._scenario import Scenario
 from ._simulate import get_solver
 
@@ -148,6 +148,12 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
 def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:
     """A state from a file's frame; species not in the file (drug when off) are zero."""
     return State(*(np.asarray(fields[s]) if s in fields else np.zeros_like(np.asarray(getattr(like, s))) for s in SPECIES))
+
+
+def resume(scenario: Scenario, path: Path) -> tuple[RunWriter, int, State]:
+    """A run file's writer (repaired if a crash left it open), the frame to continue from and its state."""
+    writer, last_time, fields = resume_writer(path)
+    return writer, frame_index(last_time, scenario.interval), state_from_fields(fields, scenario.initial)
 
 
 def frame_index(time_h: float, interval: float) -> int:

@@ -29,7 +29,7 @@ from ._config import WALLS, Config, ConfigError, frame_count
 from ._model import Domain, ModelOptions, make_domain
 from ._operators import NO_FLUX, WallCondition
 from ._params import DIFFUSIVITIES, Params, default_params
-from ._simulate import StepTooLarge, choose_substeps, super_step_stages
+from ._simulate import StepTooLarge, binding_limits, choose_substeps, super_step_stages
 from ._steppers import get_stepper
 
 #: Steps per output interval beyond which a scenario is refused (an extreme value, not a run to wait for).
@@ -181,19 +181,18 @@ def build_scenario(config: Config) -> Scenario:
     )
     params = _params(config, dtype)
     state = initial_state(config, geometry, domain, dtype)
+    stepper = get_stepper(run.stepper)
     try:
-        n_sub, dt, limits = choose_substeps(
-            run.output_interval_h, params, state, options, get_stepper(run.stepper), run.safety, run.dt_h
-        )
+        n_sub, dt, limits = choose_substeps(run.output_interval_h, params, state, options, stepper, run.safety, run.dt_h)
     except StepTooLarge as err:
         raise ConfigError(str(err)) from None
     if n_sub > MAX_SUBSTEPS:
-        binding = {k: v for k, v in limits.items() if not (k == "diffusion" and get_stepper(run.stepper).splits_diffusion)}
+        binding = binding_limits(limits, stepper)
         worst = min(binding, key=binding.get)
         raise ConfigError(
             f"the stable time step is {limits[worst]:.3g} h (set by {worst}): {n_sub:.3g} steps per output interval of "
             f"{run.output_interval_h:g} h, more than {MAX_SUBSTEPS:.0e}; check the initial values and [parameters] for an "
             "extreme value"
         )
-    stages = super_step_stages(get_stepper(run.stepper), dt, limits, run.safety)
+    stages = super_step_stages(stepper, dt, limits, run.safety)
     return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, n_sub, dt, limits, stages)

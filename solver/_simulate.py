@@ -24,6 +24,12 @@ class StepTooLarge(ValueError):
     """A requested time step exceeds the stable limit."""
 
 
+def binding_limits(limits: dict[str, float], stepper: Stepper) -> dict[str, float]:
+    """The limits (of :func:`stable_dt`) that bound this stepper's step: all but diffusion's for a
+    stepper that splits diffusion off (its super-step's stages grow instead)."""
+    return {k: v for k, v in limits.items() if not (k == "diffusion" and stepper.splits_diffusion)}
+
+
 def choose_substeps(
     interval: float, params: Params, state: State, options: ModelOptions, stepper: Stepper, safety: float, dt: float | None = None
 ) -> tuple[int, float, dict[str, float]]:
@@ -33,22 +39,20 @@ def choose_substeps(
     and rounded down so that a whole number of steps fits the interval.
     """
     limits = stable_dt(params, state, options, stepper.ssp_coefficient, stepper.splits_losses, stepper.splits_diffusion)
-    # A stepper that splits diffusion off takes any step for it (its super-step's stages grow
-    # instead); its "splitting" bound is one of accuracy, for the automatic step only.
-    binding = {k: v for k, v in limits.items() if not (k == "diffusion" and stepper.splits_diffusion)}
+    # the "splitting" bound of a stepper that splits diffusion is one of accuracy, for the
+    # automatic step only
+    binding = binding_limits(limits, stepper)
     stability = {k: v for k, v in binding.items() if k != "splitting"}
-    limit = min(binding.values())
     if dt is not None and dt > 0:
-        if dt > min(stability.values()) * (1 + 1e-12):
-            limit = min(stability.values())
-            worst = min(stability, key=stability.get)
+        worst = min(stability, key=stability.get)
+        if dt > stability[worst] * (1 + 1e-12):
             raise StepTooLarge(
-                f"run.dt_h = {dt:g} h is above the stable limit {limit:.4g} h (set by {worst}); "
-                f"use a value <= {limit:.4g} or 0 for automatic"
+                f"run.dt_h = {dt:g} h is above the stable limit {stability[worst]:.4g} h (set by {worst}); "
+                f"use a value <= {stability[worst]:.4g} or 0 for automatic"
             )
         target = dt
     else:
-        target = safety * limit
+        target = safety * min(binding.values())
     n_sub = max(1, math.ceil(interval / target - 1e-9))
     return n_sub, interval / n_sub, limits
 
@@ -94,12 +98,11 @@ class Solver:
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
         def steps(y):
+            rates = functools.partial(loss_rates, params=params, options=self.options)
             if split_diffusion:
-                rates = functools.partial(loss_rates, params=params, options=self.options)
                 diffuse = functools.partial(diffusion_rhs, coeffs=coeffs, options=self.options)
                 return self.stepper.steps(f, rates, diffuse, y, t0, dt, self.n_sub, self.stages, checkpoint=jax.checkpoint)
             if split:
-                rates = functools.partial(loss_rates, params=params, options=self.options)
                 return self.stepper.steps(f, rates, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)
             body = jax.checkpoint(lambda i, y: self.stepper.step(f, y, t0 + i * dt, dt))
             return lax.fori_loop(0, self.n_sub, body, y)

@@ -276,14 +276,16 @@ class StrangRKL2:
         dt = jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
         half = 0.5 * dt
 
+        def diffusion(y, tau):
+            # cartilage does not diffuse: kept out of the super-step's stages (carry, barriers, passes)
+            return rkl2(diffuse, y._replace(cartilage=None), tau, stages)._replace(cartilage=y.cartilage)
+
         @checkpoint
         def body(i, y):
-            y = _exponential_losses(rates, y, half)
-            y = SSPRK3().step(f, y, t0 + i * dt, dt)
-            y = _exponential_losses(rates, y, half)
-            return rkl2(diffuse, y, jnp.where(i == n - 1, half, dt), stages)
+            y = StrangSSPRK3().step(f, y, t0 + i * dt, dt, rates)
+            return diffusion(y, jnp.where(i == n - 1, half, dt))
 
-        return lax.fori_loop(0, n, body, rkl2(diffuse, y, half, stages))
+        return lax.fori_loop(0, n, body, diffusion(y, half))
 
 
 STEPPERS: dict[str, type] = {

@@ -340,8 +340,6 @@ class PointResult:
     index: int
     status: str  # "done", "complete" (already was), "busy" (another process runs it), or one of MARKERS
     message: str = ""
-    steps: int = 0
-    wall_s: float = 0.0
 
 
 def _stored(path: Path) -> tuple[int, str]:
@@ -387,8 +385,7 @@ def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
 
 def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
     from ._config import config_from_toml
-    from ._output import resume_writer
-    from ._run import Diverged, frame_index, new_writer, run, state_from_fields
+    from ._run import Diverged, new_writer, resume, run
     from ._scenario import build_scenario
 
     try:
@@ -404,18 +401,16 @@ def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> Poi
     if n_frames == scenario.n_frames + 1:
         return PointResult(index, "complete")
     if n_frames > 0:
-        writer, last_time, fields = resume_writer(path)
-        start_frame = frame_index(last_time, scenario.interval)
-        state = state_from_fields(fields, scenario.initial)
+        writer, start_frame, state = resume(scenario, path)
     else:
         writer = new_writer(scenario, path, config_dir=Path(config_dir), overwrite=True)
         start_frame, state = 0, None
     try:
         with writer:
-            result = run(scenario, writer, start_frame=start_frame, state=state, progress=False)
+            run(scenario, writer, start_frame=start_frame, state=state, progress=False)
     except Diverged as err:
         return PointResult(index, "diverged", str(err))
-    return PointResult(index, "done", steps=result.steps, wall_s=result.wall_s)
+    return PointResult(index, "done")
 
 
 def _ignore_interrupt() -> None:
