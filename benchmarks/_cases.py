@@ -169,12 +169,13 @@ def _skipped(case, shape, precision, why) -> dict:
 
 
 def layout(st: Settings) -> list[dict]:
-    """The two layouts of the Runge-Kutta stages side by side on this device: a loop over the stages
-    (chosen on a CPU) and stages written out behind optimization barriers (chosen on a GPU).
+    """The three layouts of the Runge-Kutta stages side by side on this device: a loop over the
+    stages, stages written out behind optimization barriers (chosen on a GPU) and stages written
+    out as conditionals (chosen on a CPU).
 
     Forward steps of ssp_rk3 and strang_rkl2 and value+grad of ssp_rk3 through ``Solver.trajectory``,
     each layout compiled apart and the timed calls alternating (medians), so the choice in
-    ``solver._steppers.by_platform`` can be checked on any machine.
+    ``solver._steppers.run_stages`` can be checked on any machine.
     """
     import solver._steppers as steppers
 
@@ -187,6 +188,8 @@ def layout(st: Settings) -> list[dict]:
     gp = box_problem(grad_shape, jnp.float32)
     _, gdt = _scalars(gp)
     n_steps = 8
+    names = steppers.LAYOUTS
+    chosen = "barrier" if gpu else "conditional"
     out = []
     saved = steppers.STAGE_LAYOUT
     try:
@@ -205,35 +208,33 @@ def layout(st: Settings) -> list[dict]:
         plans.append(("ssp_rk3 value+grad", gp, grad_program, (gp.params,), "ssp_rk3", 0))
         for what, problem, build, call_args, stepper, stages in plans:
             compiled, compile_s = {}, {}
-            for name in ("loop", "written"):
+            for name in names:
                 steppers.STAGE_LAYOUT = name
                 t = now()
                 compiled[name] = build(Solver(problem.options, stepper, n_steps, stages))
                 compile_s[name] = now() - t
-            times = {"loop": [], "written": []}
-            for name in ("loop", "written"):
+            times = {name: [] for name in names}
+            for name in names:
                 jax.block_until_ready(compiled[name](*call_args))
             for _ in range(st.repeats):
-                for name in ("loop", "written"):
+                for name in names:
                     t = now()
                     jax.block_until_ready(compiled[name](*call_args))
                     times[name].append(now() - t)
-            loop_s, written_s = (statistics.median(times[k]) for k in ("loop", "written"))
+            medians = {name: statistics.median(times[name]) for name in names}
             rec = {
                 "case": "layout",
                 "what": what,
                 "grid": cells_label(problem.grid.shape),
                 "precision": "float32",
                 "steps_per_call": n_steps * (4 if "grad" in what else 1),
-                "loop_s": loop_s,
-                "written_s": written_s,
-                "written_speedup": loop_s / written_s,
-                "loop_compile_s": compile_s["loop"],
-                "written_compile_s": compile_s["written"],
-                "chosen_here": "loop" if not gpu else "written",
+                "median_s": medians,
+                "speedup_over_loop": {name: medians["loop"] / medians[name] for name in names},
+                "compile_s": compile_s,
+                "chosen_here": chosen,
             }
-            ms = f"loop {loop_s * 1e3:.2f} ms, written {written_s * 1e3:.2f} ms"
-            st.log(f"layout {what} {rec['grid']}: {ms} ({rec['written_speedup']:.2f}x)")
+            ms = ", ".join(f"{name} {medians[name] * 1e3:.2f} ms" for name in names)
+            st.log(f"layout {what} {rec['grid']}: {ms} ({chosen} chosen here)")
             out.append(rec)
     finally:
         steppers.STAGE_LAYOUT = saved

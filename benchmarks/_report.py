@@ -264,32 +264,19 @@ def markdown(result: dict) -> str:
     lay = [r for r in recs if r.get("case") == "layout"]
     if lay:
         lines += [
-            "## Stage layout (a loop over the Runge-Kutta stages vs written out behind barriers; float32, alternating calls)",
+            "## Stage layout (Runge-Kutta stages in a loop, written out behind barriers, written out as conditionals;"
+            " float32, alternating calls)",
             "",
         ]
+        names = list(lay[0]["median_s"])
         rows = [
-            [
-                r["what"],
-                r["grid"],
-                r["steps_per_call"],
-                f"{r['loop_s'] * 1e3:.3g}",
-                f"{r['written_s'] * 1e3:.3g}",
-                f"{r['written_speedup']:.2f}x",
-                f"{r['loop_compile_s']:.2f} / {r['written_compile_s']:.2f}",
-                r["chosen_here"],
-            ]
+            [r["what"], r["grid"], r["steps_per_call"]]
+            + [f"{r['median_s'][k] * 1e3:.3g} ({r['speedup_over_loop'][k]:.2f}x)" for k in names]
+            + [" / ".join(f"{r['compile_s'][k]:.2f}" for k in names), r["chosen_here"]]
             for r in lay
         ]
-        header = [
-            "run",
-            "grid",
-            "steps",
-            "loop ms",
-            "written ms",
-            "written speed-up",
-            "compile s (loop / written)",
-            "chosen here",
-        ]
+        header = ["run", "grid", "steps"] + [f"{k} ms (speed-up over loop)" for k in names]
+        header += [f"compile s ({' / '.join(names)})", "chosen here"]
         lines += [_table(header, rows), ""]
 
     ens = [r for r in recs if r.get("case") == "ensemble"]

@@ -99,10 +99,27 @@ def _wall_flux(u_cell: jax.Array, d_cell: jax.Array, h: float, wall: WallConditi
 
 
 def _neighbours(u: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """``u`` shifted by -1 and +1 along ``axis`` (zero beyond the walls)."""
-    padded = jnp.pad(u, [(1, 1) if a == axis else (0, 0) for a in range(u.ndim)])
+    """``u`` shifted by -1 and +1 along ``axis`` (zero beyond the walls): slices of a padded copy.
+
+    On a CPU the copy is padded on every axis, the same copy for every axis and operator (XLA
+    merges the equal pads): XLA:CPU writes each pad out, and one per field instead of one per
+    field and axis took the 2D CPU step from 0.82-0.88 to 0.74-0.80 ms. XLA:GPU fuses the pads
+    into the stencils, where padding only along ``axis`` is 3.5% faster (256^3 float32 on an H100).
+    """
     n = u.shape[axis]
-    return padded[_slice(u.ndim, axis, slice(0, n))], padded[_slice(u.ndim, axis, slice(2, n + 2))]
+
+    def along_axis(u):
+        padded = jnp.pad(u, [(1, 1) if a == axis else (0, 0) for a in range(u.ndim)])
+        return padded[_slice(u.ndim, axis, slice(0, n))], padded[_slice(u.ndim, axis, slice(2, n + 2))]
+
+    def every_axis(u):
+        padded = jnp.pad(u, 1)
+        inner = [slice(1, m + 1) for m in u.shape]
+        low, high = list(inner), list(inner)
+        low[axis], high[axis] = slice(0, n), slice(2, n + 2)
+        return padded[tuple(low)], padded[tuple(high)]
+
+    return jax.lax.platform_dependent(u, cpu=every_axis, default=along_axis)
 
 
 def _low_high(face: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:

@@ -8,11 +8,12 @@ The SSP schemes below share the Shu-Osher form
 
     y_0 = y,   y_{s+1} = a_s y + (1 - a_s) (y_s + dt f(y_s, t + c_s dt)),   result y_S,
 
-so one stage function runs them all. On a CPU the stages run in a loop: written out, XLA:CPU
-fused each stage into the next stage's stencils and recomputed it for every neighbour (2.7x
-slower on the 3D knee grid; optimization barriers do not stop it, XLA:CPU removes them before
-fusing). On a GPU they are written out with a barrier between stages, which XLA:GPU keeps: the
-loop cost a copy of every field per stage there (:func:`by_platform`).
+so one stage function runs them all. The stages are written out, never fused into each other:
+XLA would otherwise fuse a stage into the next stage's stencils and recompute it for every
+neighbour (2.7x slower on the 3D knee grid). On a GPU an optimization barrier between stages
+keeps them apart; XLA:CPU removes barriers before fusing, so there each stage runs as a
+conditional whose two branches are both the stage. A loop over the stages, the other way to
+keep them apart, copies every field into the loop carry per stage (:func:`run_stages`).
 
 A split stepper (``splits_losses = True``) also takes ``rates(y)``, pointwise first-order loss
 rates K with ``dy/dt = f(y, t) - K(y) y``, and ``f`` without those losses (solver._model.loss_rates).
@@ -22,8 +23,9 @@ One that also ``splits_diffusion`` takes ``diffuse(y)``, the linear diffusion op
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import jax
@@ -75,42 +77,66 @@ class ShuOsher:
         def looped(y):
             return lax.fori_loop(0, len(self.a), lambda i, ys: stage(a[i], c[i], ys), y)
 
-        # Written out (on a GPU), with an optimization barrier between stages that keeps XLA from
-        # fusing a stage into the next one's stencils. No stage result is then copied into a loop
-        # carry (the loop over the stages copied every field once per stage: a quarter of the
-        # step's time on an H200), and the last stage, which reads the step's input only at its
-        # own cell, can write over it: 1.21-1.49x the throughput on an H200 (benchmarks/README.md).
-        # XLA:CPU drops the barriers before fusion and then recomputes each stage inside the next
-        # one's stencils (about 3-5x slower), so on a CPU the stages stay in a loop.
-        def written(y):
-            ys = y
-            for i in range(len(self.a)):
-                ys = stage(a[i], c[i], ys)
-                if i < len(self.a) - 1:
-                    ys = lax.optimization_barrier(ys)
-            return ys
-
-        return by_platform(looped, written, y)
+        # Written out, the stages' results go straight to the next stage, never through a loop
+        # carry (the loop copied every field once per stage: a quarter of the step's time on an
+        # H200), and the last stage, which reads the step's input only at its own cell, can write
+        # over it: 1.2-1.5x the loop's throughput on an H200 and an H100, 1.25-1.6x on a 2-core CPU
+        # (benchmarks/README.md).
+        stages = [functools.partial(stage, a[i], c[i]) for i in range(len(self.a))]
+        return run_stages(stages, looped, y)
 
 
-#: How Runge-Kutta stages are laid out: "platform" (a loop on a CPU, written out on other
-#: platforms, chosen when the program is lowered for its platform), or "loop" or "written"
-#: everywhere (tests compare the two on a CPU).
+#: How Runge-Kutta stages are laid out: "platform" (chosen when the program is lowered for its
+#: platform: "conditional" on a CPU, "barrier" elsewhere), or one of "loop", "barrier" and
+#: "conditional" everywhere (the tests and the benchmarks' layout case compare them on one machine).
 STAGE_LAYOUT = "platform"
+LAYOUTS = ("loop", "barrier", "conditional")
 
 
-def by_platform(looped: Callable, written: Callable, *operands):
-    """``looped(*operands)`` where the program runs on a CPU, ``written(*operands)`` elsewhere.
+def run_stages(stages: Sequence[Callable], looped: Callable, y, barrier_input: bool = False):
+    """``y`` through the ``stages`` in turn, each kept out of the next one's fusions.
 
-    Chosen by ``lax.platform_dependent`` when the program is lowered, so a CPU computation on a
-    GPU machine (``jax.default_device``, CPU-committed inputs) still gets the loop; only the
-    chosen branch is compiled. ``STAGE_LAYOUT`` overrides the choice.
+    - "barrier": an optimization barrier after each stage but the last (and on ``y`` with
+      ``barrier_input``, for a ``y`` that may come straight from a pointwise update). XLA:GPU
+      keeps barriers; XLA:CPU removes them before fusing, and then recomputes every stage inside
+      the next one's stencils (about 3-5x slower).
+    - "conditional": each stage as ``lax.cond(p, stage, stage, y)``, both branches the same stage,
+      so the result does not depend on ``p``. XLA:CPU fuses nothing across a conditional: 1.25-1.6x
+      the throughput of the loop on a 2-core CPU (benchmarks/README.md); on an H100 4-6% slower
+      than barriers.
+    - "loop": ``looped(y)``, the stages in a ``lax.fori_loop``.
+
+    Chosen by ``lax.platform_dependent`` when the program is lowered ("conditional" on a CPU,
+    "barrier" elsewhere), so a CPU computation on a GPU machine still gets the CPU layout; only
+    the chosen branch is compiled. ``STAGE_LAYOUT`` overrides the choice.
     """
-    if STAGE_LAYOUT == "loop":
-        return looped(*operands)
-    if STAGE_LAYOUT == "written":
-        return written(*operands)
-    return lax.platform_dependent(*operands, cpu=looped, default=written)
+
+    def barriers(y):
+        if barrier_input:
+            y = lax.optimization_barrier(y)
+        for i, stage in enumerate(stages):
+            y = stage(y)
+            if i < len(stages) - 1:
+                y = lax.optimization_barrier(y)
+        return y
+
+    def conditionals(y):
+        # Both branches are the stage, so any predicate will do, as long as it is traced (XLA folds
+        # a conditional on a constant, and then fuses across it) and not batched (under vmap a
+        # batched predicate turns the conditional into a select of both branches, each computed):
+        # a constant behind an optimization barrier, which XLA:CPU does not fold.
+        pred = lax.optimization_barrier(jnp.asarray(False))
+        for stage in stages:
+            y = lax.cond(pred, stage, stage, y)
+        return y
+
+    layouts = {"loop": looped, "barrier": barriers, "conditional": conditionals}
+    if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(y)):
+        # run op by op (not under jit): nothing is fused, and a conditional would be compiled per call
+        return functools.reduce(lambda y, stage: stage(y), stages, y)
+    if STAGE_LAYOUT != "platform":
+        return layouts[STAGE_LAYOUT](y)
+    return lax.platform_dependent(y, cpu=conditionals, default=barriers)
 
 
 class ForwardEuler(ShuOsher):
@@ -235,19 +261,12 @@ def rkl2(diffuse: Callable[[Any], Any], y, tau, stages: int):
         return y, prev, new, m0
 
     def looped(y):
-        return lax.fori_loop(2, s + 1, stage, start(y))[2]
+        return lax.fori_loop(2, s + 1, stage, start(y))
 
-    # On a GPU written out, as in ShuOsher.step (no copy of every field into a loop carry per
-    # stage), with a barrier on the input (it may come straight from a pointwise update of the
-    # reaction step) and before each stage, so that XLA does not recompute earlier work inside a
-    # stencil. Not timed on a GPU yet (the SSP-RK3 stages were).
-    def written(y):
-        carry = start(lax.optimization_barrier(y))
-        for jj in range(2, s + 1):
-            carry = stage(jj, lax.optimization_barrier(carry))
-        return carry[2]
-
-    return by_platform(looped, written, y)
+    # written out as in ShuOsher.step; with barriers, one on the input too (it may come straight
+    # from a pointwise update of the reaction step)
+    stages = [start] + [functools.partial(stage, jj) for jj in range(2, s + 1)]
+    return run_stages(stages, looped, y, barrier_input=True)[2]
 
 
 class StrangRKL2:
