@@ -79,9 +79,9 @@ class ShuOsher:
 
         # Written out, the stages' results go straight to the next stage, never through a loop
         # carry (the loop copied every field once per stage: a quarter of the step's time on an
-        # H200), and the last stage, which reads the step's input only at its own cell, can write
-        # over it: 1.2-1.5x the loop's throughput on an H200 and an H100, 1.25-1.6x on a 2-core CPU
-        # (benchmarks/README.md).
+        # H200; with barriers there the last stage, which reads the step's input only at its own
+        # cell, writes over it): 1.15-1.6x the loop's throughput on an H200 and an H100, 1.06-1.6x
+        # on a 2-core CPU (benchmarks/README.md).
         stages = [functools.partial(stage, a[i], c[i]) for i in range(len(self.a))]
         return run_stages(stages, looped, y)
 
@@ -99,11 +99,11 @@ def run_stages(stages: Sequence[Callable], looped: Callable, y, barrier_input: b
     - "barrier": an optimization barrier after each stage but the last (and on ``y`` with
       ``barrier_input``, for a ``y`` that may come straight from a pointwise update). XLA:GPU
       keeps barriers; XLA:CPU removes them before fusing, and then recomputes every stage inside
-      the next one's stencils (about 3-5x slower).
+      the next one's stencils (2.6-5x slower).
     - "conditional": each stage as ``lax.cond(p, stage, stage, y)``, both branches the same stage,
-      so the result does not depend on ``p``. XLA:CPU fuses nothing across a conditional: 1.25-1.6x
-      the throughput of the loop on a 2-core CPU (benchmarks/README.md); on an H100 4-6% slower
-      than barriers.
+      so the result does not depend on ``p``. XLA:CPU fuses nothing across a conditional: 1.06-1.6x
+      the throughput of the loop on a 2-core CPU (1.27x at 256^2 float64, 1.6x for strang_rkl2;
+      benchmarks/README.md); on an H100 4-6% slower than barriers.
     - "loop": ``looped(y)``, the stages in a ``lax.fori_loop``.
 
     Chosen by ``lax.platform_dependent`` when the program is lowered ("conditional" on a CPU,
@@ -132,7 +132,9 @@ def run_stages(stages: Sequence[Callable], looped: Callable, y, barrier_input: b
 
     layouts = {"loop": looped, "barrier": barriers, "conditional": conditionals}
     if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(y)):
-        # run op by op (not under jit): nothing is fused, and a conditional would be compiled per call
+        # run op by op (not under jit): nothing is fused, and a conditional would be compiled per
+        # call. (Judged by the state alone: a concrete state closed over by a jitted function takes
+        # this path too and fuses its stages; the solver always passes the state as an argument.)
         return functools.reduce(lambda y, stage: stage(y), stages, y)
     if STAGE_LAYOUT != "platform":
         return layouts[STAGE_LAYOUT](y)
