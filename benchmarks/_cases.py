@@ -767,6 +767,19 @@ def _hlo_scopes(hlo_text: str) -> dict[str, list[str]]:
     return {name: sorted(found | per_computation.get(calls.get(name, ""), set())) for name, found in own.items()}
 
 
+def _control_flow(hlo_text: str) -> set[str]:
+    """Compiled instructions (dots as underscores) that run other computations: loops, conditionals,
+    calls. Their thunks' time is that of the kernels inside them."""
+    import re
+
+    names = set()
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?\s(?:while|conditional|call)\(", line)
+        if m:
+            names.add(_kernel_key(m.group(1)))
+    return names
+
+
 def trace(st: Settings) -> list[dict]:
     """A jax.profiler trace of the largest 3D float32 forward case: time per compiled kernel.
 
@@ -800,12 +813,13 @@ def trace(st: Settings) -> list[dict]:
         return [_skipped("trace", shape, precision, "the profiler wrote no perfetto trace")]
     events = _trace_events(new[0])
     scopes = _hlo_scopes(hlo)
+    control = _control_flow(hlo)
     kernels: dict[str, list[float]] = {}
     device = [e for e in events if e.get("ph") == "X" and ("GPU" in e["process"] or "gpu" in e["process"])]
     pool = device if device else [e for e in events if e.get("ph") == "X"]
     for e in pool:
         key = _kernel_key(e["name"])
-        if device or (key in scopes and not key.startswith(("while", "conditional", "call"))):
+        if device or (key in scopes and key not in control):
             kernels.setdefault(e["name"], []).append(float(e.get("dur", 0.0)) * 1e-6)
     steps = calls * n_steps
     total = sum(sum(v) for v in kernels.values())

@@ -67,6 +67,10 @@ def test_trace_case_times_the_kernels_of_a_step(tmp_path):
     assert all(k["ms_per_step"] >= 0 and k["calls_per_step"] > 0 for k in kernels)
     # loop bodies are not kernels: counting them would count their kernels twice
     assert not any(k["kernel"].startswith("while") for k in kernels)
+    hlo = next((tmp_path / "trace").glob("advance_32cubed_float32.hlo.txt")).read_text()
+    control = _cases._control_flow(hlo)
+    assert any(name.startswith("cond") for name in control)  # the CPU's stages run as conditionals
+    assert not any(_cases._kernel_key(k["kernel"]) in control for k in kernels)
     scoped = {s for k in kernels for s in k["scopes"]}
     assert {"diffusion_tnf", "chemotaxis", "reactions"} <= scoped, scoped
     assert list((tmp_path / "trace").glob("advance_32cubed_float32.hlo.txt"))
