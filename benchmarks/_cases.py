@@ -189,13 +189,17 @@ def layout(st: Settings) -> list[dict]:
     _, gdt = _scalars(gp)
     n_steps = 8
     names = steppers.LAYOUTS
-    chosen = "barrier" if gpu else "conditional"
+    chosen = steppers.PLATFORM_LAYOUTS["default" if gpu else "cpu"]
     out = []
     saved = steppers.STAGE_LAYOUT
     try:
+
+        def forward_program(solver):
+            return solver.advance.lower(*args).compile()
+
         plans = [
-            ("ssp_rk3 forward", pb, lambda solver: solver.advance.lower(*args).compile(), args, "ssp_rk3", 0),
-            ("strang_rkl2 forward", pb, lambda solver: solver.advance.lower(*args).compile(), args, "strang_rkl2", 4),
+            ("ssp_rk3 forward", pb, forward_program, args, "ssp_rk3", 0),
+            ("strang_rkl2 forward", pb, forward_program, args, "strang_rkl2", 4),
         ]
 
         def grad_program(solver):

@@ -91,6 +91,8 @@ class ShuOsher:
 #: "conditional" everywhere (the tests and the benchmarks' layout case compare them on one machine).
 STAGE_LAYOUT = "platform"
 LAYOUTS = ("loop", "barrier", "conditional")
+#: The layout "platform" picks: on a CPU, and on every other platform.
+PLATFORM_LAYOUTS = {"cpu": "conditional", "default": "barrier"}
 
 
 def run_stages(stages: Sequence[Callable], looped: Callable, y, barrier_input: bool = False):
@@ -138,7 +140,7 @@ def run_stages(stages: Sequence[Callable], looped: Callable, y, barrier_input: b
         return functools.reduce(lambda y, stage: stage(y), stages, y)
     if STAGE_LAYOUT != "platform":
         return layouts[STAGE_LAYOUT](y)
-    return lax.platform_dependent(y, cpu=conditionals, default=barriers)
+    return lax.platform_dependent(y, **{platform: layouts[name] for platform, name in PLATFORM_LAYOUTS.items()})
 
 
 class ForwardEuler(ShuOsher):
