@@ -1,7 +1,7 @@
 """``python -m benchmarks [--quick] [--only CASES] [--out DIR]``: run the suite, write JSON, Markdown and PNGs.
 
 Cases (``--only`` takes a comma-separated list): forward, ensemble, long, gradient, compile,
-profile, trace, layout, roofline, numba, pypde; ``smallest`` runs only the smallest forward case (a smoke test).
+profile, trace, layout, adjoint, roofline, numba, pypde; ``smallest`` runs only the smallest forward case (a smoke test).
 References (numba, pypde) are skipped with a note when their packages are not installed.
 """
 
@@ -13,7 +13,20 @@ import sys
 import time
 from pathlib import Path
 
-ORDER = ("roofline", "forward", "numba", "pypde", "profile", "trace", "layout", "ensemble", "gradient", "compile", "long")
+ORDER = (
+    "roofline",
+    "forward",
+    "numba",
+    "pypde",
+    "profile",
+    "trace",
+    "layout",
+    "ensemble",
+    "gradient",
+    "adjoint",
+    "compile",
+    "long",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": _cases.profile,
         "trace": _cases.trace,
         "layout": _cases.layout,
+        "adjoint": _cases.adjoint,
         "ensemble": _cases.ensemble,
         "gradient": _cases.gradient,
         "compile": _cases.knee3d_compile,

@@ -217,15 +217,7 @@ def layout(st: Settings) -> list[dict]:
                 t = now()
                 compiled[name] = build(Solver(problem.options, stepper, n_steps, stages))
                 compile_s[name] = now() - t
-            times = {name: [] for name in names}
-            for name in names:
-                jax.block_until_ready(compiled[name](*call_args))
-            for _ in range(st.repeats):
-                for name in names:
-                    t = now()
-                    jax.block_until_ready(compiled[name](*call_args))
-                    times[name].append(now() - t)
-            medians = {name: statistics.median(times[name]) for name in names}
+            medians = _alternating_medians(compiled, call_args, st.repeats)
             rec = {
                 "case": "layout",
                 "what": what,
@@ -242,6 +234,88 @@ def layout(st: Settings) -> list[dict]:
             out.append(rec)
     finally:
         steppers.STAGE_LAYOUT = saved
+    return out
+
+
+def _alternating_medians(compiled: dict, args: tuple, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each compiled program, the timed calls alternating between them
+    (after one untimed call each), so that a busy machine slows them alike."""
+    for fn in compiled.values():
+        jax.block_until_ready(fn(*args))
+    times = {name: [] for name in compiled}
+    for _ in range(repeats):
+        for name, fn in compiled.items():
+            t = now()
+            jax.block_until_ready(fn(*args))
+            times[name].append(now() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+# ----------------------------------------------------------------------------- adjoint
+
+
+def adjoint(st: Settings) -> list[dict]:
+    """Reverse mode through the right-hand side: JAX's own against the hand-written stencil adjoints
+    (``solver._model.rhs_with_adjoint``), side by side on this device.
+
+    value+grad over all parameters through ``Solver.trajectory`` (4 frames x 8 steps) of ssp_rk3 and
+    strang_rkl2, and the forward pass for the ratio; each program compiled apart and the timed calls
+    alternating. The two gradients are compared (largest difference relative to each leaf's largest
+    magnitude).
+    """
+    import solver._model as model
+
+    gpu = on_gpu()
+    n = 2048 if gpu else (64 if st.quick else 128)
+    precisions = ("float32", "float64") if gpu else ("float64",)
+    modes = ("autodiff", "adjoint")
+    out = []
+    saved = model.GRADIENT
+    try:
+        for precision in precisions:
+            pb = box_problem((n, n), DTYPES[precision])
+            _, dt = _scalars(pb)
+            for stepper, stages in (("ssp_rk3", 0), ("strang_rkl2", 4)):
+                compiled, compile_s, grads = {}, {}, {}
+                for mode in ("forward",) + modes:
+                    model.GRADIENT = "autodiff" if mode == "forward" else mode
+                    solver = Solver(pb.options, stepper, 8, stages)  # traced anew: the mode is read then
+
+                    def loss(p, solver=solver, pb=pb, dt=dt):
+                        final, frames = solver.trajectory(pb.state, p, pb.domain, dt, 4)
+                        return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
+
+                    t = now()
+                    compiled[mode] = jax.jit(loss if mode == "forward" else jax.value_and_grad(loss)).lower(pb.params).compile()
+                    compile_s[mode] = now() - t
+                    if mode != "forward":
+                        grads[mode] = compiled[mode](pb.params)[1]
+                medians = _alternating_medians(compiled, (pb.params,), st.repeats)
+                diff = max(
+                    float(jnp.max(jnp.abs(a - b))) / (float(jnp.max(jnp.abs(b))) or 1.0)
+                    for a, b in zip(jax.tree.leaves(grads["adjoint"]), jax.tree.leaves(grads["autodiff"]))
+                )
+                rec = {
+                    "case": "adjoint",
+                    "stepper": stepper,
+                    "grid": f"{n}^2",
+                    "precision": precision,
+                    "steps": 32,
+                    "forward_s": medians["forward"],
+                    "grad_s": {m: medians[m] for m in modes},
+                    "grad_over_forward": {m: medians[m] / medians["forward"] for m in modes},
+                    "speedup": medians["autodiff"] / medians["adjoint"],
+                    "compile_s": compile_s,
+                    "max_rel_grad_diff": diff,
+                }
+                st.log(
+                    f"adjoint {stepper} {n}^2 {precision}: grad/forward autodiff "
+                    f"{rec['grad_over_forward']['autodiff']:.2f}, adjoint {rec['grad_over_forward']['adjoint']:.2f} "
+                    f"({rec['speedup']:.2f}x), gradients differ by {diff:.1e}"
+                )
+                out.append(rec)
+    finally:
+        model.GRADIENT = saved
     return out
 
 

@@ -279,6 +279,40 @@ def markdown(result: dict) -> str:
         header += [f"compile s ({' / '.join(names)})", "chosen here"]
         lines += [_table(header, rows), ""]
 
+    adj = [r for r in recs if r.get("case") == "adjoint"]
+    if adj:
+        lines += [
+            "## Reverse mode through the right-hand side: JAX's against the hand-written adjoint"
+            " (value+grad, all parameters, 4 frames x 8 steps, alternating calls)",
+            "",
+        ]
+        rows = [
+            [
+                r["stepper"],
+                r["grid"],
+                r["precision"],
+                f"{r['forward_s'] * 1e3:.3g}",
+                f"{r['grad_s']['autodiff'] * 1e3:.3g} ({r['grad_over_forward']['autodiff']:.2f}x)",
+                f"{r['grad_s']['adjoint'] * 1e3:.3g} ({r['grad_over_forward']['adjoint']:.2f}x)",
+                f"{r['speedup']:.2f}x",
+                f"{r['compile_s']['autodiff']:.2f} / {r['compile_s']['adjoint']:.2f}",
+                f"{r['max_rel_grad_diff']:.1e}",
+            ]
+            for r in adj
+        ]
+        header = [
+            "stepper",
+            "grid",
+            "precision",
+            "forward ms",
+            "autodiff ms (grad/forward)",
+            "adjoint ms (grad/forward)",
+            "speed-up",
+            "compile s (autodiff / adjoint)",
+            "gradient difference",
+        ]
+        lines += [_table(header, rows), ""]
+
     ens = [r for r in recs if r.get("case") == "ensemble"]
     if ens:
         lines += ["## Ensemble (jax.vmap over parameter sets and states)", ""]

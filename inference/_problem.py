@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fields import TISSUE_NAMES
-from solver import DIFFUSIVITIES, PARAMETERS, Config, Params, build_scenario, choose_substeps, get_solver
+from solver import DIFFUSIVITIES, PARAMETERS, Config, Params, autodiff_rhs, build_scenario, choose_substeps, get_solver
 from solver._simulate import super_step_stages
 from solver._steppers import get_stepper
 
@@ -399,7 +399,8 @@ def gauss_newton(problem: Problem, theta: np.ndarray) -> dict[str, np.ndarray]:
         return jnp.concatenate([problem.whiten(problem.predict_params(params), data, sigma), problem.prior_residuals(th)])
 
     jacobian = problem.compiled("jacobian", lambda: jax.jit(jax.jacfwd(r_of_z)))
-    jac = np.asarray(jacobian(jnp.asarray(np.log(theta), dtype), problem.data, problem.sigma), float)
+    with autodiff_rhs():  # forward mode: traced with JAX's derivatives of the right-hand side
+        jac = np.asarray(jacobian(jnp.asarray(np.log(theta), dtype), problem.data, problem.sigma), float)
     fisher = jac.T @ jac
     evals, evecs = np.linalg.eigh(fisher)
     top = max(float(evals[-1]), 1e-300)

@@ -6,6 +6,7 @@ from ._config import load_config as load_config
 from ._model import SUMMARY_UNITS as SUMMARY_UNITS
 from ._model import Domain as Domain
 from ._model import ModelOptions as ModelOptions
+from ._model import autodiff_rhs as autodiff_rhs
 from ._model import make_domain as make_domain
 from ._model import rhs as rhs
 from ._operators import WallCondition as WallCondition

@@ -16,7 +16,9 @@ in synovial fluid, synovium and capsule; C in cartilage. r_syn and dose act in t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -30,11 +32,13 @@ from ._operators import (
     WallCondition,
     advection,
     diffusion,
+    diffusion_vjp,
     face_diffusivities,
     gradient_on_faces,
     lower,
     pad_faces,
     upper,
+    upwind_chemotaxis_vjp,
 )
 from ._params import Params
 
@@ -184,6 +188,52 @@ def diffusion_rhs(state: State, coeffs: Coefficients, options: ModelOptions) -> 
     )
 
 
+def sensing(T, params: Params):
+    """Receptor-saturated sensing f(T) = T / (K_chi + T) that leukocytes climb."""
+    return T / (params.chemotaxis_half_saturation + T)
+
+
+def reactions(state: State, t, params: Params, domain: Domain, options: ModelOptions, losses: bool = True) -> State:
+    """The pointwise terms of :func:`rhs`: everything but diffusion and chemotaxis.
+
+    Each cell's value depends on that cell alone, so reverse mode through this part is
+    elementwise (:func:`rhs_adjoint` differentiates it with ``jax.vjp``).
+    """
+    p = params
+    T, I, L, C, A = state
+    with jax.named_scope("reactions"):
+        leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + p.il1_amplification_of_tnf * I / (p.il1_half_saturation_amplification + I))
+        damaged = p.tnf_from_damaged_matrix * (1.0 - C) * domain.cartilage
+        injury = p.injury_rate * injury_profile(p, t) * domain.injury
+        binding = p.drug_tnf_binding * A * T if options.drug else 0.0
+        drive = T + p.il1_weight_recruitment * I
+        recruitment = p.recruitment_rate * domain.synovium * drive / (p.recruitment_half_saturation + drive)
+        capacity = 1.0 - L / p.leukocyte_capacity
+        inhibition = 1.0 + (T + I) / p.repair_inhibition_half_saturation
+        dT = injury + leuk_tnf + damaged
+        dI = p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T)
+        dL = recruitment * capacity
+        repair = p.cartilage_repair * (1.0 - C) / inhibition
+        if losses:
+            dT = dT - p.decay_tnf * T - binding
+            dI = dI - p.decay_il1 * I
+            dL = dL - p.leukocyte_death * L
+            repair = repair - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C
+        dC = domain.cartilage * repair
+        if options.drug:
+            dA = dose_rate(p, t) * domain.synovium
+            if losses:
+                dA = dA - p.drug_clearance * A - p.drug_per_tnf_bound * binding
+        else:
+            dA = None if A is None else jnp.zeros_like(A)
+    return State(dT, dI, dL, dC, dA)
+
+
+def chemotaxis_velocities(T, params: Params, options: ModelOptions) -> tuple[jax.Array, ...]:
+    """Chemotactic face velocities chi grad f(T) (mm/h, all faces, zero on the walls)."""
+    return tuple(params.chemotaxis * g for g in gradient_on_faces(sensing(T, params), options.grid.spacing))
+
+
 def rhs(
     state: State,
     t,
@@ -200,47 +250,161 @@ def rhs(
     ``losses=False`` leaves out the loss terms of :func:`loss_rates` and ``diffusion=False`` the
     terms of :func:`diffusion_rhs` (for a split stepper).
     """
-    p = params
     h = options.grid.spacing
     T, I, L, C, A = state
+    react = reactions(state, t, params, domain, options, losses)
 
-    def transport(name, u):
-        return _transport(name, u, coeffs, options) if diffusion else 0.0
+    def transport(name, u, term):
+        return _transport(name, u, coeffs, options) + term if diffusion else term
 
-    with jax.named_scope("reactions"):
-        sensing = T / (p.chemotaxis_half_saturation + T)
-        leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + p.il1_amplification_of_tnf * I / (p.il1_half_saturation_amplification + I))
-        damaged = p.tnf_from_damaged_matrix * (1.0 - C) * domain.cartilage
-        injury = p.injury_rate * injury_profile(p, t) * domain.injury
-        binding = p.drug_tnf_binding * A * T if options.drug else 0.0
-        drive = T + p.il1_weight_recruitment * I
-        recruitment = p.recruitment_rate * domain.synovium * drive / (p.recruitment_half_saturation + drive)
-        capacity = 1.0 - L / p.leukocyte_capacity
-        inhibition = 1.0 + (T + I) / p.repair_inhibition_half_saturation
-
-    dT = transport("tnf", T) + injury + leuk_tnf + damaged
-    dI = transport("il1", I) + p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T)
     with jax.named_scope("chemotaxis"):
-        velocities = tuple(p.chemotaxis * g for g in gradient_on_faces(sensing, h))
+        velocities = chemotaxis_velocities(T, params, options)
         chemotaxis = advection(L, velocities, h, coeffs.leukocyte_faces, options.chemotaxis_scheme)
-    dL = transport("leukocytes", L) + chemotaxis + recruitment * capacity
-    repair = p.cartilage_repair * (1.0 - C) / inhibition
-    if losses:
-        dT = dT - p.decay_tnf * T - binding
-        dI = dI - p.decay_il1 * I
-        dL = dL - p.leukocyte_death * L
-        repair = repair - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C
-    dC = domain.cartilage * repair
-    if options.drug:
-        dose = dose_rate(p, t) * domain.synovium
-        dA = transport("drug", A) + dose
-        if losses:
-            dA = dA - p.drug_clearance * A - p.drug_per_tnf_bound * binding
-    else:
-        dA = None if A is None else jnp.zeros_like(A)
+    dT = transport("tnf", T, react.tnf)
+    dI = transport("il1", I, react.il1)
+    dL = transport("leukocytes", L, chemotaxis + react.leukocytes)
+    dA = transport("drug", A, react.drug) if options.drug else react.drug
     # Outside its region a species has zero diffusivity, zero open faces and no source, so its
     # derivative there is zero as long as the field is (build_scenario zeroes it): no mask needed.
-    return State(dT, dI, dL, dC, dA)
+    return State(dT, dI, dL, react.cartilage, dA)
+
+
+#: How reverse mode goes through :func:`rhs` in the solver: "adjoint" (:func:`rhs_with_adjoint`'s
+#: hand-written stencil adjoints, where the options allow) or "autodiff" (JAX differentiates
+#: :func:`rhs`). The tests and the benchmarks' gradient case compare the two.
+GRADIENT = "adjoint"
+
+
+@contextlib.contextmanager
+def autodiff_rhs():
+    """Within this block, functions traced differentiate :func:`rhs` by JAX instead of its hand-written adjoint.
+
+    Forward mode (``jax.jvp``, ``jax.jacfwd``) needs this: JAX cannot push tangents through a
+    ``custom_vjp`` and says so ("can't apply forward-mode autodiff (jvp) to a custom_vjp
+    function"). The choice is made when a function is traced, so trace it (call it the first
+    time, or jit it) inside the block. Reverse mode works either way.
+    """
+    global GRADIENT
+    saved, GRADIENT = GRADIENT, "autodiff"
+    try:
+        yield
+    finally:
+        GRADIENT = saved
+
+
+def has_adjoint(options: ModelOptions) -> bool:
+    """Whether :func:`rhs_with_adjoint` has a hand-written adjoint for these options.
+
+    It has for upwind chemotaxis and no-flux walls; the limited scheme and Dirichlet or Robin
+    walls are differentiated by JAX.
+    """
+    no_flux = all(w.kind == "no_flux" for _, walls in options.walls for pair in walls for w in pair)
+    return options.chemotaxis_scheme == "upwind" and no_flux
+
+
+def rhs_with_adjoint(
+    state: State,
+    t,
+    params: Params,
+    coeffs: Coefficients,
+    domain: Domain,
+    options: ModelOptions,
+    losses: bool = True,
+    diffusion: bool = True,
+) -> State:
+    """:func:`rhs`, with a hand-written reverse mode where :func:`has_adjoint` (and ``GRADIENT``) allow.
+
+    The same values. ``coeffs`` must be ``coefficients(params, domain)``: the adjoint passes the
+    diffusivities' cotangents to the cell diffusivities ``coeffs.d_cell`` (one cell array per
+    species, not one face array per species and axis), and from there JAX takes them on to the
+    per-tissue tables. Domain masks and leukocyte faces are taken as constants. Forward mode
+    (``jax.jvp``, ``jax.jacfwd``) cannot go through it: trace such functions inside :func:`autodiff_rhs`.
+    """
+    if GRADIENT != "adjoint" or not has_adjoint(options):
+        return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
+    d_cell = {s: coeffs.d_cell[s] for s in TRANSPORTED if diffusion and (s != "drug" or options.drug)}
+    constants = jax.lax.stop_gradient((coeffs, domain))
+    return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, *constants)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _rhs_custom(options, losses, diffusion, state, t, params, d_cell, coeffs, domain):
+    return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
+
+
+def _rhs_custom_fwd(options, losses, diffusion, state, t, params, d_cell, coeffs, domain):
+    # nothing but the inputs is kept: the adjoint recomputes what it needs, inside its own stencils
+    out = rhs(state, t, params, coeffs, domain, options, losses, diffusion)
+    return out, (state, t, params, d_cell, coeffs, domain)
+
+
+def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
+    state, t, params, d_cell, coeffs, domain = residuals
+    h = options.grid.spacing
+    T, L = state.tnf, state.leukocytes
+    # the pointwise terms by JAX (elementwise, cell by cell)
+    _, pointwise = jax.vjp(lambda y, t, p: reactions(y, t, p, domain, options, losses), state, t, params)
+    state_bar, t_bar, params_bar = pointwise(g)
+    # chemotaxis: the stencil adjoint, then the sensing f(T) by JAX
+    with jax.named_scope("chemotaxis_adjoint"):
+        s, sensing_vjp = jax.vjp(sensing, T, params)
+        l_bar, s_bar, chi_bar = upwind_chemotaxis_vjp(L, s, g.leukocytes, params.chemotaxis, coeffs.leukocyte_faces, h)
+        t_from_s, p_from_s = sensing_vjp(s_bar)
+    params_bar = jax.tree.map(jnp.add, params_bar, p_from_s)
+    params_bar = params_bar._replace(chemotaxis=params_bar.chemotaxis + chi_bar)
+    state_bar = state_bar._replace(tnf=state_bar.tnf + t_from_s, leukocytes=state_bar.leukocytes + l_bar)
+    u_bar, d_bar = _diffusion_adjoint(state, g, d_cell, coeffs, h)
+    state_bar = state_bar._replace(**{name: getattr(state_bar, name) + u for name, u in u_bar.items()})
+    return (state_bar, t_bar, params_bar, d_bar, *jax.tree.map(_zero_cotangent, (coeffs, domain)))
+
+
+def _diffusion_adjoint(state, g, d_cell, coeffs, h):
+    """Cotangents of the diffusion terms of the species in ``d_cell``: of their fields and cell diffusivities."""
+    u_bar, d_bar = {}, {}
+    for name in d_cell:
+        with jax.named_scope(f"diffusion_{name}_adjoint"):
+            u_bar[name], d_bar[name] = diffusion_vjp(
+                getattr(state, name), getattr(g, name), coeffs.d_faces[name], d_cell[name], h
+            )
+    return u_bar, d_bar
+
+
+def diffusion_rhs_with_adjoint(state: State, coeffs: Coefficients, options: ModelOptions) -> State:
+    """:func:`diffusion_rhs`, with the hand-written reverse mode of :func:`rhs_with_adjoint` where it applies."""
+    if GRADIENT != "adjoint" or not has_adjoint(options):
+        return diffusion_rhs(state, coeffs, options)
+    diffused = [s for s in TRANSPORTED if getattr(state, s) is not None and (s != "drug" or options.drug)]
+    return _diffusion_custom(options, state, {s: coeffs.d_cell[s] for s in diffused}, jax.lax.stop_gradient(coeffs))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _diffusion_custom(options, state, d_cell, coeffs):
+    return diffusion_rhs(state, coeffs, options)
+
+
+def _diffusion_custom_fwd(options, state, d_cell, coeffs):
+    return diffusion_rhs(state, coeffs, options), (state, d_cell, coeffs)
+
+
+def _diffusion_custom_bwd(options, residuals, g):
+    state, d_cell, coeffs = residuals
+    u_bar, d_bar = _diffusion_adjoint(state, g, d_cell, coeffs, options.grid.spacing)
+    # the fields that do not diffuse (cartilage; the drug when it is off) have zero derivatives
+    state_bar = jax.tree.map(jnp.zeros_like, state)._replace(**u_bar)
+    return state_bar, d_bar, jax.tree.map(_zero_cotangent, coeffs)
+
+
+_diffusion_custom.defvjp(_diffusion_custom_fwd, _diffusion_custom_bwd)
+
+
+def _zero_cotangent(x):
+    # taken as constants (behind stop_gradient), so JAX drops these; integer labels take float0
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return np.zeros(x.shape, jax.dtypes.float0)
+    return jnp.zeros_like(x)
+
+
+_rhs_custom.defvjp(_rhs_custom_fwd, _rhs_custom_bwd)
 
 
 #: Empirical accuracy cap of a diffusion-splitting step: dt * (fastest constant loss rate) <= this.

@@ -15,7 +15,17 @@ from jax import lax
 
 from fields import State
 
-from ._model import Domain, ModelOptions, coefficients, diffusion_rhs, health, loss_rates, rhs, stable_dt, summaries
+from ._model import (
+    Domain,
+    ModelOptions,
+    coefficients,
+    diffusion_rhs_with_adjoint,
+    health,
+    loss_rates,
+    rhs_with_adjoint,
+    stable_dt,
+    summaries,
+)
 from ._params import Params
 from ._steppers import Stepper, get_stepper, rkl2_stages
 
@@ -93,14 +103,14 @@ class Solver:
         split_diffusion = self.stepper.splits_diffusion
 
         def f(y, t):
-            return rhs(y, t, params, coeffs, domain, self.options, losses=not split, diffusion=not split_diffusion)
+            return rhs_with_adjoint(y, t, params, coeffs, domain, self.options, losses=not split, diffusion=not split_diffusion)
 
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
         def steps(y):
             rates = functools.partial(loss_rates, params=params, options=self.options)
             if split_diffusion:
-                diffuse = functools.partial(diffusion_rhs, coeffs=coeffs, options=self.options)
+                diffuse = functools.partial(diffusion_rhs_with_adjoint, coeffs=coeffs, options=self.options)
                 return self.stepper.steps(f, rates, diffuse, y, t0, dt, self.n_sub, self.stages, checkpoint=jax.checkpoint)
             if split:
                 return self.stepper.steps(f, rates, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)

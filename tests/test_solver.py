@@ -296,3 +296,137 @@ def test_split_steppers_step_past_the_drug_binding_limit(stepper, binding):
     assert error(coarse, reference) < 3e-2
     assert error(fine, reference) < 3e-3
     assert error(coarse, reference) > 8 * error(fine, reference)
+
+
+def _problem_3d(**overrides):
+    grid = Grid((6, 7, 8), (0.3, 0.25, 0.2))
+    rng = np.random.default_rng(5)
+    init = {
+        "tnf": 20 * rng.uniform(size=grid.shape),
+        "il1": 5 * rng.uniform(size=grid.shape),
+        "leukocytes": 300 * rng.uniform(size=grid.shape),
+        "cartilage": rng.uniform(0.5, 1.0, size=grid.shape),
+    }
+    mask = np.zeros(grid.shape, bool)
+    mask[1:4, 2:5, 2:5] = True
+    return setup(grid, layered_labels(grid.shape), init, injury_mask=mask, **overrides)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("drug", [False, True])
+def test_the_hand_written_rhs_adjoint_matches_jax_reverse_mode(ndim, drug, monkeypatch):
+    """rhs_with_adjoint's reverse mode against JAX's through rhs: cotangents of the state, the time
+    and every parameter (the diffusivity tables through the cell diffusivities), with and without
+    the losses and the diffusion terms (the split steppers' right-hand sides), and of diffusion_rhs."""
+    import solver._model as model
+
+    options, params, domain, state = (_problem if ndim == 2 else _problem_3d)(drug=drug)
+    state = state._replace(drug=0.5 * domain.cytokine, cartilage=state.cartilage * 0.8)
+    t = jnp.asarray(0.3)  # inside the injury window, so its time profile's parameters count
+    g = jax.tree.map(lambda u: jnp.sin(3.0 * u) + 0.5, state)
+    assert model.has_adjoint(options)
+
+    def pullback(make, g=g):
+        out = {}
+        for mode in ("autodiff", "adjoint"):
+            monkeypatch.setattr(model, "GRADIENT", mode)
+            fn = make()  # a new function per mode: JAX caches traces by function
+            assert ("custom_vjp_call" in str(jax.make_jaxpr(fn)(state, t, params))) == (mode == "adjoint"), mode
+            out[mode] = jax.vjp(fn, state, t, params)[1](g)
+        return out
+
+    def compare(out, what):
+        flat_auto = jax.tree.flatten_with_path(out["autodiff"])[0]
+        flat_adj = jax.tree.leaves(out["adjoint"])
+        assert len(flat_adj) == len(flat_auto)
+        for (path, theirs), ours in zip(flat_auto, flat_adj):
+            scale = float(jnp.max(jnp.abs(theirs))) + 1e-300
+            assert_close(ours / scale, theirs / scale, rtol=0, atol=1e-12, what=f"{what} {jax.tree_util.keystr(path)}")
+
+    for losses in (True, False):
+        for diffusion in (True, False):
+
+            def make(losses=losses, diffusion=diffusion):
+                def fn(y, t, p):
+                    coeffs = model.coefficients(p, domain)
+                    return model.rhs_with_adjoint(y, t, p, coeffs, domain, options, losses, diffusion)
+
+                return fn
+
+            out = pullback(make)
+            compare(out, f"{losses=} {diffusion=}")
+            # what the options switch on is differentiated
+            assert (float(jnp.max(jnp.abs(out["adjoint"][2].diffusivity_tnf))) > 0) == diffusion
+            assert float(jnp.abs(out["adjoint"][2].decay_tnf)) > 0 if losses else True
+            assert float(jnp.abs(out["adjoint"][2].chemotaxis)) > 0 and float(jnp.abs(out["adjoint"][1])) > 0
+
+    def make_diffuse():
+        def diffuse(y, t, p):
+            return model.diffusion_rhs_with_adjoint(y._replace(cartilage=None), model.coefficients(p, domain), options)
+
+        return diffuse
+
+    compare(pullback(make_diffuse, g._replace(cartilage=None)), "diffusion_rhs")
+
+
+@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_rkl2"])
+def test_the_solver_gradient_is_the_same_with_the_hand_written_adjoint(stepper, monkeypatch):
+    """Through the whole solver (frames, steps, stages, checkpoints): the same gradient with the
+    hand-written adjoint as with JAX's (strang_ssp_rk3 differs from ssp_rk3 only in the right-hand
+    side's losses, compared above); the limited scheme and drainage walls keep JAX's."""
+    import solver._model as model
+    from solver._operators import WallCondition
+    from solver._simulate import Solver
+
+    options, params, domain, state = _problem(drug=True)
+    state = state._replace(drug=0.5 * domain.cytokine)
+    stages = 3 if stepper == "strang_rkl2" else 0
+
+    import solver._steppers as steppers
+
+    monkeypatch.setattr(steppers, "STAGE_LAYOUT", "loop")  # compiles faster on a CPU; layouts are compared above
+
+    def grad(mode, lower_for=None):
+        monkeypatch.setattr(model, "GRADIENT", mode)
+        solver = Solver(options, stepper, 4, stages)
+
+        def loss(p):
+            final, frames = solver.trajectory(state, p, domain, 0.01, 2)
+            return jnp.sum(frames.tnf[-1] * domain.fluid) + 1e-2 * jnp.sum(final.leukocytes) + jnp.sum(final.cartilage)
+
+        if lower_for:
+            return jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=(lower_for,)).as_text()
+        return jax.jit(jax.grad(loss))(params)
+
+    auto, adjoint = grad("autodiff"), grad("adjoint")
+    if stepper == "ssp_rk3":
+        # the point of it, in the program lowered for a GPU (not compiled here): JAX transposes each
+        # shifted slice of a stencil into a zero-padded copy; the adjoint's stencils gather instead
+        pads = {}
+        for mode in ("autodiff", "adjoint"):
+            lowered = grad(mode, lower_for="cuda")
+            pads[mode] = lowered.count("stablehlo.pad")
+            assert "scatter" not in lowered and "gather" not in lowered
+        assert pads["adjoint"] < pads["autodiff"] / 2, pads
+    for name in params._fields:
+        theirs = getattr(auto, name)
+        assert_close(getattr(adjoint, name), theirs, rtol=1e-10, atol=1e-13 * (1 + float(jnp.max(jnp.abs(theirs)))), what=name)
+    assert float(jnp.abs(adjoint.chemotaxis)) > 0 and float(jnp.max(jnp.abs(adjoint.diffusivity_il1))) > 0
+
+    if stepper == "ssp_rk3":  # forward mode cannot go through the custom_vjp: traced inside autodiff_rhs it can
+        monkeypatch.setattr(model, "GRADIENT", "adjoint")
+        solver = Solver(options, stepper, 4, stages)
+
+        def final_tnf(chi):
+            return jnp.sum(solver.trajectory(state, params._replace(chemotaxis=chi), domain, 0.01, 2)[0].tnf)
+
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(final_tnf, (params.chemotaxis,), (1.0,))
+        with model.autodiff_rhs():
+            tangent = jax.jvp(final_tnf, (params.chemotaxis,), (jnp.ones_like(params.chemotaxis),))[1]
+        assert model.GRADIENT == "adjoint"
+        assert_close(tangent, jax.grad(final_tnf)(params.chemotaxis), rtol=1e-10, what="jvp = grad")
+
+    drained = ((WallCondition("robin", 0.0, 0.1), WallCondition()), (WallCondition(), WallCondition()))
+    assert not model.has_adjoint(options.__class__(grid=options.grid, chemotaxis_scheme="limited"))
+    assert not model.has_adjoint(options.__class__(grid=options.grid, walls=(("tnf", drained),)))
