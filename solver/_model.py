@@ -282,7 +282,9 @@ def autodiff_rhs():
     Forward mode (``jax.jvp``, ``jax.jacfwd``) needs this: JAX cannot push tangents through a
     ``custom_vjp`` and says so ("can't apply forward-mode autodiff (jvp) to a custom_vjp
     function"). The choice is made when a function is traced, so trace it (call it the first
-    time, or jit it) inside the block. Reverse mode works either way.
+    time, or jit it) inside the block: a jitted function of your own traced before keeps what it
+    was traced with. ``Solver.advance`` and ``Solver.trajectory`` follow the block.
+    Reverse mode, and forward mode over it (Hessian-vector products), work either way.
     """
     global GRADIENT
     saved, GRADIENT = GRADIENT, "autodiff"
@@ -322,20 +324,36 @@ def rhs_with_adjoint(
     """
     if GRADIENT != "adjoint" or not has_adjoint(options):
         return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
-    d_cell = {s: coeffs.d_cell[s] for s in TRANSPORTED if diffusion and (s != "drug" or options.drug)}
-    constants = jax.lax.stop_gradient((coeffs, domain))
-    return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, *constants)
+    diffused = [s for s in TRANSPORTED if diffusion and (s != "drug" or options.drug)]
+    d_cell, d_faces, constants = _split_coefficients(coeffs, diffused)
+    return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, constants, domain)
+
+
+def _split_coefficients(coeffs: Coefficients, diffused):
+    """(cell diffusivities, face diffusivities, the rest behind stop_gradient) of the ``diffused`` species.
+
+    The face diffusivities stay live inputs, though their first-order cotangents are passed to the
+    cell diffusivities: a gradient differentiated once more (a Hessian-vector product) then still
+    sees that the forward and backward passes depend on them.
+    """
+    d_cell = {s: coeffs.d_cell[s] for s in diffused}
+    d_faces = {s: coeffs.d_faces[s] for s in diffused}
+    return d_cell, d_faces, jax.lax.stop_gradient(coeffs)
+
+
+def _with_faces(coeffs: Coefficients, d_faces: dict) -> Coefficients:
+    return coeffs._replace(d_faces={**coeffs.d_faces, **d_faces})
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _rhs_custom(options, losses, diffusion, state, t, params, d_cell, coeffs, domain):
-    return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
+def _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, coeffs, domain):
+    return rhs(state, t, params, _with_faces(coeffs, d_faces), domain, options, losses, diffusion)
 
 
-def _rhs_custom_fwd(options, losses, diffusion, state, t, params, d_cell, coeffs, domain):
+def _rhs_custom_fwd(options, losses, diffusion, state, t, params, d_cell, d_faces, coeffs, domain):
     # nothing but the inputs is kept: the adjoint recomputes what it needs, inside its own stencils
-    out = rhs(state, t, params, coeffs, domain, options, losses, diffusion)
-    return out, (state, t, params, d_cell, coeffs, domain)
+    coeffs = _with_faces(coeffs, d_faces)
+    return rhs(state, t, params, coeffs, domain, options, losses, diffusion), (state, t, params, d_cell, coeffs, domain)
 
 
 def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
@@ -355,7 +373,8 @@ def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
     state_bar = state_bar._replace(tnf=state_bar.tnf + t_from_s, leukocytes=state_bar.leukocytes + l_bar)
     u_bar, d_bar = _diffusion_adjoint(state, g, d_cell, coeffs, h)
     state_bar = state_bar._replace(**{name: getattr(state_bar, name) + u for name, u in u_bar.items()})
-    return (state_bar, t_bar, params_bar, d_bar, *jax.tree.map(_zero_cotangent, (coeffs, domain)))
+    # None: no cotangent. The face diffusivities' part is in d_bar; masks and open faces are constants.
+    return state_bar, t_bar, params_bar, d_bar, None, None, None
 
 
 def _diffusion_adjoint(state, g, d_cell, coeffs, h):
@@ -374,15 +393,16 @@ def diffusion_rhs_with_adjoint(state: State, coeffs: Coefficients, options: Mode
     if GRADIENT != "adjoint" or not has_adjoint(options):
         return diffusion_rhs(state, coeffs, options)
     diffused = [s for s in TRANSPORTED if getattr(state, s) is not None and (s != "drug" or options.drug)]
-    return _diffusion_custom(options, state, {s: coeffs.d_cell[s] for s in diffused}, jax.lax.stop_gradient(coeffs))
+    return _diffusion_custom(options, state, *_split_coefficients(coeffs, diffused))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _diffusion_custom(options, state, d_cell, coeffs):
-    return diffusion_rhs(state, coeffs, options)
+def _diffusion_custom(options, state, d_cell, d_faces, coeffs):
+    return diffusion_rhs(state, _with_faces(coeffs, d_faces), options)
 
 
-def _diffusion_custom_fwd(options, state, d_cell, coeffs):
+def _diffusion_custom_fwd(options, state, d_cell, d_faces, coeffs):
+    coeffs = _with_faces(coeffs, d_faces)
     return diffusion_rhs(state, coeffs, options), (state, d_cell, coeffs)
 
 
@@ -391,17 +411,10 @@ def _diffusion_custom_bwd(options, residuals, g):
     u_bar, d_bar = _diffusion_adjoint(state, g, d_cell, coeffs, options.grid.spacing)
     # the fields that do not diffuse (cartilage; the drug when it is off) have zero derivatives
     state_bar = jax.tree.map(jnp.zeros_like, state)._replace(**u_bar)
-    return state_bar, d_bar, jax.tree.map(_zero_cotangent, coeffs)
+    return state_bar, d_bar, None, None
 
 
 _diffusion_custom.defvjp(_diffusion_custom_fwd, _diffusion_custom_bwd)
-
-
-def _zero_cotangent(x):
-    # taken as constants (behind stop_gradient), so JAX drops these; integer labels take float0
-    if jnp.issubdtype(x.dtype, jnp.integer):
-        return np.zeros(x.shape, jax.dtypes.float0)
-    return jnp.zeros_like(x)
 
 
 _rhs_custom.defvjp(_rhs_custom_fwd, _rhs_custom_bwd)

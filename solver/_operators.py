@@ -254,7 +254,9 @@ def upwind_chemotaxis_vjp(
     """Cotangents ``(u_bar, s_bar, chi_bar)`` of ``advection(u, v, open_faces, "upwind")`` with face
     velocities ``v = chi * gradient_on_faces(s)``, for output cotangent ``g``.
 
-    ``chi`` is a scalar; ``chi_bar`` is summed over the grid. Walls and closed faces carry no flux.
+    ``chi`` is a scalar; ``chi_bar`` is summed over the grid. ``open_faces`` must be zero on the
+    walls (as the model's leukocyte faces are): the adjoint relies on it where the forward
+    operator's wall velocities are zero anyway.
     """
     u_bar = s_bar = chi_cells = 0.0
     for axis, h in enumerate(spacing):

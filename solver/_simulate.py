@@ -15,6 +15,7 @@ from jax import lax
 
 from fields import State
 
+from . import _model
 from ._model import (
     Domain,
     ModelOptions,
@@ -93,8 +94,26 @@ class Solver:
         if self.stepper.splits_diffusion and stages < 2:
             raise ValueError(f"stepper {stepper!r} needs the RKL2 stage count (super_step_stages), got {stages}")
         self.stages = int(stages)
-        self.advance = jax.jit(self._advance)
-        self.advance_with_summary = jax.jit(self._advance_with_summary)
+        self._jitted = {}
+
+    def _jit(self, fn):
+        # one jitted function per reverse-mode choice (solver._model.GRADIENT, read when traced), so
+        # one traced under autodiff_rhs() is not the one traced before it, and the other way round
+        # (a function of its own per mode: JAX caches traces by the function, not the jit object)
+        key = (fn.__name__, _model.GRADIENT)
+        if key not in self._jitted:
+            self._jitted[key] = jax.jit(functools.wraps(fn)(lambda *args, **kwargs: fn(*args, **kwargs)))
+        return self._jitted[key]
+
+    @property
+    def advance(self):
+        """:meth:`_advance`, jitted."""
+        return self._jit(self._advance)
+
+    @property
+    def advance_with_summary(self):
+        """:meth:`_advance_with_summary` (the new state, its summaries and health), jitted."""
+        return self._jit(self._advance_with_summary)
 
     def _advance(self, state: State, t0, dt, params: Params, domain: Domain) -> State:
         """Advance ``state`` from ``t0`` by ``n_sub`` steps of ``dt`` (hours)."""

@@ -402,6 +402,7 @@ def test_the_solver_gradient_is_the_same_with_the_hand_written_adjoint(stepper, 
     if stepper == "ssp_rk3":
         # the point of it, in the program lowered for a GPU (not compiled here): JAX transposes each
         # shifted slice of a stencil into a zero-padded copy; the adjoint's stencils gather instead
+        monkeypatch.setattr(steppers, "STAGE_LAYOUT", "platform")  # a GPU's: barriers
         pads = {}
         for mode in ("autodiff", "adjoint"):
             lowered = grad(mode, lower_for="cuda")
@@ -426,7 +427,47 @@ def test_the_solver_gradient_is_the_same_with_the_hand_written_adjoint(stepper, 
             tangent = jax.jvp(final_tnf, (params.chemotaxis,), (jnp.ones_like(params.chemotaxis),))[1]
         assert model.GRADIENT == "adjoint"
         assert_close(tangent, jax.grad(final_tnf)(params.chemotaxis), rtol=1e-10, what="jvp = grad")
+        # the jitted interval function, traced by a run before the block, is traced anew inside it
+
+        def advanced_tnf(chi):
+            return jnp.sum(solver.advance(state, 0.0, 0.01, params._replace(chemotaxis=chi), domain).tnf)
+
+        advanced_tnf(params.chemotaxis)
+        with model.autodiff_rhs():
+            tangent = jax.jvp(advanced_tnf, (params.chemotaxis,), (jnp.ones_like(params.chemotaxis),))[1]
+        assert_close(tangent, jax.grad(advanced_tnf)(params.chemotaxis), rtol=1e-10, what="advance: jvp = grad")
 
     drained = ((WallCondition("robin", 0.0, 0.1), WallCondition()), (WallCondition(), WallCondition()))
     assert not model.has_adjoint(options.__class__(grid=options.grid, chemotaxis_scheme="limited"))
     assert not model.has_adjoint(options.__class__(grid=options.grid, walls=(("tnf", drained),)))
+
+
+def test_a_gradient_through_the_hand_written_adjoint_can_be_differentiated_again(monkeypatch):
+    """A Hessian-vector product (forward mode over the gradient) of a loss through two right-hand sides
+    is the same with the adjoint as with JAX's reverse mode: its forward and backward passes still
+    depend on the face diffusivities."""
+    import solver._model as model
+
+    options, params, domain, state = _problem(drug=True)
+    state = state._replace(drug=0.5 * domain.cytokine)
+    t = jnp.asarray(0.3)
+    direction = jax.tree.map(lambda p: 0.1 * p * (1.0 + 0.5 * jnp.cos(jnp.arange(p.size).reshape(p.shape))), params)
+
+    def hvp(mode):
+        monkeypatch.setattr(model, "GRADIENT", mode)
+
+        def loss(p):
+            coeffs = model.coefficients(p, domain)
+            k = model.rhs_with_adjoint(state, t, p, coeffs, domain, options)
+            mid = jax.tree.map(lambda y, ki: y + 1e-3 * ki, state, k)
+            k2 = model.rhs_with_adjoint(mid, t, p, coeffs, domain, options)
+            return sum(jnp.sum(jnp.sin(u)) for u in k2)
+
+        return jax.jvp(jax.grad(loss), (params,), (direction,))[1]
+
+    auto, adjoint = hvp("autodiff"), hvp("adjoint")
+    for name in params._fields:
+        theirs = getattr(auto, name)
+        scale = float(jnp.max(jnp.abs(theirs))) + 1e-300
+        assert_close(getattr(adjoint, name) / scale, theirs / scale, rtol=0, atol=1e-10, what=name)
+    assert float(jnp.max(jnp.abs(adjoint.diffusivity_tnf))) > 0
