@@ -284,10 +284,20 @@ def autodiff_rhs():
     function"). The choice is made when a function is traced, so trace it (call it the first
     time, or jit it) inside the block: a jitted function of your own traced before keeps what it
     was traced with. ``Solver.advance`` and ``Solver.trajectory`` follow the block.
-    Reverse mode, and forward mode over it (Hessian-vector products), work either way.
+    Reverse mode works either way, and so does forward mode over a gradient taken with respect to
+    inputs that reach the right-hand side (a Hessian-vector product in the parameters or the state).
     """
+    with gradient_mode("autodiff"):
+        yield
+
+
+@contextlib.contextmanager
+def gradient_mode(mode: str):
+    """Within this block, ``GRADIENT`` is ``mode`` ("adjoint" or "autodiff")."""
     global GRADIENT
-    saved, GRADIENT = GRADIENT, "autodiff"
+    if mode not in ("adjoint", "autodiff"):
+        raise ValueError(f"gradient mode {mode!r}: allowed adjoint, autodiff")
+    saved, GRADIENT = GRADIENT, mode
     try:
         yield
     finally:
@@ -326,7 +336,7 @@ def rhs_with_adjoint(
         return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
     diffused = [s for s in TRANSPORTED if diffusion and (s != "drug" or options.drug)]
     d_cell, d_faces, constants = _split_coefficients(coeffs, diffused)
-    return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, constants, domain)
+    return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, constants, jax.lax.stop_gradient(domain))
 
 
 def _split_coefficients(coeffs: Coefficients, diffused):

@@ -97,13 +97,20 @@ class Solver:
         self._jitted = {}
 
     def _jit(self, fn):
-        # one jitted function per reverse-mode choice (solver._model.GRADIENT, read when traced), so
-        # one traced under autodiff_rhs() is not the one traced before it, and the other way round
-        # (a function of its own per mode: JAX caches traces by the function, not the jit object)
-        key = (fn.__name__, _model.GRADIENT)
-        if key not in self._jitted:
-            self._jitted[key] = jax.jit(functools.wraps(fn)(lambda *args, **kwargs: fn(*args, **kwargs)))
-        return self._jitted[key]
+        # One jitted function per reverse-mode choice (solver._model.GRADIENT), so that one traced
+        # inside autodiff_rhs() is not one traced before it, and the other way round. Each is a
+        # function of its own (JAX caches traces by function, not by jit object) that traces in its
+        # own mode, whenever it is first called.
+        mode = _model.GRADIENT
+        if (fn.__name__, mode) not in self._jitted:
+
+            @functools.wraps(fn)
+            def in_mode(*args, **kwargs):
+                with _model.gradient_mode(mode):
+                    return fn(*args, **kwargs)
+
+            self._jitted[fn.__name__, mode] = jax.jit(in_mode)
+        return self._jitted[fn.__name__, mode]
 
     @property
     def advance(self):

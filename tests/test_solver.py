@@ -436,6 +436,12 @@ def test_the_solver_gradient_is_the_same_with_the_hand_written_adjoint(stepper, 
         with model.autodiff_rhs():
             tangent = jax.jvp(advanced_tnf, (params.chemotaxis,), (jnp.ones_like(params.chemotaxis),))[1]
         assert_close(tangent, jax.grad(advanced_tnf)(params.chemotaxis), rtol=1e-10, what="advance: jvp = grad")
+        # a handle taken inside the block traces in its mode wherever it is first called
+        with model.autodiff_rhs():
+            handle = Solver(options, stepper, 4, stages).advance
+        args = (state, 0.0, 0.01, params, domain)
+        assert "custom_vjp_call" not in str(jax.make_jaxpr(handle)(*args))
+        assert "custom_vjp_call" in str(jax.make_jaxpr(Solver(options, stepper, 4, stages).advance)(*args))
 
     drained = ((WallCondition("robin", 0.0, 0.1), WallCondition()), (WallCondition(), WallCondition()))
     assert not model.has_adjoint(options.__class__(grid=options.grid, chemotaxis_scheme="limited"))
@@ -464,6 +470,25 @@ def test_a_gradient_through_the_hand_written_adjoint_can_be_differentiated_again
             return sum(jnp.sum(jnp.sin(u)) for u in k2)
 
         return jax.jvp(jax.grad(loss), (params,), (direction,))[1]
+
+    def hvp_solver(mode):  # through the solver's checkpoints, stages and loop
+        monkeypatch.setattr(model, "GRADIENT", mode)
+        solver = Solver(options, "ssp_rk3", 2)
+
+        def loss(p):
+            return sum(jnp.sum(jnp.sin(u)) for u in solver.advance(state, 0.0, 0.01, p, domain))
+
+        return jax.jvp(jax.grad(loss), (params,), (direction,))[1]
+
+    import solver._steppers as steppers
+    from solver._simulate import Solver
+
+    monkeypatch.setattr(steppers, "STAGE_LAYOUT", "loop")  # compiles faster on a CPU
+    through = {mode: hvp_solver(mode) for mode in ("autodiff", "adjoint")}
+    for name in params._fields:
+        theirs = getattr(through["autodiff"], name)
+        scale = float(jnp.max(jnp.abs(theirs))) + 1e-300
+        assert_close(getattr(through["adjoint"], name) / scale, theirs / scale, rtol=0, atol=1e-10, what=f"solver {name}")
 
     auto, adjoint = hvp("autodiff"), hvp("adjoint")
     for name in params._fields:
