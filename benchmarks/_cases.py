@@ -270,52 +270,48 @@ def adjoint(st: Settings) -> list[dict]:
     precisions = ("float32", "float64") if gpu else ("float64",)
     modes = ("autodiff", "adjoint")
     out = []
-    saved = model.GRADIENT
-    try:
-        for precision in precisions:
-            pb = box_problem((n, n), DTYPES[precision])
-            _, dt = _scalars(pb)
-            for stepper, stages in (("ssp_rk3", 0), ("strang_rkl2", 4)):
-                compiled, compile_s, grads = {}, {}, {}
-                for mode in ("forward",) + modes:
-                    model.GRADIENT = "autodiff" if mode == "forward" else mode
-                    solver = Solver(pb.options, stepper, 8, stages)  # traced anew: the mode is read then
+    for precision in precisions:
+        pb = box_problem((n, n), DTYPES[precision])
+        _, dt = _scalars(pb)
+        for stepper, stages in (("ssp_rk3", 0), ("strang_rkl2", 4)):
+            compiled, compile_s, grads = {}, {}, {}
+            for mode in ("forward",) + modes:
+                solver = Solver(pb.options, stepper, 8, stages)
 
-                    def loss(p, solver=solver, pb=pb, dt=dt):
-                        final, frames = solver.trajectory(pb.state, p, pb.domain, dt, 4)
-                        return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
+                def loss(p, solver=solver, pb=pb, dt=dt):
+                    final, frames = solver.trajectory(pb.state, p, pb.domain, dt, 4)
+                    return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
 
-                    t = now()
+                t = now()
+                with model.gradient_mode("autodiff" if mode == "forward" else mode):  # read when traced
                     compiled[mode] = jax.jit(loss if mode == "forward" else jax.value_and_grad(loss)).lower(pb.params).compile()
-                    compile_s[mode] = now() - t
-                    if mode != "forward":
-                        grads[mode] = compiled[mode](pb.params)[1]
-                medians = _alternating_medians(compiled, (pb.params,), st.repeats)
-                diff = max(
-                    float(jnp.max(jnp.abs(a - b))) / (float(jnp.max(jnp.abs(b))) or 1.0)
-                    for a, b in zip(jax.tree.leaves(grads["adjoint"]), jax.tree.leaves(grads["autodiff"]))
-                )
-                rec = {
-                    "case": "adjoint",
-                    "stepper": stepper,
-                    "grid": f"{n}^2",
-                    "precision": precision,
-                    "steps": 32,
-                    "forward_s": medians["forward"],
-                    "grad_s": {m: medians[m] for m in modes},
-                    "grad_over_forward": {m: medians[m] / medians["forward"] for m in modes},
-                    "speedup": medians["autodiff"] / medians["adjoint"],
-                    "compile_s": compile_s,
-                    "max_rel_grad_diff": diff,
-                }
-                st.log(
-                    f"adjoint {stepper} {n}^2 {precision}: grad/forward autodiff "
-                    f"{rec['grad_over_forward']['autodiff']:.2f}, adjoint {rec['grad_over_forward']['adjoint']:.2f} "
-                    f"({rec['speedup']:.2f}x), gradients differ by {diff:.1e}"
-                )
-                out.append(rec)
-    finally:
-        model.GRADIENT = saved
+                compile_s[mode] = now() - t
+                if mode != "forward":
+                    grads[mode] = compiled[mode](pb.params)[1]
+            medians = _alternating_medians(compiled, (pb.params,), st.repeats)
+            diff = max(
+                float(jnp.max(jnp.abs(a - b))) / (float(jnp.max(jnp.abs(b))) or 1.0)
+                for a, b in zip(jax.tree.leaves(grads["adjoint"]), jax.tree.leaves(grads["autodiff"]))
+            )
+            rec = {
+                "case": "adjoint",
+                "stepper": stepper,
+                "grid": f"{n}^2",
+                "precision": precision,
+                "steps": 32,
+                "forward_s": medians["forward"],
+                "grad_s": {m: medians[m] for m in modes},
+                "grad_over_forward": {m: medians[m] / medians["forward"] for m in modes},
+                "speedup": medians["autodiff"] / medians["adjoint"],
+                "compile_s": compile_s,
+                "max_rel_grad_diff": diff,
+            }
+            st.log(
+                f"adjoint {stepper} {n}^2 {precision}: grad/forward autodiff "
+                f"{rec['grad_over_forward']['autodiff']:.2f}, adjoint {rec['grad_over_forward']['adjoint']:.2f} "
+                f"({rec['speedup']:.2f}x), gradients differ by {diff:.1e}"
+            )
+            out.append(rec)
     return out
 
 

@@ -197,7 +197,7 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
     """The pointwise terms of :func:`rhs`: everything but diffusion and chemotaxis.
 
     Each cell's value depends on that cell alone, so reverse mode through this part is
-    elementwise (:func:`rhs_adjoint` differentiates it with ``jax.vjp``).
+    elementwise (:func:`rhs_with_adjoint` differentiates it with ``jax.vjp``).
     """
     p = params
     T, I, L, C, A = state
@@ -332,20 +332,25 @@ def rhs_with_adjoint(
     per-tissue tables. Domain masks and leukocyte faces are taken as constants. Forward mode
     (``jax.jvp``, ``jax.jacfwd``) cannot go through it: trace such functions inside :func:`autodiff_rhs`.
     """
-    if GRADIENT != "adjoint" or not has_adjoint(options):
+    if not _uses_adjoint(options):
         return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
-    diffused = [s for s in TRANSPORTED if diffusion and (s != "drug" or options.drug)]
-    d_cell, d_faces, constants = _split_coefficients(coeffs, diffused)
+    d_cell, d_faces, constants = _split_coefficients(coeffs, state, options, diffusion)
     return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, constants, jax.lax.stop_gradient(domain))
 
 
-def _split_coefficients(coeffs: Coefficients, diffused):
-    """(cell diffusivities, face diffusivities, the rest behind stop_gradient) of the ``diffused`` species.
+def _uses_adjoint(options: ModelOptions) -> bool:
+    return GRADIENT == "adjoint" and has_adjoint(options)
+
+
+def _split_coefficients(coeffs: Coefficients, state: State, options: ModelOptions, diffusion: bool = True):
+    """(cell diffusivities, face diffusivities, the rest behind stop_gradient) of the species whose
+    diffusion is computed (none without ``diffusion``; fields given, the drug only when it is on).
 
     The face diffusivities stay live inputs, though their first-order cotangents are passed to the
     cell diffusivities: a gradient differentiated once more (a Hessian-vector product) then still
     sees that the forward and backward passes depend on them.
     """
+    diffused = [s for s in TRANSPORTED if diffusion and getattr(state, s) is not None and (s != "drug" or options.drug)]
     d_cell = {s: coeffs.d_cell[s] for s in diffused}
     d_faces = {s: coeffs.d_faces[s] for s in diffused}
     return d_cell, d_faces, jax.lax.stop_gradient(coeffs)
@@ -387,6 +392,9 @@ def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
     return state_bar, t_bar, params_bar, d_bar, None, None, None
 
 
+_rhs_custom.defvjp(_rhs_custom_fwd, _rhs_custom_bwd)
+
+
 def _diffusion_adjoint(state, g, d_cell, coeffs, h):
     """Cotangents of the diffusion terms of the species in ``d_cell``: of their fields and cell diffusivities."""
     u_bar, d_bar = {}, {}
@@ -400,10 +408,9 @@ def _diffusion_adjoint(state, g, d_cell, coeffs, h):
 
 def diffusion_rhs_with_adjoint(state: State, coeffs: Coefficients, options: ModelOptions) -> State:
     """:func:`diffusion_rhs`, with the hand-written reverse mode of :func:`rhs_with_adjoint` where it applies."""
-    if GRADIENT != "adjoint" or not has_adjoint(options):
+    if not _uses_adjoint(options):
         return diffusion_rhs(state, coeffs, options)
-    diffused = [s for s in TRANSPORTED if getattr(state, s) is not None and (s != "drug" or options.drug)]
-    return _diffusion_custom(options, state, *_split_coefficients(coeffs, diffused))
+    return _diffusion_custom(options, state, *_split_coefficients(coeffs, state, options))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -425,9 +432,6 @@ def _diffusion_custom_bwd(options, residuals, g):
 
 
 _diffusion_custom.defvjp(_diffusion_custom_fwd, _diffusion_custom_bwd)
-
-
-_rhs_custom.defvjp(_rhs_custom_fwd, _rhs_custom_bwd)
 
 
 #: Empirical accuracy cap of a diffusion-splitting step: dt * (fastest constant loss rate) <= this.
