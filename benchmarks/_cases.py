@@ -459,19 +459,22 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
 def gradient(st: Settings) -> list[dict]:
     """value_and_grad over all parameters through ``solver.trajectory`` vs the forward pass.
 
-    Two schedules: 8 sub-steps per frame and more frames (memory ~ frames + 8 states: linear in
-    the number of steps, as the frames are the output anyway), and sqrt(N) frames of sqrt(N)
-    sub-steps (the checkpointing schedule a fit uses: memory ~ 2 sqrt(N) states).
+    8 sub-steps per frame and more frames, with the trajectory's default checkpointing
+    (``checkpoint="auto"``: every step's state kept where they fit in a quarter of the device's
+    memory, memory ~ N states) and, in float32, with only the frames kept (``"frames"``: memory
+    ~ frames + 8 states, and the backward pass reruns each frame); and sqrt(N) frames of sqrt(N)
+    sub-steps with frames kept (memory ~ 2 sqrt(N) states, the leanest).
     """
     # on a GPU a small grid only measures kernel-launch latency: use one that fills the device
     n = 2048 if on_gpu() else (64 if st.quick else 128)
     fixed = [(f, 8) for f in (([1, 4, 8] if on_gpu() else [1, 2, 4, 8]) if st.quick else [1, 2, 4, 8, 16, 32])]
     balanced = [(k, k) for k in ([4, 8, 16] if st.quick else [4, 8, 16, 32])]
     out = []
-    for precision, schedule, plan in (
-        ("float64", "8 steps/frame", fixed),
-        ("float32", "8 steps/frame", fixed),
-        ("float64", "sqrt", balanced),
+    for precision, schedule, checkpoint, plan in (
+        ("float64", "8 steps/frame", "auto", fixed),
+        ("float32", "8 steps/frame", "auto", fixed),
+        ("float32", "8 steps/frame, frames kept", "frames", fixed),
+        ("float64", "sqrt", "frames", balanced),
     ):
         dtype = DTYPES[precision]
         pb = box_problem((n, n), dtype)
@@ -481,13 +484,13 @@ def gradient(st: Settings) -> list[dict]:
         for n_frames, n_sub in plan:
             solver = Solver(pb.options, "ssp_rk3", n_sub)
 
-            def loss(params, pb=pb, solver=solver, dt=dt, n_frames=n_frames):
-                _, frames = solver.trajectory(pb.state, params, pb.domain, dt, n_frames)
+            def loss(params, pb=pb, solver=solver, dt=dt, n_frames=n_frames, checkpoint=checkpoint):
+                _, frames = solver.trajectory(pb.state, params, pb.domain, dt, n_frames, checkpoint=checkpoint)
                 fluid = pb.domain.fluid
                 series = jnp.sum(frames.tnf * fluid, axis=(1, 2)) / jnp.sum(fluid)
                 return jnp.mean(series) + 1e-3 * jnp.mean(frames.leukocytes[-1])
 
-            st.log(f"gradient {n}^2 {precision} ({schedule}): {n_frames} frames x {n_sub} steps")
+            st.log(f"gradient {n}^2 {precision} ({schedule}, checkpoint={checkpoint}): {n_frames} frames x {n_sub} steps")
             t = now()
             fwd = jax.jit(loss).lower(pb.params).compile()
             fwd_compile = now() - t
@@ -520,8 +523,9 @@ def gradient(st: Settings) -> list[dict]:
                     **{f"forward_xla_{k}": v for k, v in compiled_memory(fwd).items()},
                     **{f"grad_xla_{k}": v for k, v in compiled_memory(vg).items()},
                     "finite": finite,
-                    "main": n_frames == main_frames and schedule != "sqrt",
-                    "note": "frames and sub-steps checkpointed (jax.checkpoint in Solver.trajectory)",
+                    "checkpoint": solver.checkpoint_for(pb.state, n_frames) if checkpoint == "auto" else checkpoint,
+                    "main": n_frames == main_frames and schedule == "8 steps/frame",
+                    "note": f"Solver.trajectory(checkpoint={checkpoint!r})",
                 }
             )
             st.log(

@@ -411,6 +411,7 @@ def markdown(result: dict) -> str:
                 r["grid"],
                 r["precision"],
                 r.get("schedule", "8 steps/frame"),
+                r.get("checkpoint", "frames"),
                 r["steps"],
                 f"{r['forward_s'] * 1e3:.3g}",
                 f"{r['grad_s'] * 1e3:.3g}",
@@ -428,6 +429,7 @@ def markdown(result: dict) -> str:
                     "grid",
                     "precision",
                     "schedule",
+                    "states kept",
                     "steps",
                     "forward ms",
                     "value+grad ms",
@@ -440,8 +442,10 @@ def markdown(result: dict) -> str:
                 rows,
             ),
             "",
-            "Solver.trajectory checkpoints every frame and every sub-step (jax.checkpoint): reverse mode keeps one "
-            "state per frame plus one per step of the frame it is working through, and recomputes the stages.",
+            "Solver.trajectory checkpoints every sub-step (jax.checkpoint): reverse mode recomputes its stages. "
+            "States kept `steps`: every step's input state (the default where they fit in a quarter of the device's "
+            "memory). `frames`: one state per frame plus one per step of the frame it is working through; the "
+            "backward pass reruns each frame, one forward run more.",
             "",
         ]
 
@@ -566,6 +570,7 @@ def plots(result: dict, out: Path) -> list[str]:
         for precision, schedule, style in (
             ("float64", "8 steps/frame", "-o"),
             ("float32", "8 steps/frame", "--s"),
+            ("float32", "8 steps/frame, frames kept", "--d"),
             ("float64", "sqrt", "-.^"),
         ):
             rs = sorted(

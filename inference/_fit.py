@@ -23,6 +23,7 @@ import optax
 
 from solver import Config
 from solver._config import config_from_dict
+from solver._simulate import vmapped_members
 
 from ._observations import Observations
 from ._problem import FitError, Problem, gauss_newton, get_value
@@ -133,12 +134,24 @@ def _initial_guesses(problem: Problem, starts: int, spread: float, seed: int) ->
     return np.stack(out)
 
 
+def _over_starts(fn, in_axes):
+    """``jax.vmap(fn)`` over the starts (the first argument's leading axis), traced with the
+    trajectory's checkpointing told how many starts run at once (solver._simulate.vmapped_members)."""
+    batched = jax.vmap(fn, in_axes=in_axes)
+
+    def over_starts(u, *args):
+        with vmapped_members(u.shape[0]):
+            return batched(u, *args)
+
+    return over_starts
+
+
 class _Stepper:
     """The compiled, start-batched optimiser step: (u, state, value, grad, done) -> same, next iterate."""
 
     def __init__(self, problem: Problem, opt, name: str):
         vg = jax.value_and_grad(problem.loss)
-        self._value_and_grad = jax.jit(jax.vmap(vg, in_axes=(0, None, None)))
+        self._value_and_grad = jax.jit(_over_starts(vg, in_axes=(0, None, None)))
         self.init = jax.jit(jax.vmap(opt.init))
 
         def one(u, state, value, grad, done, data, sigma):
@@ -164,7 +177,7 @@ class _Stepper:
                 keep(grad, new_grad),
             )
 
-        self._step = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None)))
+        self._step = jax.jit(_over_starts(one, in_axes=(0, 0, 0, 0, 0, None, None)))
         self.problem = problem
 
     def value_and_grad(self, u, problem: Problem):

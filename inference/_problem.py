@@ -233,8 +233,9 @@ class Problem:
     """A scenario, observations and free parameters, with a differentiable loss of ``u``.
 
     ``loss``, ``residuals`` and ``predict`` are pure JAX functions of ``u`` (shape ``(n,)``);
-    they run :meth:`solver.Solver.trajectory` (checkpointed, so reverse mode stores about one
-    state per frame and per sub-step) from the scenario's initial state to the last observation.
+    they run :meth:`solver.Solver.trajectory` (checkpointed: reverse mode stores one state per
+    sub-step, or, where those do not fit, one per frame and per sub-step of a frame) from the
+    scenario's initial state to the last observation.
     """
 
     def __init__(self, config: Config, observations: Observations, parameters, *, log_residuals: bool = False):

@@ -22,3 +22,4 @@ from ._simulate import Solver as Solver
 from ._simulate import StepTooLarge as StepTooLarge
 from ._simulate import choose_substeps as choose_substeps
 from ._simulate import get_solver as get_solver
+from ._simulate import vmapped_members as vmapped_members

@@ -6,8 +6,10 @@ Sub-steps run in a ``lax.fori_loop`` (static trip count, so it is reverse-differ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -154,22 +156,89 @@ class Solver:
         new = self._advance(state, t0, dt, params, domain)
         return new, summaries(new, domain, self.options), health(new)
 
-    def trajectory(self, state: State, params: Params, domain: Domain, dt, n_frames: int, t0=0.0) -> tuple[State, State]:
+    def trajectory(
+        self, state: State, params: Params, domain: Domain, dt, n_frames: int, t0=0.0, checkpoint: str = "auto"
+    ) -> tuple[State, State]:
         """Scan the interval function over ``n_frames`` intervals.
 
         Returns the final state and the stacked states at the end of every interval
-        (leading axis ``n_frames``). Differentiable with ``jax.grad``: frames and steps are
-        checkpointed, so reverse mode keeps one state per frame plus, while it works through a
-        frame, one per step of that frame (memory ~ n_frames + n_substeps states, not every stage).
+        (leading axis ``n_frames``). Differentiable with ``jax.grad``; what reverse mode keeps
+        (every sub-step is checkpointed: its Runge-Kutta stages are recomputed from its input state):
+
+        - ``"steps"``: the input state of every sub-step, ``n_frames * n_sub`` states (one
+          more per frame for a split stepper: its opening half-step's input; compiled, one
+          frame's steps more while they are stacked); the backward pass reruns each step once.
+        - ``"frames"``: one state per frame, plus, while it works through a frame, one per
+          step of that frame (``n_frames + n_sub`` states); the backward pass also reruns each
+          frame, one forward run more.
+        - ``"auto"`` (default): ``"steps"`` when those states fit :func:`checkpoint_budget_bytes`,
+          else ``"frames"``. The choice is made from the traced shapes: under ``jax.vmap``, trace
+          inside :func:`vmapped_members` so that every member's states are counted.
+
+        Forward runs are the same under all three.
         """
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint = {checkpoint!r}: allowed are {', '.join(map(repr, CHECKPOINTS))}")
+        if checkpoint == "auto":
+            checkpoint = self.checkpoint_for(state, n_frames)
         interval = dt * self.n_sub
 
-        @jax.checkpoint
         def body(y, k):
             y = self._advance(y, t0 + k * interval, dt, params, domain)
             return y, y
 
+        if checkpoint == "frames":
+            body = jax.checkpoint(body)
         return lax.scan(body, state, jnp.arange(n_frames))
+
+    def checkpoint_for(self, state: State, n_frames: int) -> str:
+        """What ``trajectory(..., checkpoint="auto")`` does for this state and number of frames."""
+        carried = state if self.options.drug else state._replace(drug=None)
+        per_state = sum(math.prod(jnp.shape(x)) * jnp.result_type(x).itemsize for x in jax.tree.leaves(carried))
+        # a split stepper also keeps the input of each frame's opening half-step; the compiled
+        # program holds one frame's steps twice (stored per frame, then copied into the stack)
+        kept = _MEMBERS * (n_frames + 1) * (self.n_sub + int(self.stepper.splits_losses)) * per_state
+        return "steps" if kept <= checkpoint_budget_bytes() else "frames"
+
+
+_MEMBERS = 1
+
+
+@contextlib.contextmanager
+def vmapped_members(n: int):
+    """Trace under this block what ``jax.vmap`` runs over ``n`` members (parameter sets, fit
+    starts): ``trajectory(checkpoint="auto")`` sees one member's shapes, and counts ``n`` of them."""
+    global _MEMBERS
+    saved, _MEMBERS = _MEMBERS, _MEMBERS * max(1, int(n))
+    try:
+        yield
+    finally:
+        _MEMBERS = saved
+
+
+CHECKPOINTS = ("auto", "steps", "frames")
+#: share of the device's memory (a GPU's limit, or the host's physical memory on a CPU) that
+#: ``trajectory(checkpoint="auto")`` lets the stored step states take
+CHECKPOINT_SHARE = 0.25
+
+
+def checkpoint_budget_bytes(device=None) -> int:
+    """Bytes ``Solver.trajectory(checkpoint="auto")`` may spend on stored step states:
+    :data:`CHECKPOINT_SHARE` of the memory of ``device`` (default: JAX's first device)."""
+    device = device or jax.devices()[0]
+    return int(CHECKPOINT_SHARE * _device_memory_bytes(device.platform, device.id))
+
+
+@functools.cache
+def _device_memory_bytes(platform: str, device_id: int) -> int:
+    device = next(d for d in jax.devices(platform) if d.id == device_id)
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # some backends do not implement memory_stats
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @functools.cache

@@ -203,7 +203,9 @@ class StrangSSPRK3:
             y = SSPRK3().step(f, y, t0 + i * dt, dt)
             return _exponential_losses(rates, y, jnp.where(i == n - 1, 0.5 * dt, dt))
 
-        return lax.fori_loop(0, n, body, _exponential_losses(rates, y, 0.5 * dt))
+        # the opening half too: kept out of the stored residuals like the steps
+        opening = checkpoint(lambda y: _exponential_losses(rates, y, 0.5 * dt))
+        return lax.fori_loop(0, n, body, opening(y))
 
 
 def rkl2_stages(tau: float, dt_euler: float) -> int:
@@ -308,7 +310,8 @@ class StrangRKL2:
             y = StrangSSPRK3().step(f, y, t0 + i * dt, dt, rates)
             return diffusion(y, jnp.where(i == n - 1, half, dt))
 
-        return lax.fori_loop(0, n, body, diffusion(y, half))
+        # the opening half super-step too: under reverse mode it keeps only its input, like the steps
+        return lax.fori_loop(0, n, body, checkpoint(lambda y: diffusion(y, half))(y))
 
 
 STEPPERS: dict[str, type] = {

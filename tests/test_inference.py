@@ -366,14 +366,20 @@ def test_fit_from_noisy_data_lands_within_its_uncertainty(recover_config, recove
     assert result.fitted_config().injury.rate == pytest.approx(result.parameters["injury_rate"])
 
 
-def test_multistart_batches_equal_separate_evaluations(recover_problem):
+def test_multistart_batches_equal_separate_evaluations(recover_problem, monkeypatch):
+    import solver._simulate as simulate
     from inference._fit import _Stepper, make_optimizer
 
+    # the trajectory's checkpointing counts every start's states (3 here) when it picks what to keep
+    members = []
+    choose = simulate.Solver.checkpoint_for
+    monkeypatch.setattr(simulate.Solver, "checkpoint_for", lambda *a: members.append(simulate._MEMBERS) or choose(*a))
     problem = recover_problem
     stepper = _Stepper(problem, make_optimizer("lbfgs", 0.05), "lbfgs")
     theta = np.array([[0.01, 200.0, 500.0, 0.05], [0.03, 80.0, 900.0, 0.02], [0.005, 300.0, 100.0, 0.1]])
     u = jnp.asarray(problem.transform.u(theta))
     values, grads = stepper.value_and_grad(u, problem)
+    assert members == [3]
     single = jax.jit(jax.value_and_grad(problem.loss))
     for k in range(3):
         v, g = single(u[k])

@@ -237,9 +237,12 @@ def test_species_stay_zero_outside_their_regions_with_every_term_on():
     assert float(jnp.max(jnp.abs(final.leukocytes - state.leukocytes))) > 1.0
 
 
-def test_reverse_mode_keeps_about_one_state_per_step():
-    """Checkpointing: the gradient's working memory grows by a few fields per extra sub-step, not by every
-    intermediate of every stage (about 100 fields per step without it)."""
+@pytest.mark.parametrize("checkpoint, states", [("frames", 1), ("steps", 3)])
+def test_reverse_mode_keeps_about_one_state_per_step(checkpoint, states):
+    """Checkpointing: the compiled gradient's working memory grows by a few states per extra sub-step,
+    not by every intermediate of every stage (about 100 fields per step without it). Over 2 frames:
+    "frames" keeps the steps of the frame being worked through, "steps" those of both frames, and the
+    steps of one frame once more while they are stacked."""
     from _problems import uniform_labels
 
     grid = Grid((32, 32), (0.1, 0.1))
@@ -251,14 +254,14 @@ def test_reverse_mode_keeps_about_one_state_per_step():
         solver = get_solver(options, "ssp_rk3", n_sub)
 
         def loss(p):
-            final, _ = solver.trajectory(state, p, domain, 1e-3, 2)
+            final, _ = solver.trajectory(state, p, domain, 1e-3, 2, checkpoint=checkpoint)
             return jnp.sum(final.leukocytes)
 
         return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
-    field = grid.size * 8
+    state_bytes = 4 * grid.size * 8  # T, I, L, C in float64
     per_step = (temp_bytes(40) - temp_bytes(8)) / 32
-    assert per_step < 12 * field, per_step / field
+    assert per_step < (states + 0.01) * state_bytes, per_step / state_bytes
 
 
 @pytest.mark.parametrize("stepper, binding", [("strang_ssp_rk3", "diffusion"), ("strang_rkl2", "splitting")])
@@ -496,3 +499,75 @@ def test_a_gradient_through_the_hand_written_adjoint_can_be_differentiated_again
         scale = float(jnp.max(jnp.abs(theirs))) + 1e-300
         assert_close(getattr(adjoint, name) / scale, theirs / scale, rtol=0, atol=1e-10, what=name)
     assert float(jnp.max(jnp.abs(adjoint.diffusivity_tnf))) > 0
+
+
+def _kept_bytes(fn, *args) -> int:
+    """Bytes reverse mode keeps for the backward pass (the VJP's saved values), from shapes only."""
+    vjp = jax.eval_shape(lambda *a: jax.vjp(fn, *a)[1], *args)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(vjp))
+
+
+@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_ssp_rk3", "strang_rkl2"])
+def test_checkpoint_schedules_give_one_gradient_and_keep_what_they_say(stepper):
+    """checkpoint="steps" keeps one state per sub-step (nothing of the stages, nor of the split steppers'
+    opening half-steps but their input), "frames" one per frame; the gradients are the same."""
+    options, params, domain, state = _problem()
+    solver = get_solver(options, stepper, 3, stages=3 if stepper == "strang_rkl2" else 0)
+
+    def loss(p, checkpoint, n_frames):
+        final, frames = solver.trajectory(state, p, domain, 0.01, n_frames, checkpoint=checkpoint)
+        return jnp.sum(frames.tnf[-1] * domain.fluid) + 1e-2 * jnp.sum(final.leukocytes)
+
+    if stepper == "ssp_rk3":  # (the others' gradients, with the default schedule: against central differences above)
+        steps, frames = (jax.jit(jax.grad(lambda p, c=c: loss(p, c, 4)))(params) for c in ("steps", "frames"))
+        for a, b in zip(jax.tree.leaves(frames), jax.tree.leaves(steps)):
+            assert_close(a, b, rtol=1e-12, atol=1e-300)
+
+    state_bytes = 4 * state.tnf.size * state.tnf.dtype.itemsize  # T, I, L, C (the drug is off)
+
+    def growth(checkpoint):
+        return _kept_bytes(lambda p: loss(p, checkpoint, 6), params) - _kept_bytes(lambda p: loss(p, checkpoint, 4), params)
+
+    # two frames more: their states, and a few scalars (their times); a split stepper keeps the input
+    # of its opening half-step too (strang_rkl2: without cartilage, which does not diffuse)
+    opening = {"ssp_rk3": 0, "strang_ssp_rk3": state_bytes, "strang_rkl2": state_bytes * 3 // 4}[stepper]
+    assert 2 * (3 * state_bytes + opening) <= growth("steps") <= 2 * (3 * state_bytes + opening) + 64
+    assert 2 * state_bytes <= growth("frames") <= 2 * state_bytes + 64
+
+
+def test_auto_checkpoint_keeps_steps_where_they_fit(monkeypatch):
+    import solver._simulate as simulate
+    from solver import vmapped_members
+
+    options, params, domain, state = _problem()
+    solver = get_solver(options, "ssp_rk3", 3)
+    state_bytes = 4 * state.tnf.size * state.tnf.dtype.itemsize
+    monkeypatch.setattr(simulate, "checkpoint_budget_bytes", lambda device=None: 12 * state_bytes)
+    # counted: (frames + 1) x 3 steps (one frame's steps twice while the compiled program stacks them)
+    assert solver.checkpoint_for(state, 3) == "steps"
+    assert solver.checkpoint_for(state, 4) == "frames"
+    with vmapped_members(2):
+        assert solver.checkpoint_for(state, 1) == "steps"
+        assert solver.checkpoint_for(state, 2) == "frames"
+    assert solver.checkpoint_for(state, 3) == "steps"  # the block is left
+
+    def kept(n_frames, checkpoint):
+        def loss(p):
+            return jnp.sum(solver.trajectory(state, p, domain, 0.01, n_frames, checkpoint=checkpoint)[0].tnf)
+
+        return _kept_bytes(loss, params)
+
+    assert kept(3, "auto") == kept(3, "steps") != kept(3, "frames")
+    assert kept(4, "auto") == kept(4, "frames") != kept(4, "steps")
+    with pytest.raises(ValueError, match="checkpoint = 'all': allowed are 'auto', 'steps', 'frames'"):
+        solver.trajectory(state, params, domain, 0.01, 2, checkpoint="all")
+
+
+def test_checkpoint_budget_is_a_share_of_the_device_memory():
+    import os
+
+    import solver._simulate as simulate
+
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    budget = simulate.checkpoint_budget_bytes(jax.devices("cpu")[0])
+    assert budget == int(simulate.CHECKPOINT_SHARE * host)
