@@ -229,6 +229,8 @@ def layout(st: Settings) -> list[dict]:
                 "compile_s": compile_s,
                 "chosen_here": chosen,
             }
+            if "grad" in what:  # the trajectory's default checkpointing: what it kept
+                rec["checkpoint"] = Solver(problem.options, stepper, n_steps, stages).checkpoint_for(problem.state, 4)
             ms = ", ".join(f"{name} {medians[name] * 1e3:.2f} ms" for name in names)
             st.log(f"layout {what} {rec['grid']}: {ms} ({chosen} chosen here)")
             out.append(rec)
@@ -305,6 +307,7 @@ def adjoint(st: Settings) -> list[dict]:
                 "speedup": medians["autodiff"] / medians["adjoint"],
                 "compile_s": compile_s,
                 "max_rel_grad_diff": diff,
+                "checkpoint": solver.checkpoint_for(pb.state, 4),  # trajectory's default: what it kept
             }
             st.log(
                 f"adjoint {stepper} {n}^2 {precision}: grad/forward autodiff "

@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from solver import Config
+from solver import Config, vmapped_members
 from solver._config import config_from_dict
-from solver._simulate import vmapped_members
 
 from ._observations import Observations
 from ._problem import FitError, Problem, gauss_newton, get_value

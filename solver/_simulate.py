@@ -7,9 +7,11 @@ Sub-steps run in a ``lax.fori_loop`` (static trip count, so it is reverse-differ
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -171,9 +173,10 @@ class Solver:
         - ``"frames"``: one state per frame, plus, while it works through a frame, one per
           step of that frame (``n_frames + n_sub`` states); the backward pass also reruns each
           frame, one forward run more.
-        - ``"auto"`` (default): ``"steps"`` when those states fit :func:`checkpoint_budget_bytes`,
-          else ``"frames"``. The choice is made from the traced shapes: under ``jax.vmap``, trace
-          inside :func:`vmapped_members` so that every member's states are counted.
+        - ``"auto"`` (default): ``"steps"`` when those states fit :func:`checkpoint_budget_bytes`
+          (a quarter of the device's memory), else ``"frames"``. The choice is made from the
+          traced shapes: under ``jax.vmap``, trace inside :func:`vmapped_members` so that every
+          member's states are counted.
 
         Forward runs are the same under all three.
         """
@@ -197,48 +200,67 @@ class Solver:
         per_state = sum(math.prod(jnp.shape(x)) * jnp.result_type(x).itemsize for x in jax.tree.leaves(carried))
         # a split stepper also keeps the input of each frame's opening half-step; the compiled
         # program holds one frame's steps twice (stored per frame, then copied into the stack)
-        kept = _MEMBERS * (n_frames + 1) * (self.n_sub + int(self.stepper.splits_losses)) * per_state
+        kept = _MEMBERS.get() * (n_frames + 1) * (self.n_sub + int(self.stepper.splits_losses)) * per_state
         return "steps" if kept <= checkpoint_budget_bytes() else "frames"
 
 
-_MEMBERS = 1
+_MEMBERS = contextvars.ContextVar("vmapped_members", default=1)
 
 
 @contextlib.contextmanager
 def vmapped_members(n: int):
     """Trace under this block what ``jax.vmap`` runs over ``n`` members (parameter sets, fit
-    starts): ``trajectory(checkpoint="auto")`` sees one member's shapes, and counts ``n`` of them."""
-    global _MEMBERS
-    saved, _MEMBERS = _MEMBERS, _MEMBERS * max(1, int(n))
+    starts): ``trajectory(checkpoint="auto")`` sees one member's shapes, and counts ``n`` of them.
+
+    The count is read while tracing and is not part of ``jax.jit``'s cache key: a function jitted
+    and already traced outside the block keeps the choice it made then.
+    """
+    token = _MEMBERS.set(_MEMBERS.get() * max(1, int(n)))
     try:
         yield
     finally:
-        _MEMBERS = saved
+        _MEMBERS.reset(token)
 
 
 CHECKPOINTS = ("auto", "steps", "frames")
-#: share of the device's memory (a GPU's limit, or the host's physical memory on a CPU) that
-#: ``trajectory(checkpoint="auto")`` lets the stored step states take
+#: share of the device's memory that ``trajectory(checkpoint="auto")`` lets the stored step
+#: states take (:func:`checkpoint_budget_bytes`)
 CHECKPOINT_SHARE = 0.25
 
 
 def checkpoint_budget_bytes(device=None) -> int:
     """Bytes ``Solver.trajectory(checkpoint="auto")`` may spend on stored step states:
-    :data:`CHECKPOINT_SHARE` of the memory of ``device`` (default: JAX's first device)."""
-    device = device or jax.devices()[0]
-    return int(CHECKPOINT_SHARE * _device_memory_bytes(device.platform, device.id))
+    :data:`CHECKPOINT_SHARE` of the memory of ``device`` (default: JAX's default device).
+
+    A GPU's memory is its allocator's ``bytes_limit`` (0, so one state per frame, where it reports
+    none); a CPU's the smallest of the host's RAM, the cgroup's limit and what is available now.
+    """
+    if device is None:
+        default = jax.config.jax_default_device
+        device = jax.devices(default)[0] if isinstance(default, str) else default or jax.devices()[0]
+    if device.platform != "cpu":
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # a backend without memory_stats
+            stats = {}
+        return int(CHECKPOINT_SHARE * stats.get("bytes_limit", 0))
+    return int(CHECKPOINT_SHARE * _host_memory_bytes())
 
 
-@functools.cache
-def _device_memory_bytes(platform: str, device_id: int) -> int:
-    device = next(d for d in jax.devices(platform) if d.id == device_id)
+def _host_memory_bytes() -> int:
+    sizes = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            sizes.append(int(Path(path).read_text().split()[0]))
+        except (OSError, ValueError, IndexError):  # absent, or "max"
+            pass
     try:
-        stats = device.memory_stats() or {}
-    except Exception:  # some backends do not implement memory_stats
-        stats = {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                sizes.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(sizes)
 
 
 @functools.cache

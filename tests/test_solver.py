@@ -44,9 +44,12 @@ def test_gradient_through_the_solver_matches_central_differences(stepper):
     state = state._replace(drug=0.5 * domain.cytokine)
     solver = get_solver(options, stepper, 5, stages=3 if stepper == "strang_rkl2" else 0)
 
+    # one state per frame kept for strang_rkl2 (its nested checkpoints), every step's for the others
+    checkpoint = "frames" if stepper == "strang_rkl2" else "steps"
+
     @jax.jit
     def loss(p):
-        final, frames = solver.trajectory(state, p, domain, 0.01, 3)
+        final, frames = solver.trajectory(state, p, domain, 0.01, 3, checkpoint=checkpoint)
         return jnp.sum(frames.tnf[-1] * domain.fluid) + 1e-2 * jnp.sum(final.leukocytes)
 
     grads = jax.grad(loss)(params)
@@ -518,8 +521,8 @@ def test_checkpoint_schedules_give_one_gradient_and_keep_what_they_say(stepper):
         final, frames = solver.trajectory(state, p, domain, 0.01, n_frames, checkpoint=checkpoint)
         return jnp.sum(frames.tnf[-1] * domain.fluid) + 1e-2 * jnp.sum(final.leukocytes)
 
-    if stepper == "ssp_rk3":  # (the others' gradients, with the default schedule: against central differences above)
-        steps, frames = (jax.jit(jax.grad(lambda p, c=c: loss(p, c, 4)))(params) for c in ("steps", "frames"))
+    if stepper != "strang_rkl2":  # (its compile takes 30 s; its "frames" gradient is checked against central differences)
+        steps, frames = (jax.jit(jax.grad(lambda p, c=c: loss(p, c, 2)))(params) for c in ("steps", "frames"))
         for a, b in zip(jax.tree.leaves(frames), jax.tree.leaves(steps)):
             assert_close(a, b, rtol=1e-12, atol=1e-300)
 
@@ -568,6 +571,15 @@ def test_checkpoint_budget_is_a_share_of_the_device_memory():
 
     import solver._simulate as simulate
 
+    class Device:
+        def __init__(self, platform, stats):
+            self.platform, self.stats = platform, stats
+
+        def memory_stats(self):
+            return self.stats
+
+    assert simulate.checkpoint_budget_bytes(Device("gpu", {"bytes_limit": 80 * 2**30})) == 20 * 2**30
+    assert simulate.checkpoint_budget_bytes(Device("gpu", {})) == 0  # no limit reported: one state per frame
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    budget = simulate.checkpoint_budget_bytes(jax.devices("cpu")[0])
-    assert budget == int(simulate.CHECKPOINT_SHARE * host)
+    budget = simulate.checkpoint_budget_bytes()  # this CPU: at most a quarter of its RAM
+    assert 0 < budget <= host // 4
