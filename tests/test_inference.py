@@ -373,7 +373,7 @@ def test_multistart_batches_equal_separate_evaluations(recover_problem, monkeypa
     # the trajectory's checkpointing counts every start's states (3 here) when it picks what to keep
     members = []
     choose = simulate.Solver.checkpoint_for
-    monkeypatch.setattr(simulate.Solver, "checkpoint_for", lambda *a: members.append(simulate._MEMBERS) or choose(*a))
+    monkeypatch.setattr(simulate.Solver, "checkpoint_for", lambda *a: members.append(simulate._MEMBERS.get()) or choose(*a))
     problem = recover_problem
     stepper = _Stepper(problem, make_optimizer("lbfgs", 0.05), "lbfgs")
     theta = np.array([[0.01, 200.0, 500.0, 0.05], [0.03, 80.0, 900.0, 0.02], [0.005, 300.0, 100.0, 0.1]])

@@ -68,7 +68,8 @@ def test_gradient_through_the_solver_matches_central_differences(stepper):
     assert_close(jnp.sum(grads.diffusivity_tnf * direction), (up - down) / (2 * eps), rtol=1e-6, atol=1e-9, what="D_T")
 
 
-@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_rkl2"])
+# strang_rkl2's three layouts take 35 s to compile on 2 cores: with the slow validation runs (CI runs both)
+@pytest.mark.parametrize("stepper", ["ssp_rk3", pytest.param("strang_rkl2", marks=pytest.mark.slow)])
 def test_the_stage_layouts_give_the_same_states_and_gradients(stepper, monkeypatch):
     """The Runge-Kutta stages in a loop, written out behind optimization barriers (the GPU layout)
     and written out as conditionals (the CPU layout), all run here: same states, same gradients,
@@ -240,12 +241,12 @@ def test_species_stay_zero_outside_their_regions_with_every_term_on():
     assert float(jnp.max(jnp.abs(final.leukocytes - state.leukocytes))) > 1.0
 
 
-@pytest.mark.parametrize("checkpoint, states", [("frames", 1), ("steps", 3)])
-def test_reverse_mode_keeps_about_one_state_per_step(checkpoint, states):
+def test_reverse_mode_keeps_about_one_state_per_step():
     """Checkpointing: the compiled gradient's working memory grows by a few states per extra sub-step,
-    not by every intermediate of every stage (about 100 fields per step without it). Over 2 frames:
-    "frames" keeps the steps of the frame being worked through, "steps" those of both frames, and the
-    steps of one frame once more while they are stacked."""
+    not by every intermediate of every stage (about 100 fields per step without it). Over 2 frames,
+    checkpoint="steps" keeps the steps of both frames, and those of one frame once more while they are
+    stacked: 3 states per sub-step. (What "frames" keeps: test_checkpoint_schedules_... below.)"""
+    checkpoint, states = "steps", 3
     from _problems import uniform_labels
 
     grid = Grid((32, 32), (0.1, 0.1))
