@@ -17,10 +17,10 @@ import numpy as np
 
 from solver._model import coefficients, rhs
 from solver._operators import advection, diffusion, gradient_on_faces
-from solver._simulate import Solver, binding_limits, get_solver
+from solver._simulate import Solver, _host_memory_bytes, binding_limits, get_solver
 from solver._steppers import get_stepper
 
-from ._harness import Memory, blocking, compiled_memory, now, on_gpu, proc_field, time_calls
+from ._harness import Memory, blocking, compiled_memory, now, on_gpu, time_calls
 from ._problem import Problem, box_problem, bytes_per_cell_update, cells_label, steps_per_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +49,7 @@ def _scalars(pb: Problem):
 
 
 def _free_host_bytes() -> int:
-    free = proc_field("/proc/meminfo", "MemAvailable:")
-    return int(free.split()[0]) * 1024 if free else 8 << 30
+    return _host_memory_bytes()  # what the solver's checkpointing budgets from too
 
 
 def _free_device_bytes() -> int:
@@ -215,7 +214,8 @@ def layout(st: Settings) -> list[dict]:
             for name in names:
                 steppers.STAGE_LAYOUT = name
                 t = now()
-                compiled[name] = build(Solver(problem.options, stepper, n_steps, stages))
+                solver = Solver(problem.options, stepper, n_steps, stages)
+                compiled[name] = build(solver)
                 compile_s[name] = now() - t
             medians = _alternating_medians(compiled, call_args, st.repeats)
             rec = {
@@ -230,7 +230,7 @@ def layout(st: Settings) -> list[dict]:
                 "chosen_here": chosen,
             }
             if "grad" in what:  # the trajectory's default checkpointing: what it kept
-                rec["checkpoint"] = Solver(problem.options, stepper, n_steps, stages).checkpoint_for(problem.state, 4)
+                rec["checkpoint"] = solver.checkpoint_for(problem.state, 4)
             ms = ", ".join(f"{name} {medians[name] * 1e3:.2f} ms" for name in names)
             st.log(f"layout {what} {rec['grid']}: {ms} ({chosen} chosen here)")
             out.append(rec)

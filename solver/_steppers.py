@@ -203,7 +203,7 @@ class StrangSSPRK3:
             y = SSPRK3().step(f, y, t0 + i * dt, dt)
             return _exponential_losses(rates, y, jnp.where(i == n - 1, 0.5 * dt, dt))
 
-        # the opening half too: kept out of the stored residuals like the steps
+        # the opening half too: under reverse mode it keeps only its input, like the steps
         opening = checkpoint(lambda y: _exponential_losses(rates, y, 0.5 * dt))
         return lax.fori_loop(0, n, body, opening(y))
 
@@ -311,7 +311,8 @@ class StrangRKL2:
             return diffusion(y, jnp.where(i == n - 1, half, dt))
 
         # the opening half super-step too: under reverse mode it keeps only its input, like the steps
-        return lax.fori_loop(0, n, body, checkpoint(lambda y: diffusion(y, half))(y))
+        opening = checkpoint(lambda y: diffusion(y, half))
+        return lax.fori_loop(0, n, body, opening(y))
 
 
 STEPPERS: dict[str, type] = {
