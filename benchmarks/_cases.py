@@ -757,6 +757,51 @@ def roofline(st: Settings) -> list[dict]:
         del b, c
         if not gpu and has("numba"):
             out.append(_numba_triad(n, np.dtype(precision), st))
+    if not gpu:
+        out += arithmetic(st)
+    return out
+
+
+def rhs_flops_per_cell(shape=(256, 256), precision: str = "float64") -> float:
+    """XLA's flop count (``cost_analysis``) of the compiled right-hand side on the box problem, per cell."""
+    pb = box_problem(shape, DTYPES[precision])
+    coeffs = coefficients(pb.params, pb.domain)
+    compiled = jax.jit(lambda y: rhs(y, 0.0, pb.params, coeffs, pb.domain, pb.options)).lower(pb.state).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"]) / pb.cells
+
+
+def arithmetic(st: Settings) -> list[dict]:
+    """The CPU's arithmetic limit beside the bandwidth one: XLA's flop count of an SSP-RK3 step
+    (three right-hand sides, the stage updates left out) and, with numba, the float64 multiply-add
+    rate of all cores (independent chains in registers, timed in a fresh process)."""
+    per_cell = rhs_flops_per_cell()
+    out = [
+        {
+            "case": "arithmetic",
+            "kernel": "XLA flop count of the right-hand side (cost_analysis), 2D 256^2",
+            "precision": "float64",
+            "rhs_flops_per_cell": per_cell,
+            "flops_per_cell_update": 3 * per_cell,
+        }
+    ]
+    st.log(f"arithmetic: {per_cell:.0f} flops per cell per right-hand side, {3 * per_cell:.0f} per SSP-RK3 step")
+    if has("numba"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks._worker", "fma", "0", str(st.repeats), "0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            st.log(f"arithmetic: the FMA kernel failed: {proc.stderr.strip()[-300:]}")
+        else:
+            peak = json.loads(proc.stdout.strip().splitlines()[-1])
+            out.append(
+                {"case": "arithmetic", "kernel": f"numba FMA chains ({peak['threads']} threads)", "precision": "float64", **peak}
+            )
+            st.log(f"arithmetic: numba FMA peak {peak['gflops']:.0f} GFLOP/s (float64)")
     return out
 
 

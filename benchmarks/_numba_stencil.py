@@ -12,6 +12,7 @@ three sweeps over memory. float64 (or float32) throughout, like the state.
 from __future__ import annotations
 
 import math
+import time
 
 import numba
 import numpy as np
@@ -207,3 +208,59 @@ class NumbaStencil:
 
 def threads() -> int:
     return numba.get_num_threads()
+
+
+#: independent multiply-add chains per block of the FMA kernel: enough vectors in flight to hide
+#: the FMA latency on every lane of both FMA units
+FMA_CHAINS = 64
+FMA_A, FMA_B = 0.9999, 1e-4
+
+
+@numba.njit(parallel=True, fastmath=True, boundscheck=False)
+def fma_chains(x, n_iter):
+    """Each of the ``(blocks, FMA_CHAINS)`` values of ``x`` through ``n_iter`` steps of
+    ``v = FMA_A v + FMA_B`` (one fused multiply-add, 2 flops), the blocks in parallel; returns
+    the block sums, so nothing is left out as dead code."""
+    out = np.empty(x.shape[0])
+    for b in numba.prange(x.shape[0]):
+        acc = np.empty(FMA_CHAINS)
+        for j in range(FMA_CHAINS):
+            acc[j] = x[b, j]
+        for _ in range(n_iter):
+            for j in range(FMA_CHAINS):
+                acc[j] = acc[j] * FMA_A + FMA_B
+        total = 0.0
+        for j in range(FMA_CHAINS):
+            total += acc[j]
+        out[b] = total
+    return out
+
+
+def fma_chains_exact(x: np.ndarray, n_iter: int) -> np.ndarray:
+    """What :func:`fma_chains` returns, in closed form."""
+    a = FMA_A**n_iter
+    return (x * a + FMA_B * (1.0 - a) / (1.0 - FMA_A)).sum(axis=1)
+
+
+def fma_peak(repeats: int, flops: float = 4e9) -> dict:
+    """The float64 multiply-add rate of this CPU's cores (the arithmetic limit, as the triad is
+    the bandwidth one): independent chains on data that stays in registers, ``flops`` per call."""
+    blocks = 32 * threads()
+    x = np.random.default_rng(0).random((blocks, FMA_CHAINS))
+    n_iter = max(1, int(flops / (2 * x.size)))
+    fma_chains(x, 1)  # compile
+    best = []
+    for _ in range(max(5, repeats)):
+        t = time.perf_counter()
+        fma_chains(x, n_iter)
+        best.append(time.perf_counter() - t)
+    best.sort()
+    done = 2.0 * x.size * n_iter
+    return {
+        "threads": threads(),
+        "flops": done,
+        "median_s": best[len(best) // 2],
+        "min_s": best[0],
+        "gflops": done / best[len(best) // 2] / 1e9,
+        "best_gflops": done / best[0] / 1e9,
+    }

@@ -1,4 +1,4 @@
-"""numba timings in a fresh process: ``python -m benchmarks._worker {stencil,pypde} N REPEATS TARGET [NPY]``.
+"""numba timings in a fresh process: ``python -m benchmarks._worker {stencil,pypde,fma} N REPEATS TARGET [NPY]``.
 
 numba's OpenMP/workqueue threads and XLA's CPU thread pool in one process slow each other
 down (measured: the stencil ran 3-10x slower after JAX work in the same process), so the
@@ -15,6 +15,10 @@ def main() -> None:
     kind, n, repeats, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     if kind == "pypde":
         return pypde(n, repeats, target, sys.argv[5])
+    if kind == "fma":
+        from ._numba_stencil import fma_peak
+
+        return print(json.dumps(fma_peak(repeats)))
     import jax
     import jax.numpy as jnp
 

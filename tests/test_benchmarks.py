@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -116,3 +118,51 @@ def test_layout_case_compares_the_stage_layouts_and_restores_the_choice():
     result["targets"] = _report.targets(records, machine)
     text = _report.markdown(result)
     assert "| conditional ms (speed-up over loop) |" in text and "1.00x" in text
+
+
+def test_fma_kernel_computes_every_chain():
+    """The FMA peak counts 2 flops per chain step: the kernel must really take every step."""
+    pytest.importorskip("numba")
+    import numpy as np
+
+    from benchmarks._numba_stencil import FMA_CHAINS, fma_chains, fma_chains_exact, fma_peak
+
+    x = np.random.default_rng(1).random((5, FMA_CHAINS))
+    for n_iter in (0, 1, 7, 1000):
+        np.testing.assert_allclose(fma_chains(x, n_iter), fma_chains_exact(x, n_iter), rtol=1e-12)
+    peak = fma_peak(repeats=3, flops=1e7)
+    assert peak["flops"] == 2 * 32 * peak["threads"] * FMA_CHAINS * int(1e7 / (2 * 32 * peak["threads"] * FMA_CHAINS))
+    assert peak["best_gflops"] >= peak["gflops"] > 0
+
+
+def test_rhs_flop_count_is_per_cell():
+    from benchmarks._cases import rhs_flops_per_cell
+
+    small, large = rhs_flops_per_cell((64, 64)), rhs_flops_per_cell((128, 128))
+    assert 50 < large < 1000
+    assert abs(small - large) < 0.05 * large  # the count grows with the cells, not with anything else
+
+
+def test_pypde_target_says_what_30x_would_take_of_the_arithmetic_peak():
+    from benchmarks._report import arithmetic_limit, targets
+
+    records = [
+        {"case": "forward", "grid": "256^2", "precision": "float64", "s_per_simulated_h": 0.02, "cell_updates_per_s": 1e8},
+        {"case": "py-pde", "grid": "256^2", "s_per_simulated_h": 0.06, "cell_updates_per_s": 1e7 / 3},
+        {"case": "arithmetic", "precision": "float64", "rhs_flops_per_cell": 100.0, "flops_per_cell_update": 300.0},
+    ]
+    note = targets(records, {"device": "CPU"})[0]["note"]
+    assert "1e+08 cell-updates/s = 30 GFLOP/s at XLA's 300 flops each" in note
+    assert "peak" not in note  # no FMA figure measured
+    records.insert(  # found whatever the order of the records
+        0,
+        {
+            "case": "arithmetic",
+            "kernel": "numba FMA chains (2 threads)",
+            "precision": "float64",
+            "gflops": 60.0,
+            "best_gflops": 61.0,
+        },
+    )
+    assert targets(records, {"device": "CPU"})[0]["note"].endswith(": 0.50x this CPU's measured FMA peak (60 GFLOP/s)")
+    assert arithmetic_limit(records)["max_cell_updates_per_s"] == 60e9 / 300
