@@ -788,16 +788,11 @@ def arithmetic(st: Settings) -> list[dict]:
     ]
     st.log(f"arithmetic: {per_cell:.0f} flops per cell per right-hand side, {3 * per_cell:.0f} per SSP-RK3 step")
     if has("numba"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks._worker", "fma", "0", str(st.repeats), "0"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            st.log(f"arithmetic: the FMA kernel failed: {proc.stderr.strip()[-300:]}")
+        try:
+            peak = _in_worker("fma", st.repeats)
+        except RuntimeError as err:
+            st.log(f"arithmetic: the FMA kernel failed: {str(err)[-300:]}")
         else:
-            peak = json.loads(proc.stdout.strip().splitlines()[-1])
             out.append(
                 {"case": "arithmetic", "kernel": f"numba FMA chains ({peak['threads']} threads)", "precision": "float64", **peak}
             )
@@ -986,6 +981,15 @@ def trace(st: Settings) -> list[dict]:
 # ----------------------------------------------------------------------------- references
 
 
+def _in_worker(*args) -> dict:
+    """``python -m benchmarks._worker *args`` in a fresh process (no XLA thread pool beside numba's):
+    the JSON record it prints last; a RuntimeError with its stderr where it fails."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks._worker", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmarks._worker {args[0]} failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _rel_diff(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
@@ -1012,14 +1016,7 @@ def numba_reference(st: Settings) -> list[dict]:
     st.log(f"numba stencil vs synovia ({n_val} steps, float64): max relative difference {worst:.2e} ({'ok' if ok else 'FAILED'})")
     sizes = [64, 128, 256, 512] if st.quick else [64, 128, 256, 512, 1024]
     for n in sizes:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks._worker", "stencil", str(n), str(st.repeats), str(st.target_cell_updates)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        w = json.loads(proc.stdout.strip().splitlines()[-1])
+        w = _in_worker("stencil", n, st.repeats, st.target_cell_updates)
         cells = n * n
         rate = cells * w["steps_per_call"] / w["median_s"]
         out.append(
@@ -1109,15 +1106,7 @@ def pypde_reference(st: Settings) -> list[dict]:
         st.log(f"py-pde {n}^2: compiling in a separate process (py-pde's numba compile takes a minute or two)")
         with tempfile.TemporaryDirectory() as tmp:
             npy = str(Path(tmp) / "pypde.npy")
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks._worker", "pypde", str(n), str(st.repeats), str(st.target_cell_updates), npy],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            w = json.loads(proc.stdout.strip().splitlines()[-1])
+            w = _in_worker("pypde", n, st.repeats, st.target_cell_updates, npy)
             theirs = np.load(npy)
         rate = pb.cells * w["steps_per_call"] / w["median_s"]
         rec = {

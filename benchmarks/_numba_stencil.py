@@ -12,11 +12,12 @@ three sweeps over memory. float64 (or float32) throughout, like the state.
 from __future__ import annotations
 
 import math
-import time
 
 import numba
 import numpy as np
 from numba import prange
+
+from ._harness import time_calls
 
 # parameter vector layout (floats), filled by params_vector()
 _P = (
@@ -248,19 +249,12 @@ def fma_peak(repeats: int, flops: float = 4e9) -> dict:
     blocks = 32 * threads()
     x = np.random.default_rng(0).random((blocks, FMA_CHAINS))
     n_iter = max(1, int(flops / (2 * x.size)))
-    fma_chains(x, 1)  # compile
-    best = []
-    for _ in range(max(5, repeats)):
-        t = time.perf_counter()
-        fma_chains(x, n_iter)
-        best.append(time.perf_counter() - t)
-    best.sort()
+    timing = time_calls(lambda: fma_chains(x, n_iter), max(5, repeats))  # the warm-up call compiles
     done = 2.0 * x.size * n_iter
     return {
         "threads": threads(),
         "flops": done,
-        "median_s": best[len(best) // 2],
-        "min_s": best[0],
-        "gflops": done / best[len(best) // 2] / 1e9,
-        "best_gflops": done / best[0] / 1e9,
+        **timing,
+        "gflops": done / timing["median_s"] / 1e9,
+        "best_gflops": done / timing["min_s"] / 1e9,
     }

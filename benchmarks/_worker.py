@@ -1,4 +1,5 @@
-"""numba timings in a fresh process: ``python -m benchmarks._worker {stencil,pypde,fma} N REPEATS TARGET [NPY]``.
+"""numba timings in a fresh process: ``python -m benchmarks._worker {stencil,pypde} N REPEATS TARGET [NPY]``,
+or ``python -m benchmarks._worker fma REPEATS``.
 
 numba's OpenMP/workqueue threads and XLA's CPU thread pool in one process slow each other
 down (measured: the stencil ran 3-10x slower after JAX work in the same process), so the
@@ -12,13 +13,14 @@ import sys
 
 
 def main() -> None:
-    kind, n, repeats, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    if kind == "pypde":
-        return pypde(n, repeats, target, sys.argv[5])
+    kind = sys.argv[1]
     if kind == "fma":
         from ._numba_stencil import fma_peak
 
-        return print(json.dumps(fma_peak(repeats)))
+        return print(json.dumps(fma_peak(int(sys.argv[2]))))
+    n, repeats, target = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    if kind == "pypde":
+        return pypde(n, repeats, target, sys.argv[5])
     import jax
     import jax.numpy as jnp
 
