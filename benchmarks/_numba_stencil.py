@@ -3,10 +3,18 @@
 Cell-centred finite volumes, harmonic face diffusivities computed on the fly from per-cell
 diffusivities (zero against a cell a species cannot enter), first-order upwind chemotaxis
 with face velocity chi * (f(T_R) - f(T_L)) / h on faces open to leukocytes, no-flux walls,
-all reaction terms of synovia's model without the drug, and SSP-RK3 in Shu-Osher form with
-each stage fused into one parallel sweep (``numba.prange`` over rows): the stage value
-``a y0 + (1 - a)(y_s + dt f(y_s))`` is written straight from the stencil, so a step is
-three sweeps over memory. float64 (or float32) throughout, like the state.
+all reaction terms of synovia's model without the drug (solver/_model.py: basal secretion in
+synovium and fluid, recruitment into the synovium and entry into the fluid driven by the
+cytokines and the fragment signal Phi, fluid mixing, cartilage exposed to w(x) x the fluid
+means), and SSP-RK3 in Shu-Osher form.
+
+Fluid entry, mixing, the cartilage exposure and Phi read means over the fluid (of T, I, L) and
+over the exposed cartilage (of 1 - C): scalars of the stage's input that every cell needs, so
+each stage is one parallel reduction pass (T, I, L bars and Phi) and then one fused parallel
+sweep (``numba.prange`` over rows) that writes the stage value
+``a y0 + (1 - a)(y_s + dt f(y_s))`` straight from the stencil: a step is three reductions and
+three sweeps over memory. The exposure weights w_T, w_I depend only on the geometry and the
+parameters, so they are computed once per problem. float64 (or float32) throughout, like the state.
 """
 
 from __future__ import annotations
@@ -19,14 +27,13 @@ from numba import prange
 
 from ._harness import time_calls
 
-# parameter vector layout (floats), filled by params_vector()
+# parameter tuple layout (floats), filled by params_vector(); _stage unpacks it in this order
 _P = (
     "decay_tnf",
     "decay_il1",
     "tnf_per_leukocyte",
     "il1_amplification_of_tnf",
     "il1_half_saturation_amplification",
-    "tnf_from_damaged_matrix",
     "il1_per_leukocyte",
     "tnf_half_saturation_il1",
     "chemotaxis",
@@ -36,6 +43,11 @@ _P = (
     "recruitment_half_saturation",
     "leukocyte_capacity",
     "leukocyte_death",
+    "basal_tnf",
+    "basal_il1",
+    "fluid_recruitment",
+    "fluid_mixing",
+    "recruitment_from_fragments",
     "cartilage_repair",
     "repair_inhibition_half_saturation",
     "cartilage_damage_tnf",
@@ -51,6 +63,26 @@ def params_vector(params) -> np.ndarray:
     return np.array([float(getattr(params, name)) for name in _P], dtype=np.float64)
 
 
+def exposure_weights(params, cartilage_depth, cartilage, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """(w_T, w_I): synovia's ``exposure_weight`` for TNF and IL-1, in numpy (float64).
+
+    The mean of exp(-z/delta) over each cartilage cell's layer (from its depth to one cell
+    deeper, the cell's thickness the geometric-mean spacing), delta = sqrt(D_cartilage / k);
+    zero outside cartilage.
+    """
+    thickness = float(np.prod(np.asarray(spacing, dtype=float)) ** (1.0 / len(spacing)))
+    depth, cart = np.asarray(cartilage_depth, np.float64), np.asarray(cartilage, np.float64)
+    out = []
+    for d_name, k_name in (("diffusivity_tnf", "decay_tnf"), ("diffusivity_il1", "decay_il1")):
+        d = float(np.asarray(getattr(params, d_name))[2])  # fields.Tissue.CARTILAGE
+        k = float(getattr(params, k_name))
+        delta = max(math.sqrt(max(d, 1e-30) / max(k, 1e-30)), 1e-9)
+        x = thickness / delta
+        layer = -math.expm1(-min(x, 1e3)) / max(x, 1e-6) if x > 1e-6 else 1.0 - 0.5 * x
+        out.append(np.exp(-depth / delta) * layer * cart)
+    return out[0], out[1]
+
+
 @numba.njit(inline="always")
 def _harm(a, b):
     # synovia: 2ab/(a+b) where both are positive, else 0; with a, b >= 0 this is the same
@@ -64,26 +96,66 @@ def _upwind(v, low, high):
 
 
 @numba.njit(parallel=True, fastmath=True, boundscheck=False, error_model="numpy")
-def _stage(y0, ys, out, a, dt, t, p, coef, inv_hy, inv_hx):
-    """out = a*y0 + (1-a)*(ys + dt*f(ys, t)) on the interior of padded (4, ny+2, nx+2) arrays.
+def _means(ys, fluid, w_i, inv_fluid_cells, inv_w_sum, fragments):
+    """(mean_F T, mean_F I, mean_F L, Phi) of the padded state ``ys``: the scalars of the stage.
 
-    ``coef`` (12, ny+2, nx+2): harmonic face diffusivities of T, I, L on the faces i+1/2 and
-    j+1/2 of each cell (6), open leukocyte faces i+1/2 and j+1/2 (2), then the cytokine,
-    leukocyte, cartilage, synovium and injury masks... (see NumbaStencil). One ghost layer
-    all round has zero face coefficients, so every wall flux vanishes without a branch
-    (no-flux walls), exactly as synovia's zero wall fluxes.
+    One parallel pass (row sums reduced across threads). Synovia's fluid_mean divides
+    sum(u [F]) by max(#F, 1) and fragment_signal sum(w_I (1 - C)) by max(sum w_I, 1e-30): the
+    reciprocals come in precomputed. Without cartilage (``fragments`` False) Phi is 0 and the
+    pass reads no C.
     """
     ny, nx = ys.shape[1] - 2, ys.shape[2] - 2
-    k_t, k_i, a_tl, b_ti, K_i, a_tc, a_il, K_t = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
-    chi, K_chi, r_syn, w_i, K_r, l_max, d_death = p[8], p[9], p[10], p[11], p[12], p[13], p[14]
-    r_c, K_rep, g_t, g_i = p[15], p[16], p[17], p[18]
-    since = t - p[20]
-    profile = math.exp(-max(since, 0.0) / p[22]) if (since >= 0 and since < p[21]) else 0.0
-    src = p[19] * profile
+    T_, I_, L_, C_ = ys[0], ys[1], ys[2], ys[3]
+    s_t = 0.0
+    s_i = 0.0
+    s_l = 0.0
+    s_c = 0.0
+    if fragments:
+        for i in prange(1, ny + 1):
+            for j in range(1, nx + 1):
+                f = fluid[i, j]
+                s_t += T_[i, j] * f
+                s_i += I_[i, j] * f
+                s_l += L_[i, j] * f
+                s_c += w_i[i, j] * (1.0 - C_[i, j])
+    else:
+        for i in prange(1, ny + 1):
+            for j in range(1, nx + 1):
+                f = fluid[i, j]
+                s_t += T_[i, j] * f
+                s_i += I_[i, j] * f
+                s_l += L_[i, j] * f
+    return s_t * inv_fluid_cells, s_i * inv_fluid_cells, s_l * inv_fluid_cells, s_c * inv_w_sum
+
+
+@numba.njit(parallel=True, fastmath=True, boundscheck=False, error_model="numpy")
+def _stage(y0, ys, out, a, dt, t, p, coef, inv_hy, inv_hx, t_bar, i_bar, l_bar, phi):
+    """out = a*y0 + (1-a)*(ys + dt*f(ys, t)) on the interior of padded (4, ny+2, nx+2) arrays.
+
+    ``coef`` (16, ny+2, nx+2): harmonic face diffusivities of T, I, L on the faces i+1/2 and
+    j+1/2 of each cell (6), open leukocyte faces i+1/2 and j+1/2 (2), then the cytokine,
+    leukocyte, cartilage, synovium, fluid and injury masks (6) and the exposure weights w_T,
+    w_I (2) (see NumbaStencil). One ghost layer all round has zero face coefficients, so every
+    wall flux vanishes without a branch (no-flux walls), exactly as synovia's zero wall fluxes.
+    ``t_bar``, ``i_bar``, ``l_bar``, ``phi``: the fluid means and fragment signal of ``ys``
+    (:func:`_means`).
+    """
+    ny, nx = ys.shape[1] - 2, ys.shape[2] - 2
+    (k_t, k_i, a_tl, b_ti, K_i, a_il, K_t, chi, K_chi, r_syn, w_i, K_r, l_max, d_death,
+     s_t, s_i, r_f, k_mix, w_f, r_c, K_rep, g_t, g_i, s_inj, onset, duration, decay) = p  # fmt: skip
+    since = t - onset
+    profile = math.exp(-max(since, 0.0) / decay) if (since >= 0 and since < duration) else 0.0
+    src = s_inj * profile
+    # per-stage scalars: the fragment drive, entry into the fluid, the cartilage exposure to
+    # the fluid means (e = w(x) x bar, w per cell)
+    activated = w_f * phi
+    fluid_drive = t_bar + w_i * i_bar + activated
+    entering = r_f * fluid_drive / (K_r + fluid_drive)
     one = 1.0 - a
     T_, I_, L_, C_ = ys[0], ys[1], ys[2], ys[3]
     DTy, DTx, DIy, DIx, DLy, DLx, Oy, Ox = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7]
-    cyt, leu, cart, syn, inj = coef[8], coef[9], coef[10], coef[11], coef[12]
+    cyt, leu, cart, syn, fl, inj, wT, wI = (
+        coef[8], coef[9], coef[10], coef[11], coef[12], coef[13], coef[14], coef[15])  # fmt: skip
     for i in prange(1, ny + 1):
         for j in range(1, nx + 1):
             T = T_[i, j]
@@ -114,19 +186,21 @@ def _stage(y0, ys, out, a, dt, t, p, coef, inv_hy, inv_hx):
             div_i = -(fi_n - fi_s) * inv_hy + -(fi_e - fi_w) * inv_hx
             div_l = -(fl_n - fl_s) * inv_hy + -(fl_e - fl_w) * inv_hx
             chemo = -(fc_n - fc_s) * inv_hy + -(fc_e - fc_w) * inv_hx
-            ca = cart[i, j]
-            lc = leu[i, j]
+            f_m = fl[i, j]
+            s_m = syn[i, j]
+            secreting = s_m + f_m  # basal secretion by resident synovial cells
             leuk_tnf = a_tl * L * (1.0 + b_ti * I / (K_i + I))
-            damaged = a_tc * (1.0 - C) * ca
-            drive = T + w_i * I
-            recruitment = r_syn * syn[i, j] * drive / (K_r + drive)
+            drive = T + w_i * I + activated
+            recruited = r_syn * drive / (K_r + drive) * s_m + entering * f_m
             capacity = 1.0 - L / l_max
-            inhibition = 1.0 + (T + I) / K_rep
+            e_t = wT[i, j] * t_bar
+            e_i = wI[i, j] * i_bar
+            inhibition = 1.0 + (e_t + e_i) / K_rep
             c_m = cyt[i, j]
-            rT = (div_t + src * inj[i, j] + leuk_tnf + damaged - k_t * T) * c_m
-            rI = (div_i + a_il * L * T / (K_t + T) - k_i * I) * c_m
-            rL = (div_l + chemo + recruitment * capacity - d_death * L) * lc
-            rC = ca * (r_c * (1.0 - C) / inhibition - (g_t * T + g_i * I) * C)
+            rT = (div_t + src * inj[i, j] + leuk_tnf + s_t * secreting + k_mix * (t_bar - T) * f_m - k_t * T) * c_m
+            rI = (div_i + a_il * L * T / (K_t + T) + s_i * secreting + k_mix * (i_bar - I) * f_m - k_i * I) * c_m
+            rL = (div_l + chemo + recruited * capacity + k_mix * (l_bar - L) * f_m - d_death * L) * leu[i, j]
+            rC = cart[i, j] * (r_c * (1.0 - C) / inhibition - (g_t * e_t + g_i * e_i) * C)
             out[0, i, j] = a * y0[0, i, j] + one * (T + dt * rT)
             out[1, i, j] = a * y0[1, i, j] + one * (I + dt * rI)
             out[2, i, j] = a * y0[2, i, j] + one * (L + dt * rL)
@@ -138,14 +212,18 @@ _C = (0.0, 1.0, 0.5)
 
 
 @numba.njit
-def _advance(y, n_steps, t0, dt, p, coef, inv_hy, inv_hx):
+def _advance(y, n_steps, t0, dt, p, coef, inv_hy, inv_hx, inv_fluid_cells, inv_w_sum, fragments):
     b1 = np.zeros_like(y)  # ghost layers stay zero
     b2 = np.zeros_like(y)
+    fl, w_i = coef[12], coef[15]
     for n in range(n_steps):
         t = t0 + n * dt
-        _stage(y, y, b1, 0.0, dt, t, p, coef, inv_hy, inv_hx)
-        _stage(y, b1, b2, 0.75, dt, t + dt, p, coef, inv_hy, inv_hx)
-        _stage(y, b2, b1, 1.0 / 3.0, dt, t + 0.5 * dt, p, coef, inv_hy, inv_hx)
+        tb, ib, lb, phi = _means(y, fl, w_i, inv_fluid_cells, inv_w_sum, fragments)
+        _stage(y, y, b1, 0.0, dt, t, p, coef, inv_hy, inv_hx, tb, ib, lb, phi)
+        tb, ib, lb, phi = _means(b1, fl, w_i, inv_fluid_cells, inv_w_sum, fragments)
+        _stage(y, b1, b2, 0.75, dt, t + dt, p, coef, inv_hy, inv_hx, tb, ib, lb, phi)
+        tb, ib, lb, phi = _means(b2, fl, w_i, inv_fluid_cells, inv_w_sum, fragments)
+        _stage(y, b2, b1, 1.0 / 3.0, dt, t + 0.5 * dt, p, coef, inv_hy, inv_hx, tb, ib, lb, phi)
         y, b1 = b1, y
     return y
 
@@ -189,11 +267,17 @@ class NumbaStencil:
             o = np.zeros_like(leu)
             o[: lo.shape[0], : lo.shape[1]] = lo * hi
             coef.append(o)
-        coef += [pad(m) for m in (domain.cytokine, domain.leukocyte, domain.cartilage, domain.synovium, domain.injury)]
+        masks = (domain.cytokine, domain.leukocyte, domain.cartilage, domain.synovium, domain.fluid, domain.injury)
+        coef += [pad(m) for m in masks]
+        w_t, w_i = exposure_weights(params, domain.cartilage_depth, domain.cartilage, problem.grid.spacing)
+        coef += [pad(w_t), pad(w_i)]
         self.coef = np.ascontiguousarray(np.stack(coef).astype(dtype))
-        self.p = params_vector(params).astype(dtype)
+        self.p = tuple(dtype.type(v) for v in params_vector(params))
         self.inv_h = tuple(dtype.type(1.0 / h) for h in problem.grid.spacing)
         self.dt = dtype.type(problem.dt)
+        fluid_cells = float(np.sum(np.asarray(domain.fluid, dtype=np.float64)))
+        w_sum = float(np.sum(self.coef[15], dtype=np.float64))
+        self.means = (dtype.type(1.0 / max(fluid_cells, 1.0)), dtype.type(1.0 / max(w_sum, 1e-30)), w_sum > 0)
 
     def initial(self, state) -> np.ndarray:
         """Padded (4, ny + 2, nx + 2) array of T, I, L, C (ghost layers zero)."""
@@ -204,7 +288,7 @@ class NumbaStencil:
         return y[:, 1:-1, 1:-1]
 
     def advance(self, y: np.ndarray, n_steps: int, t0: float = 0.0) -> np.ndarray:
-        return _advance(y.copy(), n_steps, self.dtype.type(t0), self.dt, self.p, self.coef, *self.inv_h)
+        return _advance(y.copy(), n_steps, self.dtype.type(t0), self.dt, self.p, self.coef, *self.inv_h, *self.means)
 
 
 def threads() -> int:

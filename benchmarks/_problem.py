@@ -2,9 +2,10 @@
 
 Leukocytes everywhere (plus a bump), a TNF blob and an IL-1 blob, and an active injury
 source in a ball at the centre, so every term of the TNF, IL-1 and leukocyte equations
-(diffusion, chemotaxis up f(T) = T/(K_chi + T), secretion, decay, injury) does work.
-The recruitment (synovium only) and cartilage terms are evaluated by synovia on every
-cell as in any geometry, but are zero in a fluid-only box; the drug is off.
+(diffusion, chemotaxis up f(T) = T/(K_chi + T), secretion, basal secretion, entry into the
+fluid and fluid mixing, both through means over the fluid, decay, injury) does work.
+The synovial recruitment and cartilage terms are evaluated by synovia on every cell as in
+any geometry, but are zero in a fluid-only box; the drug is off.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def box_problem(
 
     options = ModelOptions(grid=grid, drug=False, chemotaxis_scheme="upwind")
     params = default_params(dtype)
-    domain = make_domain(labels, injury, dtype)
+    domain = make_domain(labels, injury, dtype, grid.spacing)
     zeros = np.zeros(shape)
     state = State(*(jnp.asarray(a, dtype) for a in (tnf, il1, leuk, zeros, zeros)))
     _, dt, _ = choose_substeps(1.0, params, state, options, get_stepper("ssp_rk3"), 0.9)

@@ -13,7 +13,7 @@ joint cavity that is lined by synovium and wrapped in a capsule attached to the 
 same construction is rotated about the vertical axis (bones are solids of revolution), so the 2D
 geometry equals the 3D one's section through the joint centre, ``labels3d[:, mid, :]``.
 
-Sources for the default dimensions are in ``/work/shared/MODEL.md`` (table "Geometry"); values with no
+Sources for the default dimensions are in ``docs/model.md`` (table "Geometry"); values with no
 source there are stated as modelling assumptions.
 """
 
@@ -121,7 +121,7 @@ class JointDimensions:
     section ``[:, mid, :]``). Axis 0 (height) is the long axis of the bones.
 
     Defaults are those of the 2D knee preset (see :data:`PRESETS` for the MCP joint). Sources refer to
-    the "Geometry" table in ``/work/shared/MODEL.md``; values without a source there are stated as
+    the "Geometry" table in ``docs/model.md``; values without a source there are stated as
     modelling assumptions.
 
     Attributes:
@@ -130,18 +130,18 @@ class JointDimensions:
             excluded tissue (200 x 176 cells at 0.25 mm).
         bone_radius_upper_mm: radius of the subchondral bone surface of the upper bone's rounded end
             (femoral condyle / metacarpal head). Knee default 20: assumption (sagittal femoral condyle
-            radius of curvature is of order 20 mm; not in MODEL.md).
+            radius of curvature is of order 20 mm; not in docs/model.md).
         bone_radius_lower_mm: radius of the lower bone's end (tibial plateau / proximal phalanx base);
             a large radius makes it nearly flat. Knee default 60: assumption (the tibial plateau is
-            nearly flat; not in MODEL.md).
+            nearly flat; not in docs/model.md).
         bone_half_width_mm: half width of the bone shafts (the rounded ends are clipped to this width).
             Must not exceed either radius, so that each end is a rounded cap without a step. Knee
-            default 18: assumption (not in MODEL.md).
-        cartilage_thickness_mm: thickness of each articular cartilage layer. Knee default 2.0: MODEL.md,
+            default 18: assumption (not in docs/model.md).
+        cartilage_thickness_mm: thickness of each articular cartilage layer. Knee default 2.0: docs/model.md,
             knee cartilage mean 1.57-2.43 mm (PMID 11237657).
         joint_space_mm: radiographic joint space, the bone-to-bone distance at the joint centre
             (= 2 cartilage layers + fluid gap); must exceed ``2 * cartilage_thickness_mm``. Knee default
-            5.2: MODEL.md, minimum joint space women 4.8 +- 0.7 mm, men 5.7 +- 0.8 mm (BMC Musculoskelet
+            5.2: docs/model.md, minimum joint space women 4.8 +- 0.7 mm, men 5.7 +- 0.8 mm (BMC Musculoskelet
             Disord 2008;9:119); 5.2 is between the two means, leaving a 1.2 mm fluid gap.
         cavity_half_extent_mm: half size of the joint cavity (a rounded box centred on the joint centre)
             per axis, same length as ``domain_mm``. The vertical half extent reaches beyond the level where
@@ -152,7 +152,7 @@ class JointDimensions:
             default 4: assumption.
         synovium_thickness_mm: thickness of the synovial membrane around the cavity. This is an
             effective membrane thickness that includes the subintima: the lining itself is only 1-2 cell
-            layers when healthy and 10-15+ in advanced RA (MODEL.md, Smith 2011, Open Rheumatol J 5:100,
+            layers when healthy and 10-15+ in advanced RA (docs/model.md, Smith 2011, Open Rheumatol J 5:100,
             thickness unconfirmed). Knee default 0.75 (3 cells at 0.25 mm): assumption.
         capsule_thickness_mm: thickness of the capsule / subsynovial tissue outside the synovium. Knee
             default 1.5: assumption.
@@ -249,10 +249,10 @@ PRESETS: dict[str, JointDimensions] = {
     # Human knee, sagittal-like section. Sources in the JointDimensions docstring (the defaults).
     "knee": JointDimensions(),
     # Human finger metacarpophalangeal (MCP) joint, designed for a 0.05-0.1 mm grid.
-    # cartilage 0.7 mm: MODEL.md, MCP cartilage 0.36-1.10 mm (Cipolletta et al. 2021, Clin Exp Rheumatol
+    # cartilage 0.7 mm: docs/model.md, MCP cartilage 0.36-1.10 mm (Cipolletta et al. 2021, Clin Exp Rheumatol
     #   39:1394), middle of the range.
     # joint space 1.6 mm = 2 x 0.7 cartilage + 0.2 mm fluid gap: assumption (for comparison, the PIP model
-    #   of Macfarlane, Chaplain, Eftimie 2022 in MODEL.md uses 0.4 mm cartilage and a 0.1 mm gap).
+    #   of Macfarlane, Chaplain, Eftimie 2022 in docs/model.md uses 0.4 mm cartilage and a 0.1 mm gap).
     # metacarpal head radius 7 mm, phalanx base radius 10 mm (shallower, concave in reality; modelled
     #   convex and nearly flat), shaft half width 5 mm, synovium 0.2 mm (effective, Smith 2011 as for the
     #   knee), capsule 0.5 mm, cavity and domain: assumptions.

@@ -36,16 +36,16 @@ from solver._steppers import get_stepper
 from ._observations import ObservationError, ObservationOperator, Observations, observed
 
 #: Literature log-normal priors (median, geometric sd factor, source) for parameters that have a
-#: measured or estimated value in ../shared/MODEL.md; rates the data must set have none.
+#: measured or estimated value in docs/model.md; rates the data must set have none.
 LITERATURE_PRIORS: dict[str, tuple[float, float, str]] = {
-    "decay_tnf": (2.25, 1.5, "MODEL.md: TNF t1/2 18.5 min, Ferraiolo et al. 1988"),
-    "decay_il1": (2.2, 1.5, "MODEL.md: IL-1 t1/2 19 min, Cancer Res 1990;50:5751"),
-    "chemotaxis": (0.05, 3.0, "MODEL.md: chi ~0.05 mm^2/h, not confirmed in literature"),
-    "leukocyte_death": (0.03, 2.0, "MODEL.md: tissue neutrophil lifetime about a day"),
-    "drug_clearance": (math.log(2) / 96.0, 2.0, "MODEL.md: etanercept t1/2 ~4 d to adalimumab ~14 d"),
-    "diffusivity_tnf.synovial_fluid": (0.27, 2.0, "MODEL.md: Hao & Friedman 2016"),
-    "diffusivity_il1.synovial_fluid": (0.39, 2.0, "MODEL.md: Stokes-Einstein estimate"),
-    "diffusivity_leukocytes.synovial_fluid": (0.01, 3.0, "MODEL.md: neutrophil speed 17 um/min, Butler 2010"),
+    "decay_tnf": (2.25, 1.5, "docs/model.md: TNF t1/2 18.5 min, Ferraiolo et al. 1988"),
+    "decay_il1": (2.2, 1.5, "docs/model.md: IL-1 t1/2 19 min, Cancer Res 1990;50:5751"),
+    "chemotaxis": (0.05, 3.0, "docs/model.md: chi ~0.05 mm^2/h, not confirmed in literature"),
+    "leukocyte_death": (0.03, 2.0, "docs/model.md: tissue neutrophil lifetime about a day"),
+    "drug_clearance": (math.log(2) / 96.0, 2.0, "docs/model.md: etanercept t1/2 ~4 d to adalimumab ~14 d"),
+    "diffusivity_tnf.synovial_fluid": (0.27, 2.0, "docs/model.md: Hao & Friedman 2016"),
+    "diffusivity_il1.synovial_fluid": (0.39, 2.0, "docs/model.md: Stokes-Einstein estimate"),
+    "diffusivity_leukocytes.synovial_fluid": (0.01, 3.0, "docs/model.md: neutrophil speed 17 um/min, Butler 2010"),
 }
 
 
@@ -171,7 +171,7 @@ def normalize_parameters(spec, params: Params) -> tuple[FitParameter, ...]:
         elif prior is True or prior == "literature":
             if p.name not in LITERATURE_PRIORS:
                 raise FitError(
-                    f"parameter '{p.name}': no literature prior (MODEL.md gives one for {sorted(LITERATURE_PRIORS)}); "
+                    f"parameter '{p.name}': no literature prior (docs/model.md gives one for {sorted(LITERATURE_PRIORS)}); "
                     "give prior = [median, factor]"
                 )
             prior = LITERATURE_PRIORS[p.name][:2]
@@ -229,6 +229,15 @@ class Transform:
         return out
 
 
+#: Parameters the resting joint (``initial.start = "rest"``) does not depend on: it has no injury,
+#: no drug, intact cartilage held still (so no fragments).
+REST_INDEPENDENT = frozenset(
+    {"injury_rate", "injury_decay", "cartilage_repair", "repair_inhibition_half_saturation", "cartilage_damage_tnf",
+     "cartilage_damage_il1", "recruitment_from_fragments", "drug_clearance", "drug_tnf_binding", "drug_per_tnf_bound",
+     "drug_dose"}
+)  # fmt: skip
+
+
 class Problem:
     """A scenario, observations and free parameters, with a differentiable loss of ``u``.
 
@@ -281,6 +290,24 @@ class Problem:
         stages = max(super_step_stages(stepper, self.dt, limits, config.run.safety), scenario.stages)
         self.solver = get_solver(scenario.options, config.run.stepper, self.n_substeps, stages)
         self.u0 = self.transform.u(np.array([p.initial for p in self.parameters]))
+
+    def start_note(self) -> str | None:
+        """What a user should know about the fit's initial state, or None.
+
+        The resting joint a scenario starts from (``initial.start = "rest"``) is found once, for the
+        scenario's parameter values; the fit keeps that state as the start whatever values it tries.
+        """
+        if self.config.initial["start"] != "rest":
+            return None
+        moving = [n for n in self.names if n not in REST_INDEPENDENT and not n.startswith("diffusivity_drug")]
+        if not moving:
+            return None
+        return (
+            f"the run starts from the resting joint of the scenario's values; {', '.join(moving)} also change(s) the "
+            "resting state, which the fit keeps fixed: observations soon after the start then see a start that does not "
+            'match the fitted values (refit from them, or set initial.start = "baseline"); steady-state '
+            "observations days later are not affected"
+        )
 
     def _set_data(self, observations: Observations) -> None:
         values, sigmas = observed(observations)

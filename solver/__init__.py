@@ -23,3 +23,6 @@ from ._simulate import StepTooLarge as StepTooLarge
 from ._simulate import choose_substeps as choose_substeps
 from ._simulate import get_solver as get_solver
 from ._simulate import vmapped_members as vmapped_members
+from ._steady import SteadyState as SteadyState
+from ._steady import relax as relax
+from ._steady import resting_params as resting_params

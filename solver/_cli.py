@@ -66,6 +66,8 @@ def _cmd_run(args) -> int:
                 return _error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
             if problem := _missing_folder(out):
                 return _error(problem)
+            if scenario.config.initial["start"] == "rest":
+                _report_rest(scenario)
             config_dir = Path(args.config).resolve().parent if args.config else Path.cwd()
             writer = new_writer(scenario, out, config_dir=config_dir, overwrite=args.overwrite)
             start_frame, state = 0, None
@@ -73,6 +75,8 @@ def _cmd_run(args) -> int:
         return _error(str(err))
     except (FileExistsError, OSError, ValueError) as err:
         return _error(str(err))
+    except KeyboardInterrupt:
+        return _error("interrupted before the run started; nothing was written", EXIT_INTERRUPTED)
 
     grid = scenario.geometry.grid
     if start_frame >= scenario.n_frames:
@@ -98,6 +102,21 @@ def _cmd_run(args) -> int:
         f"({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'"
     )
     return 0
+
+
+def _report_rest(scenario) -> None:
+    """Find the scenario's resting state (the run's start), saying what it is and how long it took."""
+    from ._model import summaries
+
+    _info("finding the resting joint (no injury, no drug): relaxing to a steady state ...")
+    rest = scenario.rest
+    fluid = {k: float(v) for k, v in summaries(rest.state, scenario.domain, scenario.options).items()}
+    settled = "steady" if rest.converged else f"NOT settled (still changing {rest.change:.1e} per day)"
+    _info(
+        f"resting joint {settled} after {rest.time_h:g} h simulated ({rest.wall_s:.1f} s): synovial fluid TNF "
+        f"{fluid['synovial_fluid_tnf']:.3g} pg/mL, IL-1 {fluid['synovial_fluid_il1']:.3g} pg/mL, white cells "
+        f"{fluid['synovial_fluid_leukocytes']:.4g} /uL"
+    )
 
 
 def _cmd_sweep(args) -> int:
@@ -220,6 +239,8 @@ def _cmd_fit(args) -> int:
         problem = inference.Problem(
             fc.scenario, fc.observations, {p.name: p for p in fc.parameters}, log_residuals=kwargs.pop("log_residuals")
         )
+        if note := problem.start_note():
+            _info(f"note: {note}")
         problem_note = f"{problem.n} parameters, {fc.observations.count} observed values from '{fc.observations_path}'"
         _info(
             f"{'resuming' if args.resume else 'fitting'} {problem_note}; {fc.fit.optimizer}, {fc.fit.starts} start(s), "

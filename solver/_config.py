@@ -141,12 +141,19 @@ class Region:
     value: float = _opt(0.5, "value inside the ball", "species unit", lower=0)
 
 
-#: Default baselines per tissue and species (MODEL.md: OA/healthy synovial fluid; cartilage intact).
+#: Default baselines per tissue and species (docs/model.md: healthy synovial fluid; cartilage intact).
+#: With ``initial.start = "rest"`` the resting state replaces tnf, il1 and leukocytes; these are
+#: where its relaxation starts.
 DEFAULT_BASELINE: dict[str, dict[str, float]] = {
     "cartilage": {"cartilage": 1.0},
-    "synovial_fluid": {"tnf": 2.9, "il1": 1.1, "leukocytes": 100.0},
-    "synovium": {"leukocytes": 100.0},
+    "synovial_fluid": {"tnf": 2.9, "il1": 1.1, "leukocytes": 150.0},
+    "synovium": {"tnf": 2.9, "il1": 1.1, "leukocytes": 150.0},
 }
+
+#: How the initial state is made (``initial.start``).
+STARTS = ("rest", "baseline")
+#: Species the resting state sets (their per-tissue baselines only seed its relaxation).
+RESTING_SPECIES = ("tnf", "il1", "leukocytes")
 
 WALLS = {2: ("y_min", "y_max", "x_min", "x_max"), 3: ("z_min", "z_max", "y_min", "y_max", "x_min", "x_max")}
 WALL_KINDS = ("no_flux", "dirichlet", "robin")
@@ -173,7 +180,8 @@ class Config:
             out[name] = _plain(dataclasses.asdict(getattr(self, name)))
         out["parameters"] = dict(self.parameters)
         out["tissues"] = {t: dict(v) for t, v in self.tissues.items()}
-        initial = {t: dict(v) for t, v in self.initial["baseline"].items()}
+        initial: dict[str, Any] = {"start": self.initial["start"]}
+        initial.update({t: dict(v) for t, v in self.initial["baseline"].items()})
         if self.initial["blobs"]:
             initial["blobs"] = [_plain(dataclasses.asdict(b)) for b in self.initial["blobs"]]
         if self.initial["regions"]:
@@ -293,9 +301,13 @@ def _initial(raw) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError("config key 'initial' must be a table")
     baseline = {t: {s: DEFAULT_BASELINE.get(t, {}).get(s, 0.0) for s in SPECIES} for t in TISSUE_NAMES}
-    blobs, regions, file = [], [], ""
+    blobs, regions, file, start = [], [], "", "rest"
     for key, value in raw.items():
-        if key == "blobs":
+        if key == "start":
+            if value not in STARTS:
+                raise ConfigError(f"config key 'initial.start' = {value!r}: allowed values are {', '.join(STARTS)}")
+            start = value
+        elif key == "blobs":
             if not isinstance(value, list):
                 raise ConfigError("config key 'initial.blobs' must be an array of tables ([[initial.blobs]])")
             blobs = [_section(Blob, b, f"initial.blobs[{i}].") for i, b in enumerate(value)]
@@ -316,8 +328,18 @@ def _initial(raw) -> dict[str, Any]:
                 upper = 1.0 if species == "cartilage" else math.inf
                 baseline[key][species] = _number(f"initial.{key}.{species}", v, 0.0, upper)
         else:
-            raise _unknown(key, "initial.", [*baseline, "blobs", "regions", "file"])
-    return {"baseline": baseline, "blobs": tuple(blobs), "regions": tuple(regions), "file": file}
+            raise _unknown(key, "initial.", [*baseline, "start", "blobs", "regions", "file"])
+    if start == "rest":
+        for tissue, values in baseline.items():
+            for species in RESTING_SPECIES:
+                default = DEFAULT_BASELINE.get(tissue, {}).get(species, 0.0)
+                if values[species] != default:
+                    raise ConfigError(
+                        f"config key 'initial.{tissue}.{species}' = {values[species]:g}: with initial.start = \"rest\" "
+                        f"(the default) the resting state sets {', '.join(RESTING_SPECIES)}; set initial.start = "
+                        '"baseline" to start from per-tissue values instead'
+                    )
+    return {"start": start, "baseline": baseline, "blobs": tuple(blobs), "regions": tuple(regions), "file": file}
 
 
 def _boundary(raw, ndim: int) -> dict[str, dict[str, dict[str, Any]]]:

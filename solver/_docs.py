@@ -1,11 +1,13 @@
 """The config reference in Markdown, generated from the code so that the README cannot drift.
 
 ``python -m solver._docs`` prints it; a test checks the README holds exactly this text.
+``python -m solver._docs model`` prints the parameter table of docs/model.md (also checked).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from fields import SPECIES, SPECIES_UNITS, TISSUE_NAMES
 
@@ -71,6 +73,14 @@ def config_reference() -> str:
         out.append(f"| `{name}` | " + " | ".join(f"{v:.3g}" for v in values) + f" | {source} |")
     out += [
         "",
+        "#### `[initial]`: the start",
+        "",
+        '`initial.start`: `"rest"` (default) starts from the resting joint, the steady state of the scenario\'s '
+        "parameters with no injury, no drug and intact cartilage, relaxed from the default baselines by the "
+        "scenario's stepper; the cartilage and drug baselines, `initial.file`, blobs and regions are then applied "
+        'to it, and tnf, il1 and leukocyte baselines other than the defaults are refused. `"baseline"` '
+        "starts from the per-tissue values below.",
+        "",
         "#### `[initial.<tissue>]`: baseline value of each species per tissue",
         "",
         "Keys: "
@@ -100,5 +110,15 @@ def config_reference() -> str:
     return "\n".join(out)
 
 
+def model_parameters() -> str:
+    """The parameter table of docs/model.md: every [parameters] key with its symbol, default, unit and source."""
+    out = ["| symbol | key | default | unit | meaning | source |", "|---|---|---|---|---|---|"]
+    for name, info in PARAMETERS.items():
+        if name not in SCENARIO_PARAMETERS or name == "injury_rate":
+            where = "`injury.rate`" if name == "injury_rate" else f"`{name}`"
+            out.append(f"| {info.symbol} | {where} | {info.default:.5g} | {info.unit} | {info.description} | {info.source} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(config_reference())
+    print(model_parameters() if sys.argv[1:] == ["model"] else config_reference())

@@ -1,17 +1,29 @@
-r"""The default joint-inflammation model (../shared/MODEL.md), as a pure right-hand side.
+r"""The joint-inflammation model (docs/model.md), as a pure right-hand side.
 
-With T = TNF, I = IL-1, L = leukocytes, C = cartilage integrity, A = anti-TNF drug and
-f(T) = T / (K_chi + T)::
+With T = TNF, I = IL-1, L = leukocytes, C = cartilage integrity, A = anti-TNF drug,
+f(T) = T / (K_chi + T), bars for means over the synovial fluid and [X] the indicator of tissue X::
 
-    dT/dt = div(D_T grad T) + s_inj(x,t) + a_TL L (1 + b_TI I/(K_I + I)) + a_TC (1 - C) - k_T T - k_AT A T
-    dI/dt = div(D_I grad I) + a_IL L T/(K_T + T) - k_I I
-    dL/dt = div(D_L grad L - chi L grad f(T)) + r_syn(x) (T + w_I I)/(K_r + T + w_I I) (1 - L/L_max) - d_L L
-    dC/dt = r_C (1 - C)/(1 + T/K_rep + I/K_rep) - (g_T T + g_I I) C          (cartilage only)
+    dT/dt = div(D_T grad T) + s_inj(x,t) + a_TL L (1 + b_TI I/(K_I + I)) + s_T [S + F]
+            - k_T T - k_AT A T + k_mix (Tbar - T) [F]
+    dI/dt = div(D_I grad I) + a_IL L T/(K_T + T) + s_I [S + F] - k_I I + k_mix (Ibar - I) [F]
+    dL/dt = div(D_L grad L - chi L grad f(T)) + (r_syn h(T, I) [S] + r_F h(Tbar, Ibar) [F]) (1 - L/L_max)
+            - d_L L + k_mix (Lbar - L) [F],        h(T, I) = (T + w_I I + w_F Phi)/(K_r + T + w_I I + w_F Phi)
+    dC/dt = r_C (1 - C)/(1 + (e_T + e_I)/K_rep) - (g_T e_T + g_I e_I) C          (cartilage only)
     dA/dt = div(D_A grad A) + dose(x,t) - k_A A - s_AT k_AT A T                (optional)
 
-Units: mm, h, pg/mL, cells/uL, ug/mL. s_AT converts TNF bound (pg/mL) into drug used
-(ug/mL). Cytokines and drug live in every tissue but bone and excluded cells; leukocytes
-in synovial fluid, synovium and capsule; C in cartilage. r_syn and dose act in the synovium.
+S: synovium, F: synovial fluid. Leukocytes are recruited from the synovial vessels into the tissue
+(driven by the cytokines there) and across the thin lining into the fluid (driven by the fluid's).
+e_T = w_T(x) Tbar and e_I = w_I(x) Ibar are the cytokine exposures of cartilage: inside it a
+cytokine falls off as exp(-z/delta) with depth z below the articular surface, delta =
+sqrt(D_cartilage / k) (0.09 mm for TNF), thinner than a grid cell; w(x) is the mean of that
+profile over the cell's depth range, so the cartilage lost per unit surface does not depend on
+the grid. Phi, the matrix-fragment signal, is the mean damage (1 - C) of that exposed surface
+layer (weights w_I): fragments shed by damaged matrix, well mixed in the fluid, activate the
+synovial lining, whose chemokines recruit leukocytes (w_F Phi adds to the cytokine drive h).
+Units: mm, h, pg/mL, cells/uL, ug/mL. s_AT converts TNF bound (pg/mL) into drug used (ug/mL).
+Cytokines and drug live in every tissue but bone and excluded cells; leukocytes in synovial fluid,
+synovium and capsule; C in cartilage. Basal secretion acts in the synovium and the fluid, dosing
+in the synovium.
 """
 
 from __future__ import annotations
@@ -50,7 +62,9 @@ TRANSPORTED = ("tnf", "il1", "leukocytes", "drug")
 class Domain(NamedTuple):
     """Arrays derived from the geometry (traced, one compile per grid shape).
 
-    Masks are 0/1 in the state dtype; ``injury`` is the injury region's 0/1 mask.
+    Masks are 0/1 in the state dtype; ``injury`` is the injury region's 0/1 mask;
+    ``cartilage_depth`` is, in cartilage, the depth (mm) of the top of each cell's layer below the
+    articular surface (0 for cells facing the fluid) and :data:`FAR` elsewhere.
     """
 
     labels: jax.Array
@@ -60,6 +74,7 @@ class Domain(NamedTuple):
     synovium: jax.Array
     fluid: jax.Array
     injury: jax.Array
+    cartilage_depth: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +99,12 @@ class ModelOptions:
         return base + ("drug",) if self.drug else base
 
 
-def make_domain(labels: np.ndarray, injury_mask: np.ndarray, dtype) -> Domain:
-    """Masks for each species' region from integer tissue labels."""
+#: Depth (mm) given to cells that are not cartilage or face no fluid: far below any penetration.
+FAR = 1e3
+
+
+def make_domain(labels: np.ndarray, injury_mask: np.ndarray, dtype, spacing: tuple[float, ...]) -> Domain:
+    """Masks for each species' region from integer tissue labels on a grid of this ``spacing`` (mm)."""
     labels = np.asarray(labels)
 
     def mask(tissues):
@@ -99,7 +118,33 @@ def make_domain(labels: np.ndarray, injury_mask: np.ndarray, dtype) -> Domain:
         synovium=mask((Tissue.SYNOVIUM,)),
         fluid=mask((Tissue.SYNOVIAL_FLUID,)),
         injury=jnp.asarray(np.asarray(injury_mask) & np.isin(labels, [int(t) for t in CYTOKINE_TISSUES]), dtype=dtype),
+        cartilage_depth=jnp.asarray(cartilage_depth(labels, spacing), dtype=dtype),
     )
+
+
+def cartilage_depth(labels: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Depth (mm) below the articular surface of the top of each cartilage cell's layer.
+
+    The distance from the cell centre to the nearest synovial-fluid cell centre, less one cell
+    (half a cell on each side): 0 for a cell sharing a face with the fluid, one cell for the next
+    row. :data:`FAR` outside cartilage and where no fluid is present.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    labels = np.asarray(labels)
+    fluid = labels == int(Tissue.SYNOVIAL_FLUID)
+    out = np.full(labels.shape, FAR)
+    cartilage = labels == int(Tissue.CARTILAGE)
+    if fluid.any() and cartilage.any():
+        distance = distance_transform_edt(~fluid, sampling=spacing)
+        out[cartilage] = np.maximum(distance[cartilage] - layer_thickness(spacing), 0.0)
+    return out
+
+
+def layer_thickness(spacing) -> float:
+    """Thickness (mm) of one cell's layer below the articular surface: the geometric-mean spacing."""
+    spacing = np.asarray(spacing, dtype=float)
+    return float(np.prod(spacing) ** (1.0 / spacing.size))
 
 
 class Coefficients(NamedTuple):
@@ -146,21 +191,62 @@ def dose_rate(params: Params, t) -> jax.Array:
     return jnp.where(on, params.drug_dose / params.drug_infusion, 0.0)
 
 
-def loss_rates(state: State, params: Params, options: ModelOptions) -> State:
+def fluid_mean(u: jax.Array, domain: Domain) -> jax.Array:
+    """Mean of ``u`` over the synovial fluid (0 without fluid)."""
+    return jnp.sum(u * domain.fluid) / jnp.maximum(jnp.sum(domain.fluid), 1.0)
+
+
+def exposure_weight(domain: Domain, options: ModelOptions, diffusivity: jax.Array, decay: jax.Array) -> jax.Array:
+    """Mean of exp(-z/delta) over each cartilage cell's depth range, delta = sqrt(D_cartilage / k) (mm).
+
+    A cytokine entering cartilage from the fluid (diffusivity D, decay k) falls off as
+    exp(-z/delta) below the surface. The weight integrates that profile over the layer from
+    ``domain.cartilage_depth`` to one cell deeper, so that the sum of weight x thickness over a
+    column is delta whatever the grid (the penetration is a sub-grid surface layer when delta is
+    below a cell). Zero outside cartilage.
+    """
+    delta = jnp.sqrt(jnp.maximum(diffusivity[int(Tissue.CARTILAGE)], 1e-30) / jnp.maximum(decay, 1e-30))
+    delta = jnp.maximum(delta, 1e-9)
+    x = layer_thickness(options.grid.spacing) / delta
+    mean_over_layer = jnp.where(x > 1e-6, -jnp.expm1(-jnp.minimum(x, 1e3)) / jnp.maximum(x, 1e-6), 1.0 - 0.5 * x)
+    return jnp.exp(-domain.cartilage_depth / delta) * mean_over_layer * domain.cartilage
+
+
+def cartilage_exposure(state: State, params: Params, domain: Domain, options: ModelOptions) -> tuple[jax.Array, jax.Array]:
+    """(e_T, e_I): the TNF and IL-1 (pg/mL) each cartilage cell sees, w(x) x the fluid mean."""
+    p = params
+    w_t = exposure_weight(domain, options, p.diffusivity_tnf, p.decay_tnf)
+    w_i = exposure_weight(domain, options, p.diffusivity_il1, p.decay_il1)
+    return w_t * fluid_mean(state.tnf, domain), w_i * fluid_mean(state.il1, domain)
+
+
+def fragment_signal(cartilage: jax.Array, params: Params, domain: Domain, options: ModelOptions) -> jax.Array:
+    """Phi in [0, 1]: the mean damage (1 - C) of the surface layer that IL-1 reaches (weights w_I).
+
+    Matrix fragments are shed from damaged surface matrix into the well-mixed fluid and cleared
+    within hours, so their level in the fluid follows this damage. 0 without cartilage.
+    """
+    w = exposure_weight(domain, options, params.diffusivity_il1, params.decay_il1)
+    return jnp.sum(w * (1.0 - cartilage)) / jnp.maximum(jnp.sum(w), 1e-30)
+
+
+def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptions) -> State:
     """Pointwise first-order loss rates K (1/h) of every species: the terms -K_X X of the equations.
 
-    K_T = k_T + k_AT A, K_I = k_I, K_L = d_L, K_C = g_T T + g_I I (cartilage), K_A = k_A + s_AT k_AT T.
+    K_T = k_T + k_AT A, K_I = k_I, K_L = d_L, K_C = g_T e_T + g_I e_I (cartilage), K_A = k_A + s_AT k_AT T.
     Each species' loss is proportional to itself, so ``X exp(-K_X dt)`` stays positive whatever
     the step: a split stepper integrates these exactly and the rest with ``rhs(..., losses=False)``.
+    (Fluid mixing stays in the rest: it moves amounts, it does not remove them.)
     """
     p = params
     T, I, L, C, A = state
     drug = options.drug
+    e_t, e_i = cartilage_exposure(state, params, domain, options)
     return State(
         tnf=p.decay_tnf + p.drug_tnf_binding * A if drug else p.decay_tnf,
         il1=p.decay_il1,
         leukocytes=p.leukocyte_death,
-        cartilage=p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I,
+        cartilage=p.cartilage_damage_tnf * e_t + p.cartilage_damage_il1 * e_i,
         drug=None if A is None else (p.drug_clearance + p.drug_per_tnf_bound * p.drug_tnf_binding * T if drug else 0.0),
     )
 
@@ -194,34 +280,44 @@ def sensing(T, params: Params):
 
 
 def reactions(state: State, t, params: Params, domain: Domain, options: ModelOptions, losses: bool = True) -> State:
-    """The pointwise terms of :func:`rhs`: everything but diffusion and chemotaxis.
+    """Every term of :func:`rhs` but diffusion and chemotaxis.
 
-    Each cell's value depends on that cell alone, so reverse mode through this part is
-    elementwise (:func:`rhs_with_adjoint` differentiates it with ``jax.vjp``).
+    Most are pointwise; fluid mixing, entry into the fluid, the cartilage exposure and the
+    fragment signal read means over the fluid or the cartilage. JAX
+    differentiates all of them (:func:`rhs_with_adjoint` takes this part's ``jax.vjp``).
     """
     p = params
     T, I, L, C, A = state
     with jax.named_scope("reactions"):
+        secreting = domain.synovium + domain.fluid
+        fragments = fragment_signal(C, p, domain, options)
         leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + p.il1_amplification_of_tnf * I / (p.il1_half_saturation_amplification + I))
-        damaged = p.tnf_from_damaged_matrix * (1.0 - C) * domain.cartilage
         injury = p.injury_rate * injury_profile(p, t) * domain.injury
         binding = p.drug_tnf_binding * A * T if options.drug else 0.0
-        drive = T + p.il1_weight_recruitment * I
-        recruitment = p.recruitment_rate * domain.synovium * drive / (p.recruitment_half_saturation + drive)
+        activated = p.recruitment_from_fragments * fragments  # chemokines of the fragment-activated lining
+        drive = T + p.il1_weight_recruitment * I + activated
+        fluid_drive = fluid_mean(T, domain) + p.il1_weight_recruitment * fluid_mean(I, domain) + activated
         capacity = 1.0 - L / p.leukocyte_capacity
-        inhibition = 1.0 + (T + I) / p.repair_inhibition_half_saturation
-        dT = injury + leuk_tnf + damaged
-        dI = p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T)
-        dL = recruitment * capacity
+        e_t, e_i = cartilage_exposure(state, p, domain, options)
+        inhibition = 1.0 + (e_t + e_i) / p.repair_inhibition_half_saturation
+        dT = injury + leuk_tnf + p.basal_tnf * secreting
+        dI = p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T) + p.basal_il1 * secreting
+        recruited = p.recruitment_rate * drive / (p.recruitment_half_saturation + drive) * domain.synovium
+        entering = p.fluid_recruitment * fluid_drive / (p.recruitment_half_saturation + fluid_drive) * domain.fluid
+        dL = (recruited + entering) * capacity
+        # joint motion mixes the fluid: every fluid cell relaxes towards the fluid's mean
+        dT = dT + p.fluid_mixing * (fluid_mean(T, domain) - T) * domain.fluid
+        dI = dI + p.fluid_mixing * (fluid_mean(I, domain) - I) * domain.fluid
+        dL = dL + p.fluid_mixing * (fluid_mean(L, domain) - L) * domain.fluid
         repair = p.cartilage_repair * (1.0 - C) / inhibition
         if losses:
             dT = dT - p.decay_tnf * T - binding
             dI = dI - p.decay_il1 * I
             dL = dL - p.leukocyte_death * L
-            repair = repair - (p.cartilage_damage_tnf * T + p.cartilage_damage_il1 * I) * C
+            repair = repair - (p.cartilage_damage_tnf * e_t + p.cartilage_damage_il1 * e_i) * C
         dC = domain.cartilage * repair
         if options.drug:
-            dA = dose_rate(p, t) * domain.synovium
+            dA = dose_rate(p, t) * domain.synovium + p.fluid_mixing * (fluid_mean(A, domain) - A) * domain.fluid
             if losses:
                 dA = dA - p.drug_clearance * A - p.drug_per_tnf_bound * binding
         else:
@@ -474,16 +570,21 @@ def stable_dt(
     # cytokine levels bound the nonlinear loss rates; allow a tenfold rise over the start
     cyt_max = max(1e3, 10.0 * float(np.max(state.tnf)), 10.0 * float(np.max(state.il1)))
     explicit = 0.0 if split_losses else 1.0
+    # fluid mixing is never split off
+    mixing = float(params.fluid_mixing)
     rates = [
-        explicit * (float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.drug else 0.0)),
-        explicit * float(params.decay_il1),
-        explicit * float(params.leukocyte_death) + float(params.recruitment_rate) / float(params.leukocyte_capacity),
+        explicit * (float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.drug else 0.0)) + mixing,
+        explicit * float(params.decay_il1) + mixing,
+        explicit * float(params.leukocyte_death)
+        + max(float(params.recruitment_rate), float(params.fluid_recruitment)) / float(params.leukocyte_capacity)
+        + mixing,
         float(params.cartilage_repair)
         + explicit * (float(params.cartilage_damage_tnf) + float(params.cartilage_damage_il1)) * cyt_max,
     ]
     if options.drug:
         rates.append(
             explicit * (float(params.drug_clearance) + float(params.drug_per_tnf_bound * params.drug_tnf_binding) * cyt_max)
+            + mixing
         )
     limits = {
         "diffusion": 1.0 / (d_max * inv_h2) if d_max > 0 else np.inf,

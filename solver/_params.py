@@ -26,7 +26,6 @@ class Params(NamedTuple):
     tnf_per_leukocyte: jax.Array
     il1_amplification_of_tnf: jax.Array
     il1_half_saturation_amplification: jax.Array
-    tnf_from_damaged_matrix: jax.Array
     il1_per_leukocyte: jax.Array
     tnf_half_saturation_il1: jax.Array
     chemotaxis: jax.Array
@@ -36,6 +35,11 @@ class Params(NamedTuple):
     recruitment_half_saturation: jax.Array
     leukocyte_capacity: jax.Array
     leukocyte_death: jax.Array
+    basal_tnf: jax.Array
+    basal_il1: jax.Array
+    fluid_recruitment: jax.Array
+    fluid_mixing: jax.Array
+    recruitment_from_fragments: jax.Array
     cartilage_repair: jax.Array
     repair_inhibition_half_saturation: jax.Array
     cartilage_damage_tnf: jax.Array
@@ -59,7 +63,7 @@ class Params(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ParamInfo:
-    """What a parameter is: its symbol in MODEL.md, unit, default, allowed range and source."""
+    """What a parameter is: its symbol in docs/model.md, unit, default, allowed range and source."""
 
     symbol: str
     unit: str
@@ -70,7 +74,16 @@ class ParamInfo:
     upper: float = math.inf
 
 
-_EST = "estimate; calibrated by `synovia fit` (MODEL.md: not measured directly)"
+_EST = "estimate (not measured directly; fittable with `synovia fit`)"
+_REST = (
+    "calibrated: the joint at rest holds healthy fluid, TNF 2.9, IL-1 1.1 pg/mL, 150 cells/uL "
+    "(configs/calibration/calibrate_rest.toml)"
+)
+_OA = "calibrated to OA synovial fluid (configs/calibration/calibrate_oa.toml)"
+_RA = (
+    "calibrated to RA synovial fluid, where many leukocytes set the IL-1 (130 pg/mL at ~13000 cells/uL; "
+    "configs/calibration/calibrate_ra.toml)"
+)
 
 #: Scalar parameters: config section ``[parameters]`` (injury and drug schedule keys live
 #: in ``[injury]`` and ``[drug]``, see solver._config).
@@ -80,15 +93,14 @@ PARAMETERS: dict[str, ParamInfo] = {
     "tnf_per_leukocyte": ParamInfo("a_TL", "(pg/mL)/h per cell/uL", 0.01, "TNF secretion per leukocyte", _EST),
     "il1_amplification_of_tnf": ParamInfo("b_TI", "1", 1.0, "maximal IL-1 amplification of leukocyte TNF secretion", _EST),
     "il1_half_saturation_amplification": ParamInfo("K_I", "pg/mL", 50.0, "IL-1 at half-maximal amplification", _EST, lower=1e-12),
-    "tnf_from_damaged_matrix": ParamInfo("a_TC", "(pg/mL)/h", 1.0, "TNF from damaged cartilage matrix (OA loop)", _EST),
-    "il1_per_leukocyte": ParamInfo("a_IL", "(pg/mL)/h per cell/uL", 0.05, "TNF-induced IL-1 secretion per leukocyte", _EST),
+    "il1_per_leukocyte": ParamInfo("a_IL", "(pg/mL)/h per cell/uL", 0.028924, "TNF-induced IL-1 secretion per leukocyte", _RA),
     "tnf_half_saturation_il1": ParamInfo("K_T", "pg/mL", 20.0, "TNF at half-maximal IL-1 induction", _EST, lower=1e-12),
     "chemotaxis": ParamInfo(
         "chi",
         "mm^2/h",
         0.05,
         "chemotactic coefficient up grad f(TNF)",
-        "MODEL.md: not confirmed in literature, a parameter to fit",
+        "not confirmed in the literature: a parameter to fit",
     ),
     "chemotaxis_half_saturation": ParamInfo(
         "K_chi", "pg/mL", 10.0, "receptor saturation of chemotactic sensing", _EST, lower=1e-12
@@ -99,11 +111,62 @@ PARAMETERS: dict[str, ParamInfo] = {
         "K_r", "pg/mL", 50.0, "cytokine level at half-maximal recruitment", _EST, lower=1e-12
     ),
     "leukocyte_capacity": ParamInfo("L_max", "cells/uL", 50000.0, "tissue capacity for leukocytes", _EST, lower=1e-12),
-    "leukocyte_death": ParamInfo("d_L", "1/h", 0.03, "leukocyte death/egress (tissue lifetime about a day)", "MODEL.md estimate"),
-    "cartilage_repair": ParamInfo("r_C", "1/h", 0.002, "cartilage matrix repair", _EST),
+    "leukocyte_death": ParamInfo(
+        "d_L",
+        "1/h",
+        0.03,
+        "leukocyte death/egress (tissue lifetime about a day)",
+        "estimate (tissue neutrophil lifetime about a day)",
+    ),
+    "basal_tnf": ParamInfo(
+        "s_T", "(pg/mL)/h", 5.0558, "basal TNF secretion by resident synovial cells (synovium and fluid)", _REST
+    ),
+    "basal_il1": ParamInfo(
+        "s_I", "(pg/mL)/h", 1.9067, "basal IL-1 secretion by resident synovial cells (synovium and fluid)", _REST
+    ),
+    "fluid_recruitment": ParamInfo(
+        "r_F", "(cells/uL)/h", 58.713, "maximal leukocyte entry into the synovial fluid across the lining", _REST
+    ),
+    "fluid_mixing": ParamInfo(
+        "k_mix",
+        "1/h",
+        2.0,
+        "mixing of the synovial fluid by joint motion",
+        "estimate: a knee flexion moves ~20% of the anterior fluid (rabbit, PMC3241937), faster than the hours of "
+        "intra-articular clearance (Evans, Kraus & Setton 2014, Nat Rev Rheumatol 10:11); no measured rate, fittable",
+    ),
+    "recruitment_from_fragments": ParamInfo(
+        "w_F",
+        "pg/mL",
+        35.62,
+        "leukocyte recruitment drive of matrix fragments (chemokines of the activated lining), in TNF-equivalents",
+        f"{_OA}; matrix fragments activate the lining through Toll-like receptors (Scanzello & Goldring 2012, Bone 51:249)",
+    ),
+    "cartilage_repair": ParamInfo(
+        "r_C",
+        "1/h",
+        0.002,
+        "cartilage matrix (proteoglycan) repair",
+        "proteoglycan lost after intra-articular IL-1 replaced over 3-4 weeks (rabbit; Page Thomas et al. 1991, Ann "
+        "Rheum Dis); the collagen network renews with a half-life of 117 y (Verzijl et al. 2000, J Biol Chem 275:39027)",
+    ),
     "repair_inhibition_half_saturation": ParamInfo("K_rep", "pg/mL", 50.0, "cytokine level halving repair", _EST, lower=1e-12),
-    "cartilage_damage_tnf": ParamInfo("g_T", "1/h per pg/mL", 2e-4, "TNF-driven matrix degradation", _EST),
-    "cartilage_damage_il1": ParamInfo("g_I", "1/h per pg/mL", 2e-4, "IL-1-driven matrix degradation", _EST),
+    "cartilage_damage_tnf": ParamInfo(
+        "g_T",
+        "1/h per pg/mL",
+        5.2e-9,
+        "TNF-driven matrix degradation",
+        "g_I / 10: IL-1 ten-fold more potent than TNF on explant proteoglycan (IL-1 1-100, TNF 10-1000 ng/mL, 6 days; "
+        "'Effect of interleukin-1-beta and tumor necrosis factor-alpha on cartilage proteoglycan metabolism in vitro')",
+    ),
+    "cartilage_damage_il1": ParamInfo(
+        "g_I",
+        "1/h per pg/mL",
+        5.2e-8,
+        "IL-1-driven matrix degradation",
+        "bovine explants: EC50 of IL-1 for proteoglycan release 200 ng/mL, release saturating within 4 days "
+        "(Neidel & Zeidler 1993, Agents Actions 39:82): slope (1/96 h) / 2e5 pg/mL",
+    ),
     "drug_clearance": ParamInfo(
         "k_A",
         "1/h",
@@ -125,7 +188,14 @@ PARAMETERS: dict[str, ParamInfo] = {
         "drug consumed per TNF bound (1:1, 150 kDa per 51 kDa)",
         "stoichiometry, molar masses",
     ),
-    "injury_rate": ParamInfo("s_inj", "(pg/mL)/h", 500.0, "TNF release rate in the injury region", _EST),
+    "injury_rate": ParamInfo(
+        "s_inj",
+        "(pg/mL)/h",
+        15000.0,
+        "TNF release rate in the injury region",
+        "scenario: in the default knee fluid TNF peaks at ~160 pg/mL in the first hours; a knee 2 days after a bleed "
+        "holds 83 +- 34 pg/mL (mouse; Haxaire et al. 2018, Blood 132:1064)",
+    ),
     "injury_onset": ParamInfo("-", "h", 0.0, "time the injury starts", "scenario"),
     "injury_duration": ParamInfo("-", "h", 24.0, "time the injury source lasts", "scenario"),
     "injury_decay": ParamInfo("-", "h", 6.0, "e-folding time of the injury source after onset", "scenario", lower=1e-12),
@@ -162,7 +232,7 @@ DIFFUSIVITIES: dict[str, tuple[tuple[float, ...], str]] = {
     ),
     "diffusivity_il1": (
         (0.0, 0.0, _TISSUE_TNF * _IL1_SCALE, 0.39, _TISSUE_TNF * _IL1_SCALE, _TISSUE_TNF * _IL1_SCALE),
-        "Stokes-Einstein from TNF (17 vs 51 kDa), MODEL.md estimate",
+        "Stokes-Einstein from TNF (17 vs 51 kDa), estimate",
     ),
     "diffusivity_leukocytes": (
         (0.0, 0.0, 0.0, 0.01, 0.01, 0.01),
@@ -184,7 +254,7 @@ DIFFUSIVITY_OF = {
 
 
 def default_params(dtype=jnp.float32, **overrides: float | np.ndarray) -> Params:
-    """Parameters with MODEL.md defaults, overridden by keyword, as arrays of ``dtype``."""
+    """Parameters with their defaults (docs/model.md), overridden by keyword, as arrays of ``dtype``."""
     values: dict[str, object] = {name: info.default for name, info in PARAMETERS.items()}
     values.update({name: default for name, (default, _) in DIFFUSIVITIES.items()})
     unknown = set(overrides) - set(values)

@@ -108,7 +108,7 @@ def species_style(name: str) -> SpeciesStyle:
 
 
 # --------------------------------------------------------------------------------------------
-# Clinical ranges (MODEL.md, "Clinical ranges a calibrated preset should land in").
+# Clinical ranges (docs/model.md, "Clinical ranges").
 # --------------------------------------------------------------------------------------------
 
 
@@ -128,19 +128,21 @@ class ClinicalRange:
 _KOKEBIE = "Kokebie et al. 2011, Arthritis Res Ther 13:R50"
 _WESTACOTT = "Westacott et al. 1990, Ann Rheum Dis 49:676"
 _SOHN = "Sohn et al. 2012, Arthritis Res Ther 14:R7"
+_KOLBA = "Kolba 1984, Prim Care 11:211"
 
-#: Synovial-fluid ranges in osteoarthritis (OA) and rheumatoid arthritis (RA), from MODEL.md.
+#: Synovial-fluid ranges of healthy joints, osteoarthritis (OA) and rheumatoid arthritis (RA), from docs/model.md.
 CLINICAL_RANGES: tuple[ClinicalRange, ...] = (
+    ClinicalRange("synovial_fluid_leukocytes", "healthy", 0.0, 200.0, "normal < 200 cells/µL", _KOLBA),
     ClinicalRange("synovial_fluid_leukocytes", "OA", 0.0, 2000.0, "OA < 2000 cells/µL", _KOKEBIE),
     ClinicalRange("synovial_fluid_leukocytes", "RA", 7000.0, 25000.0, "RA 7000-25000 cells/µL", _KOKEBIE),
     ClinicalRange("synovial_fluid_il1", "OA", 27.8 - 4.5, 27.8 + 4.5, "OA 27.8 ± 4.5 pg/mL (Westacott)", _WESTACOTT, 27.8),
     ClinicalRange("synovial_fluid_il1", "RA", 130.0 - 22.0, 130.0 + 22.0, "RA 130 ± 22 pg/mL (Westacott)", _WESTACOTT, 130.0),
     ClinicalRange("synovial_fluid_il1", "OA", 1.0, 1.7, "OA median 1.1, IQR 1.0-1.7 pg/mL (Sohn)", _SOHN, 1.1),
     ClinicalRange("synovial_fluid_tnf", "OA", 0.0, 13.0, "OA median 2.9, IQR 0-13 pg/mL (Sohn)", _SOHN, 2.9),
-    # MODEL.md: "of order 10-400 pg/mL (Westacott's abstract is self-contradictory)".
+    # docs/model.md: "of order 10-400 pg/mL (Westacott's abstract is self-contradictory)".
     ClinicalRange("synovial_fluid_tnf", "RA", 10.0, 400.0, "RA ~10-400 pg/mL", f"order of magnitude; {_WESTACOTT}"),
 )
-GROUP_COLOUR = {"OA": "#3b7dd8", "RA": "#d8453b"}
+GROUP_COLOUR = {"healthy": "#3a9a4a", "OA": "#3b7dd8", "RA": "#d8453b"}
 
 #: The four panels of the time-course figure: summary name, title, log y axis.
 TIMECOURSE_PANELS = (
@@ -488,7 +490,7 @@ def timecourse_figure(run: RunFile) -> Figure:
             ax.set_xlim(float(time[0]), float(time[-1]) if time[-1] > time[0] else float(time[0]) + 1.0)
     for ax in axes[2:]:
         ax.set_xlabel("time (h)")
-    fig.suptitle(f"Clinical summaries, {run.path.name} (shaded: measured synovial-fluid ranges, OA blue, RA red)")
+    fig.suptitle(f"Clinical summaries, {run.path.name} (shaded: measured synovial-fluid ranges, healthy green, OA blue, RA red)")
     return fig
 
 

@@ -34,6 +34,7 @@ from matplotlib import cm
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from ._plot import (
     _UNIT_TEXT,
@@ -49,7 +50,7 @@ from ._plot import (
     _save,
     shade_range,
 )
-from ._study import MEASURES, Measure, StudyTable, read_study
+from ._study import MEASURES, START, Measure, StudyTable, read_study
 
 __all__ = ["plot_study", "study_figure", "study_timecourse_figure"]
 
@@ -64,6 +65,7 @@ MEASURE_CMAP = {
 }
 SERIES_CMAP = "plasma"  # time courses, coloured by the first key
 LINE_STYLES = ("-", "--", ":", "-.")  # time courses, one per value of the second key
+BRANCH_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple")  # one per start of a study with [starts]
 
 
 def _is_number(v) -> bool:
@@ -164,15 +166,56 @@ def _scales(ax, xlog: bool, names: list[str] | None, y: np.ndarray, m: Measure, 
         ax.set_yscale("log")
 
 
+def _varied(table: StudyTable) -> list[str]:
+    """The varied keys, without the start column."""
+    return [k for k in table.keys if k != START]
+
+
+def _start_groups(table: StudyTable) -> list[tuple[str | None, np.ndarray]]:
+    """(start name, indices of its points) per start; one group (None, all) without [starts]."""
+    if not table.has_starts or not _varied(table):
+        return [(None, np.arange(len(table.values)))]
+    col = table.keys.index(START)
+    names = list(dict.fromkeys(v[col] for v in table.values))
+    return [(name, np.array([i for i, v in enumerate(table.values) if v[col] == name])) for name in names]
+
+
+def _bistable_spans(table: StudyTable, x: np.ndarray, xlog: bool) -> list[tuple[float, float]]:
+    """x ranges of the first varied key where the starts end on different steady states: each bistable
+    point's value widened half-way (in the axis' scale) to its neighbours."""
+    spans = []
+    values = sorted({float(v) for v in x})
+    scale = np.log if xlog else (lambda a: a)
+    unscale = np.exp if xlog else (lambda a: a)
+    for branch in table.branches():
+        if not branch["bistable"] or not branch["values"] or not _is_number(branch["values"][0]):
+            continue
+        v = float(branch["values"][0])
+        k = values.index(v)
+        lo = unscale(0.5 * (scale(values[k - 1]) + scale(v))) if k > 0 else v
+        hi = unscale(0.5 * (scale(values[k + 1]) + scale(v))) if k + 1 < len(values) else v
+        spans.append((float(lo), float(hi)))
+    return spans
+
+
 def _line_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
-    key = table.keys[0]
-    x, names, xlog = _axis([v[0] for v in table.values])
-    order = np.argsort(x, kind="stable")
-    together = f" (with {', '.join(_label(k) for k in table.keys[1:])})" if len(table.keys) > 1 else ""
+    varied = _varied(table)
+    key = varied[0] if varied else START
+    column = table.keys.index(key)
+    x, names, xlog = _axis([v[column] for v in table.values])
+    together = f" (with {', '.join(_label(k) for k in varied[1:])})" if len(varied) > 1 else ""
+    groups = _start_groups(table)
+    spans = _bistable_spans(table, x, xlog) if names is None else []
     axes = fig.subplots(2, 4).ravel()
     for ax, m in zip(axes, MEASURES):
         y = table.measures[m.name]
-        ax.plot(x[order], y[order], "o-", color="black", ms=3.5, lw=1.2, gid=f"study:{m.name}", zorder=3)
+        for g, (start, members) in enumerate(groups):
+            order = members[np.argsort(x[members], kind="stable")]
+            style = dict(color="black", ls="-") if start is None else dict(color=BRANCH_COLOURS[g % len(BRANCH_COLOURS)])
+            ax.plot(x[order], y[order], "o-", ms=3.5, lw=1.2, gid=f"study:{m.name}" + (f":{start}" if start else ""),
+                    zorder=3, label=None if start is None else f"from {start}", **style)  # fmt: skip
+        for i, (lo, hi) in enumerate(spans):
+            ax.axvspan(lo, hi, color="0.6", alpha=0.25, lw=0, zorder=1, gid=f"bistable:{m.name}:{i}")
         ax.set_title(m.label)
         ax.set_ylabel(m.unit)
         _scales(ax, xlog, names, y, m, log)
@@ -183,6 +226,11 @@ def _line_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
         _shade_ranges(ax, m)
     for ax in axes[4:]:
         ax.set_xlabel(_label(key) + together)
+    if len(groups) > 1:
+        handles, labels = axes[0].get_legend_handles_labels()
+        if spans:
+            handles.append(Patch(color="0.6", alpha=0.25, label="bistable: the starts end apart"))
+        axes[0].legend(handles=handles, loc="best", framealpha=0.8)
 
 
 def _heatmap_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
@@ -228,12 +276,17 @@ def _heatmap_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
 
 
 def _scatter_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
-    axes = fig.subplots(len(table.keys), len(MEASURES), squeeze=False)
-    for row, key in enumerate(table.keys):
-        x, names, xlog = _axis([v[row] for v in table.values])
+    varied = _varied(table)
+    axes = fig.subplots(len(varied), len(MEASURES), squeeze=False)
+    groups = _start_groups(table)
+    for row, key in enumerate(varied):
+        x, names, xlog = _axis([v[table.keys.index(key)] for v in table.values])
         for ax, m in zip(axes[row], MEASURES):
             y = table.measures[m.name]
-            ax.plot(x, y, "o", color="black", ms=2.5, alpha=0.6, gid=f"study:{m.name}:{key}")
+            for g, (start, members) in enumerate(groups):
+                colour = "black" if start is None else BRANCH_COLOURS[g % len(BRANCH_COLOURS)]
+                ax.plot(x[members], y[members], "o", color=colour, ms=2.5, alpha=0.6,
+                        gid=f"study:{m.name}:{key}" + (f":{start}" if start else ""))  # fmt: skip
             _scales(ax, xlog, names, y, m, log)
             if row == 0:
                 ax.set_title(m.label, fontsize=7)
@@ -243,16 +296,20 @@ def _scatter_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
 
 
 def study_layout(table: StudyTable) -> str:
-    """``"line"``, ``"heatmap"`` or ``"scatter"``: how :func:`study_figure` draws this study."""
-    if table.combine == "zip" or len(table.keys) == 1:
+    """``"line"``, ``"heatmap"`` or ``"scatter"``: how :func:`study_figure` draws this study.
+
+    With [starts], each start is a line (one varied key, or none) or a colour (scatter).
+    """
+    varied = _varied(table)
+    if table.combine == "zip" or len(varied) <= 1:
         return "line"
-    return "heatmap" if len(table.keys) == 2 else "scatter"
+    return "heatmap" if len(varied) == 2 and not table.has_starts else "scatter"
 
 
 def study_figure_size(table: StudyTable) -> tuple[float, float]:
     layout = study_layout(table)
     if layout == "scatter":
-        return _quarter(len(MEASURES) * 1.9), _quarter(len(table.keys) * 1.8 + 0.6)
+        return _quarter(len(MEASURES) * 1.9), _quarter(len(_varied(table)) * 1.8 + 0.6)
     width = 4 * PANEL_IN[0] + (1.6 if layout == "heatmap" else 0.0)
     return _quarter(width), _quarter(2 * PANEL_IN[1] + 0.5)
 
@@ -262,8 +319,11 @@ def study_figure(table: StudyTable, log: bool | None = None) -> Figure:
     fig = _new_figure(study_figure_size(table))
     layout = study_layout(table)
     {"line": _line_panels, "heatmap": _heatmap_panels, "scatter": _scatter_panels}[layout](fig, table, log)
-    varied = ", ".join(_label(k) for k in table.keys)
-    fig.suptitle(f"Study {table.folder.name}: outcomes against {varied} ({len(table.status)} points{_missing_note(table)})")
+    varied = ", ".join(_label(k) for k in _varied(table)) or "start"
+    starts = f" from {len(_start_groups(table))} starts" if table.has_starts and _varied(table) else ""
+    fig.suptitle(
+        f"Study {table.folder.name}: outcomes against {varied}{starts} ({len(table.status)} points{_missing_note(table)})"
+    )
     return fig
 
 

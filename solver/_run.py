@@ -39,7 +39,11 @@ def version() -> str:
 def file_attrs(scenario: Scenario) -> dict:
     """Root attributes of a run file: the resolved config and what is needed to read it."""
     units = {**{s: SPECIES_UNITS[s] for s in scenario.options.species}, **SUMMARY_UNITS, "time": "h", "length": "mm"}
+    rest = {}
+    if scenario.rest is not None:  # how the resting joint the run starts from was found (solver._steady.relax)
+        rest = {"rest_relaxed_h": scenario.rest.time_h, "rest_change_per_window": scenario.rest.change}
     return {
+        **rest,
         "config_toml": scenario.config.to_toml(),
         "version": version(),
         "precision": scenario.config.run.precision,
@@ -153,7 +157,7 @@ def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:
 def resume(scenario: Scenario, path: Path) -> tuple[RunWriter, int, State]:
     """A run file's writer (repaired if a crash left it open), the frame to continue from and its state."""
     writer, last_time, fields = resume_writer(path)
-    return writer, frame_index(last_time, scenario.interval), state_from_fields(fields, scenario.initial)
+    return writer, frame_index(last_time, scenario.interval), state_from_fields(fields, scenario.baseline)
 
 
 def frame_index(time_h: float, interval: float) -> int:

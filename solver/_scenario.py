@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from pathlib import Path
 
 import jax
@@ -25,11 +27,12 @@ from fields import box as box_geometry
 from fields import from_file as file_geometry
 from fields import joint as joint_geometry
 
-from ._config import WALLS, Config, ConfigError, frame_count
+from ._config import RESTING_SPECIES, WALLS, Config, ConfigError, config_from_dict, frame_count
 from ._model import Domain, ModelOptions, make_domain
 from ._operators import NO_FLUX, WallCondition
 from ._params import DIFFUSIVITIES, Params, default_params
-from ._simulate import StepTooLarge, binding_limits, choose_substeps, super_step_stages
+from ._simulate import StepTooLarge, binding_limits, choose_substeps, get_solver, super_step_stages
+from ._steady import SteadyState, relax, resting_params
 from ._steppers import get_stepper
 
 #: Steps per output interval beyond which a scenario is refused (an extreme value, not a run to wait for).
@@ -39,14 +42,20 @@ _DIMENSION_KEYS = tuple(f.name for f in dataclasses.fields(JointDimensions))
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Scenario:
-    """A resolved scenario: static options, traced arrays, and the step plan."""
+    """A resolved scenario: static options, traced arrays, and the step plan.
+
+    ``baseline`` is the state the [initial] tables, file, blobs and regions give; ``initial``
+    (computed when first asked for) is the state a run starts from: with ``initial.start =
+    "rest"`` the resting joint (:attr:`rest`) with the cartilage, drug, file, blobs and regions
+    of [initial] applied to it, else ``baseline``.
+    """
 
     config: Config
     geometry: Geometry
     options: ModelOptions
     params: Params
     domain: Domain
-    initial: State
+    baseline: State
     dtype: jnp.dtype
     n_frames: int
     n_substeps: int
@@ -57,6 +66,46 @@ class Scenario:
     @property
     def interval(self) -> float:
         return self.config.run.output_interval_h
+
+    @functools.cached_property
+    def rest(self) -> SteadyState | None:
+        """The resting joint (``initial.start = "rest"``), else None: the steady state of this
+        scenario's parameters with no injury, no drug and the cartilage intact and held still,
+        relaxed from the default baselines by the scenario's stepper (:func:`solver._steady.relax`).
+
+        Raises :class:`ConfigError` if the relaxation diverges.
+        """
+        if self.config.initial["start"] != "rest":
+            return None
+        options = dataclasses.replace(self.options, drug=False)
+        n_sub, dt, stages = self.n_substeps, self.dt, self.stages
+        stepper = get_stepper(self.config.run.stepper)
+        # concrete values even when first asked for while a function of the caller's is traced
+        with jax.ensure_compile_time_eval():
+            if not stepper.splits_losses:
+                # A Runge-Kutta step's fixed points are the zeros of the right-hand side whatever its
+                # size, so the rest is found with the largest stable step of the model without the
+                # drug (whose binding, or a small run.dt_h, may hold the run's own step far below it);
+                # a split stepper's fixed point moves with its step, so it relaxes with the run's.
+                run = self.config.run
+                n_sub, dt, _ = choose_substeps(run.output_interval_h, self.params, self.baseline, options, stepper, run.safety)
+            solver = get_solver(options, self.config.run.stepper, n_sub, stages)
+            seed = initial_state(_seed_config(self.config), self.geometry, self.domain, self.dtype)
+            result = relax(solver, seed._replace(drug=None), resting_params(self.params), self.domain, dt)
+        if not math.isfinite(result.change):
+            raise ConfigError(
+                "the resting state could not be found: the model diverged while relaxing (no injury, no drug); "
+                'check [parameters] for an extreme value, or set initial.start = "baseline"'
+            )
+        return dataclasses.replace(result, state=result.state._replace(drug=jnp.zeros_like(seed.drug)))
+
+    @functools.cached_property
+    def initial(self) -> State:
+        """The state a run starts from (frame 0)."""
+        if self.rest is None:
+            return self.baseline
+        with jax.ensure_compile_time_eval():
+            return initial_state(self.config, self.geometry, self.domain, self.dtype, rest=self.rest.state)
 
 
 def _geometry(config: Config) -> tuple[Geometry, Config]:
@@ -131,10 +180,18 @@ def _walls(config: Config, ndim: int) -> tuple:
     return tuple(out)
 
 
-def initial_state(config: Config, geometry: Geometry, domain: Domain, dtype) -> State:
-    """Baselines per tissue, then file arrays, blobs and regions; zero outside each species' region."""
+def _seed_config(config: Config) -> Config:
+    """``config`` with the default [initial] tables and nothing else: where the resting state's relaxation starts."""
+    return dataclasses.replace(config, initial=config_from_dict({}).initial)
+
+
+def initial_state(config: Config, geometry: Geometry, domain: Domain, dtype, rest: State | None = None) -> State:
+    """Baselines per tissue (tnf, il1 and leukocytes from ``rest`` when given), then file arrays,
+    blobs and regions; zero outside each species' region."""
     grid = geometry.grid
     fields = baseline_fields(geometry.labels, config.initial["baseline"])
+    if rest is not None:
+        fields.update({s: np.asarray(getattr(rest, s)) for s in RESTING_SPECIES})
     if config.initial["file"]:
         path = Path(config.initial["file"])
         if not path.is_absolute():
@@ -175,12 +232,12 @@ def build_scenario(config: Config) -> Scenario:
     grid = geometry.grid
     centre = _centre(config.injury.centre_mm, geometry, "injury.centre_mm")
     injury_mask = ball_mask(grid, centre, config.injury.radius_mm)
-    domain = make_domain(geometry.labels, injury_mask, dtype)
+    domain = make_domain(geometry.labels, injury_mask, dtype, grid.spacing)
     options = ModelOptions(
         grid=grid, drug=config.drug.enabled, chemotaxis_scheme=run.chemotaxis_scheme, walls=_walls(config, grid.ndim)
     )
     params = _params(config, dtype)
-    state = initial_state(config, geometry, domain, dtype)
+    state = initial_state(config, geometry, domain, dtype)  # the baseline: the step plan is made for it
     stepper = get_stepper(run.stepper)
     try:
         n_sub, dt, limits = choose_substeps(run.output_interval_h, params, state, options, stepper, run.safety, run.dt_h)

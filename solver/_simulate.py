@@ -138,7 +138,7 @@ class Solver:
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
         def steps(y):
-            rates = functools.partial(loss_rates, params=params, options=self.options)
+            rates = functools.partial(loss_rates, params=params, domain=domain, options=self.options)
             if split_diffusion:
                 diffuse = functools.partial(diffusion_rhs_with_adjoint, coeffs=coeffs, options=self.options)
                 return self.stepper.steps(f, rates, diffuse, y, t0, dt, self.n_sub, self.stages, checkpoint=jax.checkpoint)

@@ -48,7 +48,9 @@ FORMAT = "synovia-study"
 MANIFEST = "study.toml"
 SUMMARY_CSV = "summary.csv"
 RUNS = "runs"
-TOP_KEYS = ("scenario", "combine", "vary")
+TOP_KEYS = ("scenario", "combine", "vary", "starts")
+#: The column that names a point's start when the sweep has ``[starts]``.
+START = "start"
 COMBINE = ("grid", "zip")
 RANGE_KEYS = ("from", "to", "count", "spacing")
 
@@ -76,6 +78,15 @@ MEASURES: tuple[Measure, ...] = (
     Measure("min_cartilage_integrity", "cartilage_integrity", "minimum", "Lowest cartilage integrity (mean)", "fraction"),
 )
 
+#: How still a point ended: the relative change of its fluid white cells over the last :data:`DRIFT_WINDOW_H`
+#: (summary.csv's ``final_drift`` column). A point whose drift is below :data:`SETTLED` has reached a steady state.
+DRIFT = Measure("final_drift", "synovial_fluid_leukocytes", "drift", "Drift of fluid white cells, last 48 h", "fraction")
+DRIFT_WINDOW_H = 48.0
+DRIFT_FLOOR = 1.0  # cells/uL
+SETTLED = 0.01
+#: Two starts of one point whose final fluid white cells differ by more than this factor are on different branches.
+BRANCH_FACTOR = 2.0
+
 
 def measure(m: Measure, time: np.ndarray, series: np.ndarray) -> float:
     """One outcome measure of a complete run (time in h, the summary series per frame)."""
@@ -87,6 +98,12 @@ def measure(m: Measure, time: np.ndarray, series: np.ndarray) -> float:
         return float(series[-1])
     if m.kind == "minimum":
         return float(np.min(series))
+    if m.kind == "drift":
+        before = int(np.argmin(np.abs(time - (time[-1] - DRIFT_WINDOW_H))))
+        if time[-1] - time[before] < 0.5 * DRIFT_WINDOW_H:
+            return math.nan  # too short a run to tell
+        # relative, but a count that decays to nothing is still once below DRIFT_FLOOR
+        return float(abs(series[-1] - series[before]) / max(abs(series[-1]), DRIFT_FLOOR))
     raise ValueError(f"unknown measure kind {m.kind!r}")
 
 
@@ -100,6 +117,7 @@ class Sweep:
     keys: tuple[str, ...]
     values: tuple[tuple[Any, ...], ...]  # per point, in the order of ``keys``
     configs: tuple[Config, ...]
+    starts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> config keys it sets
 
     def __len__(self) -> int:
         return len(self.values)
@@ -112,6 +130,7 @@ class Sweep:
             "keys": list(self.keys),
             "config_dir": self.base_dir,
             "scenario": self.base,
+            **({"starts": self.starts} if self.starts else {}),
             "points": [
                 {"index": i, "file": f"{RUNS}/{point_name(i)}.h5", "values": list(v), "t_end_h": c.run.t_end_h}
                 for i, (v, c) in enumerate(zip(self.values, self.configs))
@@ -201,13 +220,19 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
     combine = raw.get("combine", "grid")
     if combine not in COMBINE:
         raise ConfigError(f"sweep key 'combine' = {combine!r}: allowed: {', '.join(COMBINE)}")
-    vary = raw.get("vary")
-    if not isinstance(vary, dict) or not vary:
-        raise ConfigError("sweep key 'vary' is missing: add a [vary] table, e.g. \"parameters.chemotaxis\" = [0.01, 0.05, 0.1]")
+    starts = _starts(raw.get("starts"))
+    vary = raw.get("vary", {} if starts else None)
+    if not isinstance(vary, dict) or not (vary or starts):
+        raise ConfigError(
+            "sweep key 'vary' is missing: add a [vary] table, e.g. \"parameters.chemotaxis\" = [0.01, 0.05, 0.1], "
+            "or a [starts] table to find a scenario's steady states from several starts"
+        )
     columns = {key: _values(key, v) for key, v in _flatten(vary).items()}
     for key in columns:
         if len(key.split(".")) < 2:
             raise ConfigError(f"sweep key 'vary.{key}': name a section and a key, like \"parameters.chemotaxis\"")
+    if START in columns:
+        raise ConfigError(f"sweep key 'vary.{START}': '{START}' names the starts; give them in a [starts] table")
     keys = tuple(columns)
     if combine == "zip":
         lengths = {k: len(v) for k, v in columns.items()}
@@ -216,20 +241,59 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
         values = tuple(zip(*columns.values()))
     else:
         values = tuple(itertools.product(*columns.values()))
+    if starts:  # every point from each start: the start is the last column
+        keys += (START,)
+        values = tuple((*v, name) for v in values for name in starts)
 
     configs = []
     for i, point in enumerate(values):
         raw_point = copy.deepcopy(base)
         where = ", ".join(f"{k} = {v!r}" for k, v in zip(keys, point))
         try:
+            if starts:
+                for key, value in starts[point[-1]].items():
+                    set_key(raw_point, key.split("."), value, f"sweep key 'starts.{point[-1]}.{key}'")
             for key, value in zip(keys, point):
+                if key == START:
+                    continue
                 set_key(raw_point, key.split("."), value, f"sweep key 'vary.{key}'")
             config = config_from_dict(raw_point, scenario_dir)
             frame_count(config.run)  # the cheap check build_scenario makes, here before anything runs
             configs.append(config)
         except ConfigError as err:
             raise ConfigError(f"sweep point {i} ({where}): {err}") from None
-    return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs))
+    return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs), starts)
+
+
+def _starts(raw) -> dict[str, dict[str, Any]]:
+    """``[starts]``: name -> the config keys (dotted, as for --set) that make that start."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            "sweep key 'starts' must be a table of named starts, e.g. [starts.inflamed] with config keys as for --set"
+        )
+    out = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"sweep key 'starts.{name}' = {table!r}: must be a table of config keys (it may be empty)")
+        out[name] = _dotted(table, f"starts.{name}.")
+        for key in out[name]:
+            if len(key.split(".")) < 2:
+                raise ConfigError(f"sweep key 'starts.{name}.{key}': name a section and a key, like \"initial.start\"")
+    return out
+
+
+def _dotted(raw: dict, where: str, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            if not v:
+                raise ConfigError(f"sweep key '{where}{prefix}{k}' is an empty table")
+            out.update(_dotted(v, where, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
@@ -311,7 +375,7 @@ def _identity(manifest: dict) -> dict:
 
 
 def _difference(old: dict, new: dict) -> str:
-    for key in ("keys", "combine", "scenario"):
+    for key in ("keys", "combine", "scenario", "starts"):
         if old.get(key) != new.get(key):
             return f"its {key} differ" if key.endswith("s") else f"its {key} differs"
     if len(old.get("points", [])) != len(new["points"]):
@@ -494,12 +558,44 @@ class StudyTable:
     def complete(self) -> np.ndarray:
         return np.array([s == "complete" for s in self.status])
 
+    @property
+    def has_starts(self) -> bool:
+        return START in self.keys
+
+    def branches(self) -> list[dict[str, Any]]:
+        """With [starts]: per combination of the varied values, the final fluid white cells reached from
+        each start, and whether the starts ended on different steady states (a bistable point).
+
+        Each item: ``values`` (the varied values), ``final`` ({start: final white cells /uL}), ``settled``
+        (every start's drift below :data:`SETTLED`), ``bistable`` (complete, settled, and the largest
+        final value more than :data:`BRANCH_FACTOR` times the smallest). Empty without [starts].
+        """
+        if not self.has_starts:
+            return []
+        col = self.keys.index(START)
+        groups: dict[tuple, dict[str, int]] = {}
+        for i, values in enumerate(self.values):
+            rest = tuple(_key(v) for j, v in enumerate(values) if j != col)
+            groups.setdefault(rest, {})[values[col]] = i
+        out = []
+        for members in groups.values():
+            final = {name: float(self.measures["final_fluid_leukocytes"][i]) for name, i in members.items()}
+            drift = [float(self.measures[DRIFT.name][i]) for i in members.values()]
+            done = all(self.status[i] == "complete" for i in members.values())
+            settled = done and all(math.isfinite(d) and d < SETTLED for d in drift)
+            finite = [v for v in final.values() if math.isfinite(v) and v > 0]
+            split = len(finite) > 1 and max(finite) > BRANCH_FACTOR * min(finite)
+            values = [v for j, v in enumerate(self.values[next(iter(members.values()))]) if j != col]
+            out.append({"values": values, "final": final, "settled": settled, "bistable": bool(done and settled and split)})
+        return out
+
     def csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["point", *self.keys, "status", *(f"{m.name} [{m.unit}]" for m in MEASURES), "file"])
+        columns = (*MEASURES, DRIFT)
+        writer.writerow(["point", *self.keys, "status", *(f"{m.name} [{m.unit}]" for m in columns), "file"])
         for i, (values, status, path) in enumerate(zip(self.values, self.status, self.files)):
-            numbers = ["" if math.isnan(self.measures[m.name][i]) else f"{self.measures[m.name][i]:.8g}" for m in MEASURES]
+            numbers = ["" if math.isnan(self.measures[m.name][i]) else f"{self.measures[m.name][i]:.8g}" for m in columns]
             writer.writerow([i, *values, status, *numbers, path.relative_to(self.folder).as_posix()])
         return out.getvalue()
 
@@ -518,7 +614,25 @@ class StudyTable:
             rows.append([str(i), *(f"{v:g}" if isinstance(v, float) else str(v) for v in values), status.split(" (")[0]])
             rows[-1] += ["-" if math.isnan(self.measures[m][i]) else f"{self.measures[m][i]:.4g}" for m in shown]
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-        return "\n".join(head + ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]) + "\n"
+        lines = head + ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+        branches = self.branches()
+        if branches:
+            keys = [k for k in self.keys if k != START]
+            bistable = [b for b in branches if b["bistable"]]
+
+            def where(b):
+                return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in zip(keys, b["values"]))
+
+            unsettled = sum(not b["settled"] for b in branches)
+            found = f"bistable (starts end on different states) at {len(bistable)} of {len(branches)}: " if bistable else ""
+            drifting = f"still drifting > {SETTLED:.0%} in {DRIFT_WINDOW_H:g} h"
+            lines.append(
+                f"steady states from {len(branches[0]['final'])} starts: "
+                + (found or "no bistable point")
+                + "; ".join(where(b) or "the scenario" for b in bistable)
+                + (f"; {unsettled} not settled (fluid white cells {drifting})" if unsettled else "")
+            )
+        return "\n".join(lines) + "\n"
 
 
 def read_study(folder: str | os.PathLike[str]) -> StudyTable:
@@ -529,7 +643,7 @@ def read_study(folder: str | os.PathLike[str]) -> StudyTable:
     manifest = read_manifest(folder)
     points = manifest["points"]
     n = len(points)
-    measures = {m.name: np.full(n, np.nan) for m in MEASURES}
+    measures = {m.name: np.full(n, np.nan) for m in (*MEASURES, DRIFT)}
     status, series, files, units = [], [], [], {}
     for i, point in enumerate(points):
         path = folder / point["file"]
@@ -552,7 +666,7 @@ def read_study(folder: str | os.PathLike[str]) -> StudyTable:
             status.append("not run")
         elif complete:
             status.append("complete")
-            for m in MEASURES:
+            for m in (*MEASURES, DRIFT):
                 if m.summary in data:
                     measures[m.name][i] = measure(m, data["time"], data[m.summary])
         else:
@@ -562,6 +676,10 @@ def read_study(folder: str | os.PathLike[str]) -> StudyTable:
         folder, list(manifest["keys"]), manifest["combine"], [list(p["values"]) for p in points], files, status, measures,
         series, units,
     )  # fmt: skip
+
+
+def _key(v):
+    return tuple(v) if isinstance(v, list) else v
 
 
 def write_summary(folder: Path) -> StudyTable:

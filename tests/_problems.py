@@ -18,7 +18,11 @@ TRANSPORT_ONLY = dict(
     tnf_per_leukocyte=0.0,
     il1_per_leukocyte=0.0,
     recruitment_rate=0.0,
-    tnf_from_damaged_matrix=0.0,
+    basal_tnf=0.0,
+    basal_il1=0.0,
+    fluid_recruitment=0.0,
+    fluid_mixing=0.0,
+    recruitment_from_fragments=0.0,
     injury_rate=0.0,
     cartilage_repair=0.0,
     cartilage_damage_tnf=0.0,
@@ -61,7 +65,7 @@ def setup(
     options = ModelOptions(grid=grid, drug=drug, chemotaxis_scheme=scheme, walls=walls)
     params = default_params(dtype, **param_overrides)
     injury = np.zeros(grid.shape, bool) if injury_mask is None else injury_mask
-    domain = make_domain(labels, injury, dtype)
+    domain = make_domain(labels, injury, dtype, grid.spacing)
     zeros = np.zeros(grid.shape)
     region = {
         "tnf": domain.cytokine,

@@ -135,6 +135,49 @@ def test_fma_kernel_computes_every_chain():
     assert peak["best_gflops"] >= peak["gflops"] > 0
 
 
+def test_numba_stencil_matches_synovia_with_cartilage():
+    """The stencil's scheme is synovia's, cartilage exposure and fragment signal included (the
+    benchmark's own check runs on the fluid-only box, which has no cartilage)."""
+    pytest.importorskip("numba")
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks._numba_stencil import NumbaStencil
+    from benchmarks._problem import Problem
+    from fields import Grid, State, Tissue
+    from solver import ModelOptions, default_params, make_domain
+    from solver._simulate import Solver, choose_substeps
+    from solver._steppers import get_stepper
+
+    shape = (24, 20)
+    labels = np.full(shape, int(Tissue.SYNOVIAL_FLUID), np.uint8)
+    labels[:2], labels[2:6], labels[18:] = int(Tissue.BONE), int(Tissue.CARTILAGE), int(Tissue.SYNOVIUM)
+    labels[10:13, 14:17] = int(Tissue.CARTILAGE)  # an island: exposed on every side
+    grid = Grid(shape, (0.25, 0.25))
+    y, x = grid.mesh()
+    injury = (y - 2.0) ** 2 + (x - 1.5) ** 2 < 1.0
+    options = ModelOptions(grid=grid)
+    params = default_params(jnp.float64, cartilage_damage_tnf=1e-3, cartilage_damage_il1=1e-2, cartilage_repair=0.05)
+    domain = make_domain(labels, injury, jnp.float64, grid.spacing)
+    cyt, leu, cart = (np.asarray(m) for m in (domain.cytokine, domain.leukocyte, domain.cartilage))
+    rng = np.random.default_rng(0)
+    tnf = (20 + 150 * np.exp(-((y - 1.5) ** 2 + (x - 2) ** 2) / 2)) * cyt
+    il1 = (5 + 60 * rng.random(shape)) * cyt
+    fields = (tnf, il1, (100 + 80 * rng.random(shape)) * leu, (0.6 + 0.3 * rng.random(shape)) * cart, np.zeros(shape))
+    state = State(*(jnp.asarray(a) for a in fields))
+    _, dt, _ = choose_substeps(1.0, params, state, options, get_stepper("ssp_rk3"), 0.9)
+    pb = Problem(options, params, domain, state, dt, jnp.float64, labels, injury)
+    n = 12
+    ref = Solver(options, "ssp_rk3", n).advance(state, jnp.asarray(0.0), jnp.asarray(dt), params, domain)
+    stencil = NumbaStencil(pb)
+    out = NumbaStencil.interior(stencil.advance(stencil.initial(state), n))
+    for k, name in enumerate(("tnf", "il1", "leukocytes", "cartilage")):
+        np.testing.assert_allclose(out[k], ref[k], rtol=0, atol=1e-12 * float(np.max(np.abs(ref[k]))), err_msg=name)
+    change = np.asarray(ref[3]) - fields[3]
+    assert np.max(np.abs(change)) > 1e-3  # the cartilage terms did work
+    np.testing.assert_allclose(out[3] - fields[3], change, rtol=0, atol=1e-10 * np.max(np.abs(change)))
+
+
 def test_rhs_flop_count_is_per_cell():
     from benchmarks._cases import rhs_flops_per_cell
 

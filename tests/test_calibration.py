@@ -1,4 +1,4 @@
-"""The calibrated RA and OA presets land in MODEL.md's clinical synovial-fluid ranges (slow), and
+"""The calibrated RA and OA presets land in docs/model.md's clinical synovial-fluid ranges (slow), and
 the fit configs that calibrated them load and validate."""
 
 from pathlib import Path
@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CALIBRATION = CONFIGS / "calibration"
 
 
-@pytest.mark.parametrize("disease", ["ra", "oa"])
+@pytest.mark.parametrize("disease", ["ra", "oa", "rest"])
 def test_calibration_fit_config_loads_and_validates(disease):
     from inference._problem import normalize_parameters
     from solver import build_scenario
@@ -28,7 +28,7 @@ def test_calibration_fit_config_loads_and_validates(disease):
         times.setdefault((species, kind), set()).add(float(t))
     assert {"tnf", "il1", "leukocytes"} <= {s for s, k in times if k == "fluid"}
     for ts in times.values():
-        assert len(ts) == 2 and max(ts) - min(ts) >= 72 and max(ts) == fc.scenario.run.t_end_h
+        assert len(ts) == 2 and max(ts) - min(ts) >= 72 and max(ts) == fc.scenario.run.t_end_h and min(ts) >= 240
     # bounds and initial values valid for the scenario (what the fit checks before it starts)
     params = normalize_parameters(fc.parameters, build_scenario(fc.scenario).params)
     assert all(np.isfinite(p.upper) for p in params)  # the fit's time step comes from the upper bounds
@@ -58,14 +58,23 @@ def test_preset_is_the_fitted_scenario_at_production_resolution(disease):
     assert preset["run"]["t_end_h"] == fitted["run"]["t_end_h"]
 
 
-def test_oa_calibration_holds_the_ra_fit_secretion():
-    """The OA scenario keeps the TNF secretion per leukocyte that the RA fit found."""
+@pytest.mark.parametrize(
+    ("name", "defaults"),
+    [("rest", ["basal_tnf", "basal_il1", "fluid_recruitment"]), ("oa", ["recruitment_from_fragments"]),
+     ("ra", ["il1_per_leukocyte"])],
+)  # fmt: skip
+def test_the_model_defaults_are_the_calibrated_values(name, defaults):
+    """The resting joint's secretion and fluid entry (rest fit), the fragments' recruitment drive (OA fit)
+    and the IL-1 secretion per leukocyte (RA fit: the fluid where many leukocytes set IL-1) are the
+    defaults of [parameters], to the 5 digits written."""
     from inference._fit import read_report
+    from solver._params import PARAMETERS
 
-    ra = read_report(CALIBRATION / "ra_fit.h5")
-    a_tl = float(ra["fitted"][list(ra["names"]).index("tnf_per_leukocyte")])
-    for path in (CALIBRATION / "oa_scenario.toml", CONFIGS / "oa.toml"):
-        assert load_config(path).parameters["tnf_per_leukocyte"] == pytest.approx(a_tl, rel=1e-4), path
+    report = read_report(CALIBRATION / f"{name}_fit.h5")
+    assert report["status"] == "converged"
+    fitted = dict(zip(report["names"], report["fitted"]))
+    for parameter in defaults:
+        assert PARAMETERS[parameter].default == pytest.approx(float(fitted[parameter]), rel=1e-4), parameter
 
 
 def _final_summary(tmp_path, disease):
@@ -86,7 +95,7 @@ def test_ra_preset_lands_in_the_clinical_ranges(tmp_path):
     s = _final_summary(tmp_path, "ra")
     assert 7000 <= s["synovial_fluid_leukocytes"] <= 25000  # Kokebie et al. 2011
     assert 130 - 22 <= s["synovial_fluid_il1"] <= 130 + 22  # Westacott et al. 1990, 130 +- 22 pg/mL
-    assert 10 <= s["synovial_fluid_tnf"] <= 400  # MODEL.md: of order 10-400 pg/mL
+    assert 10 <= s["synovial_fluid_tnf"] <= 400  # docs/model.md: of order 10-400 pg/mL
 
 
 @pytest.mark.slow
@@ -115,7 +124,7 @@ def test_calibration_figure_draws_log_normal_intervals(tmp_path):
     fig = fit_figure(report)
     bars = [c for ax in fig.axes for c in ax.collections if isinstance(c, LineCollection) and c.get_segments()]
     lows = [min(seg[:, 1].min() for seg in c.get_segments()) for c in bars]
-    assert len(lows) == 4 and min(lows) > 0, lows
+    assert len(lows) == 3 and min(lows) > 0, lows  # white cells, TNF, IL-1
     tnf = np.asarray(report["observations"]["species"]) == "tnf"
     assert np.any(np.asarray(report["observations"]["sigma"])[tnf] > np.asarray(report["observations"]["value"])[tnf])
     assert [p.name for p in plot_fit(CALIBRATION / "oa_fit.h5", tmp_path)] == ["oa_fit.png"]

@@ -190,7 +190,8 @@ def test_config_error_from_the_command_has_no_traceback(tmp_path):
 
 
 def test_divergence_stops_with_exit_3_and_keeps_frames(tmp_path, capsys):
-    text = SMALL.replace('precision = "float64"', 'precision = "float32"') + "\n[parameters]\ntnf_per_leukocyte = 1e37\n"
+    text = SMALL.replace('precision = "float64"', 'precision = "float32"')
+    text += '\n[initial]\nstart = "baseline"\n[parameters]\ntnf_per_leukocyte = 1e37\n'
     cfg = _write(tmp_path, text)
     out = tmp_path / "bad.h5"
     assert main(["run", str(cfg), "-o", str(out), "-q"]) == 3
@@ -284,6 +285,10 @@ def test_robin_drainage_from_the_config_removes_tnf(tmp_path):
         [parameters]
         decay_tnf = 0.0
         tnf_per_leukocyte = 0.0
+        basal_tnf = 0.0
+        fluid_mixing = 0.0
+        [initial]
+        start = "baseline"
         [initial.synovial_fluid]
         tnf = 10.0
         leukocytes = 0.0

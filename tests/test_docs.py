@@ -3,14 +3,29 @@
 import re
 from pathlib import Path
 
-from solver._docs import config_reference
+from solver._docs import config_reference, model_parameters
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+MODEL = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
 
 
 def test_readme_config_reference_is_the_generated_one():
     block = README.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->", 1)[0]
     assert block == config_reference(), "README is stale: regenerate with `python -m solver._docs`"
+
+
+def test_model_reference_parameter_table_is_the_generated_one():
+    block = MODEL.split("<!-- parameters:start -->\n", 1)[1].split("\n<!-- parameters:end -->", 1)[0]
+    assert block == model_parameters(), "docs/model.md is stale: regenerate with `python -m solver._docs model`"
+
+
+def test_the_project_cites_its_own_model_reference():
+    """The model reference is docs/model.md, in the project; nothing cites the shared notes' MODEL.md."""
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("*.md"), *root.glob("docs/*.md"), *root.glob("*/*.py"), *root.glob("configs/**/*.toml"),
+                 *root.glob("configs/**/*.csv")]:  # fmt: skip
+        if path.name != "test_docs.py":
+            assert "MODEL.md" not in path.read_text(), path
 
 
 def test_readme_opens_with_the_run_and_test_commands():

@@ -267,12 +267,12 @@ def _gradient_problem(overrides):
     sets = [
         "run.precision='float64'",
         "drug.enabled=true",
-        "drug.first_dose_h=1.13",
+        "drug.first_dose_h=1.1331",  # off every stage time, as the onset below
         "drug.infusion_h=1.0",
-        "injury.onset_h=0.37",
+        "injury.onset_h=0.3731",  # off every stage time of the step plans (0.37 is a half step of 0.02 h)
         "run.output_interval_h=1",
         "run.t_end_h=4",
-        "parameters.tnf_from_damaged_matrix=2.0",
+        "parameters.recruitment_from_fragments=50.0",
         *overrides,
     ]
     config = load_config("configs/knee2d.toml", sets)
@@ -280,7 +280,7 @@ def _gradient_problem(overrides):
     from solver._config import config_from_dict
 
     raw = config.to_dict()
-    raw["initial"]["cartilage"]["cartilage"] = 0.8  # damaged matrix feeds TNF: a_TC and C matter
+    raw["initial"]["cartilage"]["cartilage"] = 0.8  # damaged matrix activates the synovium: w_F and C matter
     config = config_from_dict(raw, ".")
     obs = inference.synthesize(
         config, species=("tnf", "il1", "leukocytes", "drug"), where=("fluid", "tissue:synovium"), map_times=[3.5], noise=0.1
@@ -301,6 +301,7 @@ def test_loss_gradient_matches_finite_differences_2d(rng):
     _fd_check(_gradient_problem(["geometry.spacing_mm=1.0"]), rng, "2D")
 
 
+@pytest.mark.slow  # ~30 s; the 2D check runs in the fast suite
 @pytest.mark.filterwarnings("ignore:grid spacing")
 def test_loss_gradient_matches_finite_differences_3d(rng):
     _fd_check(_gradient_problem(["geometry.ndim=3", "geometry.spacing_mm=2.0"]), rng, "3D")
@@ -322,12 +323,17 @@ def test_unidentifiable_parameter_is_flagged(small_config):
 
 @pytest.fixture(scope="module")
 def recover_config():
-    """A coarse 2D knee (1 mm cells, 16 h): the synovium is under-resolved, but data and fit share the grid."""
+    """A coarse 2D knee (1 mm cells, 16 h): the synovium is under-resolved, but data and fit share the grid.
+
+    The fluid is not mixed: its 2 /h would halve the step (the reaction limit) of these tests of the
+    fitting itself; the gradient through the mixing is checked against finite differences above.
+    """
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_config("configs/knee2d.toml", [*SMALL_2D, "geometry.spacing_mm=1.0", "run.t_end_h=16"])
+        changes = ["geometry.spacing_mm=1.0", "run.t_end_h=16", "injury.rate=500", "parameters.fluid_mixing=0"]
+        return load_config("configs/knee2d.toml", [*SMALL_2D, *changes])
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +343,7 @@ def recover_problem(recover_config):
     return inference.Problem(recover_config, obs, RECOVER)
 
 
+@pytest.mark.slow  # compile-bound (~45 s on 2 cores); the noisy fit below runs in the fast suite
 def test_fit_recovers_parameters_from_noiseless_data(recover_problem):
     """Each parameter to within 1%, from starts a factor 1.6-2 away from the truth."""
     result = inference.fit(problem=recover_problem, max_iterations=60)
@@ -381,13 +388,17 @@ def test_multistart_batches_equal_separate_evaluations(recover_problem, monkeypa
     values, grads = stepper.value_and_grad(u, problem)
     assert members == [3]
     single = jax.jit(jax.value_and_grad(problem.loss))
-    for k in range(3):
-        v, g = single(u[k])
-        assert_close(values[k], v, rtol=1e-12)
-        assert_close(grads[k], g, rtol=1e-10)
+    separate = [single(u[k]) for k in range(3)]
+    # the first start is the truth of noiseless data: its loss (~1e-26) and gradient (~1e-11) are
+    # round-off, which the batched reductions (fluid means) may order differently; the absolute
+    # tolerance is 1e-10 of the largest gradient of the other starts
+    scale = max(float(np.abs(g).max()) for _, g in separate[1:])
+    for k, (v, g) in enumerate(separate):
+        assert_close(values[k], v, rtol=1e-12, atol=1e-18)
+        assert_close(grads[k], g, rtol=1e-10, atol=1e-10 * scale)
 
 
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+@pytest.mark.parametrize("optimizer", [pytest.param("lbfgs", marks=pytest.mark.slow), "adam"])
 def test_resumed_fit_equals_an_uninterrupted_one(recover_problem, tmp_path, optimizer):
     kw = dict(problem=recover_problem, optimizer=optimizer, starts=2, tolerance=0.0, learning_rate=0.1)
     straight = inference.fit(max_iterations=4, **kw)

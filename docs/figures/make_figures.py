@@ -1,0 +1,170 @@
+"""Make the README's figures of the joint's biology (docs/figures/*.png) from the shipped configs.
+
+    python docs/figures/make_figures.py            # all (about 10 minutes on 2 CPU cores)
+    python docs/figures/make_figures.py rest oa    # some: rest, injury, oa, cartilage, study
+
+Each figure is computed here with the Python API; the slow tests (tests/test_joint.py,
+tests/test_calibration.py) check the claims the figures illustrate.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from solver import build_scenario, get_solver, load_config
+from solver._model import summaries
+from solver._plot import CLINICAL_RANGES, GROUP_COLOUR, RC, _new_figure, shade_range
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(__file__).resolve().parent
+FLUID = (
+    ("synovial_fluid_tnf", "Synovial-fluid TNF (pg/mL)"),
+    ("synovial_fluid_il1", "Synovial-fluid IL-1β (pg/mL)"),
+    ("synovial_fluid_leukocytes", "Synovial-fluid white cells (/µL)"),
+    ("cartilage_integrity", "Cartilage integrity (mean)"),
+)
+
+
+def run(scenario, state=None, hours=None, t0=0.0):
+    """(times, {summary: series}, final state) of a scenario from ``state`` (default its start)."""
+    solver = get_solver(scenario.options, scenario.config.run.stepper, scenario.n_substeps, scenario.stages)
+    state = scenario.initial if state is None else state
+    hours = scenario.config.run.t_end_h if hours is None else hours
+    first = {k: float(v) for k, v in summaries(state, scenario.domain, scenario.options).items()}
+    times, series = [t0], {k: [v] for k, v in first.items()}
+    for k in range(round(hours / scenario.interval)):
+        state = solver.advance(state, t0 + k * scenario.interval, scenario.dt, scenario.params, scenario.domain)
+        for name, value in summaries(state, scenario.domain, scenario.options).items():
+            series[name].append(float(value))
+        times.append(t0 + (k + 1) * scenario.interval)
+    return np.array(times), {k: np.array(v) for k, v in series.items()}, state
+
+
+def _save(fig, name):
+    path = OUT / name
+    fig.savefig(path, dpi=120)
+    print(path)
+
+
+def rest():
+    sc = build_scenario(load_config(ROOT / "configs/knee2d.toml", ["injury.enabled=false"]))
+    t, s, _ = run(sc)
+    fig = _new_figure((7.5, 3.2))
+    ax = fig.subplots()
+    for (name, label), colour in zip(FLUID, ("#b2182b", "#ef8a62", "#2166ac", "0.3")):
+        ax.plot(t / 24, 100 * (s[name] / s[name][0] - 1), color=colour, lw=1.4, label=f"{label}: {s[name][0]:.4g}")
+    ax.axhspan(-1, 1, color="0.85", lw=0, zorder=0, label="±1%")
+    ax.set_ylim(-1.5, 1.5)
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("change from the start (%)")
+    ax.legend(fontsize=7, loc="upper right", title="at the start (resting joint)", title_fontsize=7)
+    ax.set_title("The default knee without injury: a week from the resting joint (0.25 mm, float32)")
+    _save(fig, "rest_drift.png")
+
+
+def injury():
+    sc = build_scenario(load_config(ROOT / "configs/knee2d.toml", ["run.t_end_h=240"]))
+    t, s, _ = run(sc)
+    fig = _new_figure((10.0, 3.2))
+    axes = fig.subplots(1, 3)
+    for ax, (name, label) in zip(axes, FLUID[:3]):
+        ax.plot(t, s[name], color="black", lw=1.4, label="after the default injury")
+        ax.axhline(s[name][0], color="0.4", ls=":", lw=1, label="resting joint")
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("time (h)")
+        ax.grid(True, lw=0.4, alpha=0.4)
+    cells = axes[2]
+    cells.set_ylim(50, 5000)
+    for r in CLINICAL_RANGES:
+        if r.summary == "synovial_fluid_leukocytes" and r.group in ("healthy", "OA"):
+            shade_range(cells, r, r.summary)
+    cells.text(230, 120, "normal < 200 (Kolba 1984)", ha="right", fontsize=6.5, color=GROUP_COLOUR["healthy"])
+    cells.text(230, 1500, "non-inflammatory 200-2000\n(Kokebie et al. 2011)", ha="right", fontsize=6.5, color=GROUP_COLOUR["OA"])
+    tnf = axes[0]
+    tnf.errorbar([48], [83], yerr=[[34], [34]], fmt="s", color=GROUP_COLOUR["RA"], ms=4, label="knee 2 d after a bleed (mouse)")
+    tnf.legend(fontsize=6.5, loc="upper right")
+    peak = int(np.argmax(s["synovial_fluid_leukocytes"]))
+    top = s["synovial_fluid_leukocytes"][peak]
+    cells.annotate(
+        f"{top:.0f} /µL at {t[peak]:g} h", (t[peak], top), (60, 3000), fontsize=7, arrowprops={"arrowstyle": "->", "lw": 0.6}
+    )
+    fig.suptitle(
+        "Acute injury at the joint margin (configs/knee2d.toml, 10 days): the fluid responds within a day and returns to rest"
+    )
+    _save(fig, "injury_timecourses.png")
+
+
+def oa():
+    days = 18.0 * 24
+    sc = build_scenario(load_config(ROOT / "configs/oa.toml"))
+    t1, s1, state = run(sc)
+    healed = state._replace(cartilage=sc.domain.cartilage * 1.0)
+    t2, s2, _ = run(sc, healed, days, t0=days)
+    fig = _new_figure((10.0, 5.6))
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (name, label) in zip(axes, FLUID):
+        ax.plot(t1 / 24, s1[name], color=GROUP_COLOUR["OA"], lw=1.5, label="OA: healthy joint, damaged cartilage (0.6)")
+        ax.plot(t2 / 24, s2[name], color=GROUP_COLOUR["healthy"], lw=1.5, label="the same joint once its cartilage heals")
+        ax.axvline(days / 24, color="0.5", lw=0.6, ls=":")
+        ax.set_title(label)
+        ax.grid(True, lw=0.4, alpha=0.4)
+        if name == "cartilage_integrity":
+            ax.set_ylim(0, 1.05)
+        else:
+            low = min(s1[name].min(), s2[name].min())
+            ax.set_ylim(0.5 * low, 2.5 * max(s1[name].max(), s2[name].max()))
+            for r in CLINICAL_RANGES:
+                if r.summary == name and r.group == "OA":
+                    shade_range(ax, r, name)
+    axes[0].legend(fontsize=7, loc="upper right")
+    for ax in axes[2:]:
+        ax.set_xlabel("time (days)")
+    fig.suptitle("OA through the matrix (configs/oa.toml): damaged cartilage keeps a low-grade synovitis; healed, it resolves")
+    _save(fig, "oa_onset_and_healing.png")
+
+
+def cartilage():
+    fig = _new_figure((7.5, 3.2))
+    ax = fig.subplots()
+    for h, style in ((0.5, "--"), (0.25, "-")):
+        sc = build_scenario(load_config(ROOT / "configs/knee2d.toml", [f"geometry.spacing_mm={h}", "injury.enabled=false",
+                                       "parameters.basal_il1=300", "run.t_end_h=168", "run.output_interval_h=12",
+                                       "run.precision='float64'"]))  # fmt: skip
+        solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps, sc.stages)
+        state, lost, times = sc.initial, [0.0], [0.0]
+        area = float(np.prod(sc.geometry.grid.spacing))
+        for k in range(sc.n_frames):
+            state = solver.advance(state, k * sc.interval, sc.dt, sc.params, sc.domain)
+            lost.append(float(np.sum(np.asarray((sc.initial.cartilage - state.cartilage) * sc.domain.cartilage))) * area * 1e3)
+            times.append((k + 1) * sc.interval)
+        il1 = float(summaries(state, sc.domain, sc.options)["synovial_fluid_il1"])
+        ax.plot(np.array(times) / 24, lost, style, color="black", lw=1.3, label=f"{h} mm grid (fluid IL-1 {il1:.0f} pg/mL)")
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("cartilage matrix lost (10⁻³ mm² per mm)")
+    ax.legend(fontsize=7)
+    ax.grid(True, lw=0.4, alpha=0.4)
+    ax.set_title("Cartilage loss in a knee whose fluid holds ~140 pg/mL IL-1, at two grid spacings (float64)")
+    _save(fig, "cartilage_grid.png")
+
+
+def study():
+    folder = Path("/tmp/synovia_study_ra")
+    subprocess.run([sys.executable, "-m", "solver._cli", "sweep", str(ROOT / "configs/sweep_ra.toml"), "-o", str(folder),
+                    "--jobs", "2", "-q", "--overwrite"], check=True)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "solver._cli", "plot", str(folder), "-o", str(folder / "figs")], check=True)
+    (OUT / "study_ra.png").write_bytes((folder / "figs" / "study.png").read_bytes())
+    print(OUT / "study_ra.png")
+
+
+FIGURES = {"rest": rest, "injury": injury, "oa": oa, "cartilage": cartilage, "study": study}
+
+if __name__ == "__main__":
+    with matplotlib.rc_context(RC):
+        for name in sys.argv[1:] or FIGURES:
+            FIGURES[name]()
