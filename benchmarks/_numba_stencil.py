@@ -25,6 +25,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from fields import Tissue
+from solver._model import layer_thickness
+
 from ._harness import time_calls
 
 # parameter tuple layout (floats), filled by params_vector(); _stage unpacks it in this order
@@ -70,11 +73,11 @@ def exposure_weights(params, cartilage_depth, cartilage, spacing) -> tuple[np.nd
     deeper, the cell's thickness the geometric-mean spacing), delta = sqrt(D_cartilage / k);
     zero outside cartilage.
     """
-    thickness = float(np.prod(np.asarray(spacing, dtype=float)) ** (1.0 / len(spacing)))
+    thickness = layer_thickness(spacing)
     depth, cart = np.asarray(cartilage_depth, np.float64), np.asarray(cartilage, np.float64)
     out = []
     for d_name, k_name in (("diffusivity_tnf", "decay_tnf"), ("diffusivity_il1", "decay_il1")):
-        d = float(np.asarray(getattr(params, d_name))[2])  # fields.Tissue.CARTILAGE
+        d = float(np.asarray(getattr(params, d_name))[int(Tissue.CARTILAGE)])
         k = float(getattr(params, k_name))
         delta = max(math.sqrt(max(d, 1e-30) / max(k, 1e-30)), 1e-9)
         x = thickness / delta
@@ -110,21 +113,14 @@ def _means(ys, fluid, w_i, inv_fluid_cells, inv_w_sum, fragments):
     s_i = 0.0
     s_l = 0.0
     s_c = 0.0
-    if fragments:
-        for i in prange(1, ny + 1):
-            for j in range(1, nx + 1):
-                f = fluid[i, j]
-                s_t += T_[i, j] * f
-                s_i += I_[i, j] * f
-                s_l += L_[i, j] * f
+    for i in prange(1, ny + 1):
+        for j in range(1, nx + 1):
+            f = fluid[i, j]
+            s_t += T_[i, j] * f
+            s_i += I_[i, j] * f
+            s_l += L_[i, j] * f
+            if fragments:
                 s_c += w_i[i, j] * (1.0 - C_[i, j])
-    else:
-        for i in prange(1, ny + 1):
-            for j in range(1, nx + 1):
-                f = fluid[i, j]
-                s_t += T_[i, j] * f
-                s_i += I_[i, j] * f
-                s_l += L_[i, j] * f
     return s_t * inv_fluid_cells, s_i * inv_fluid_cells, s_l * inv_fluid_cells, s_c * inv_w_sum
 
 

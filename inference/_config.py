@@ -67,7 +67,7 @@ def _parameter(name: str, raw) -> FitParameter:
         import difflib
 
         close = difflib.get_close_matches(name, fittable_names(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else "; see the README's list of fittable parameters"
+        hint = f" (did you mean '{close[0]}'?)" if close else "; see docs/fitting.md for what can be fitted"
         raise ConfigError(f"unknown parameter '{where}'{hint}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config key '{where}' must be a table with keys {list(PARAMETER_KEYS)}")

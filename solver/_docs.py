@@ -1,6 +1,6 @@
-"""The config reference in Markdown, generated from the code so that the README cannot drift.
+"""The config reference in Markdown, generated from the code so that docs/config.md cannot drift.
 
-``python -m solver._docs`` prints it; a test checks the README holds exactly this text.
+``python -m solver._docs`` prints it; a test checks docs/config.md holds exactly this text.
 ``python -m solver._docs model`` prints the parameter table of docs/model.md (also checked).
 """
 

@@ -9,7 +9,7 @@ f(T) = T / (K_chi + T), bars for means over the synovial fluid and [X] the indic
     dL/dt = div(D_L grad L - chi L grad f(T)) + (r_syn h(T, I) [S] + r_F h(Tbar, Ibar) [F]) (1 - L/L_max)
             - d_L L + k_mix (Lbar - L) [F],        h(T, I) = (T + w_I I + w_F Phi)/(K_r + T + w_I I + w_F Phi)
     dC/dt = r_C (1 - C)/(1 + (e_T + e_I)/K_rep) - (g_T e_T + g_I e_I) C          (cartilage only)
-    dA/dt = div(D_A grad A) + dose(x,t) - k_A A - s_AT k_AT A T                (optional)
+    dA/dt = div(D_A grad A) + dose(x,t) - k_A A - s_AT k_AT A T + k_mix (Abar - A) [F]   (optional)
 
 S: synovium, F: synovial fluid. Leukocytes are recruited from the synovial vessels into the tissue
 (driven by the cytokines there) and across the thin lining into the fluid (driven by the fluid's).
@@ -191,9 +191,14 @@ def dose_rate(params: Params, t) -> jax.Array:
     return jnp.where(on, params.drug_dose / params.drug_infusion, 0.0)
 
 
+def masked_mean(u: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``u`` over the cells of a 0/1 ``mask`` (0 for an empty mask)."""
+    return jnp.sum(u * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def fluid_mean(u: jax.Array, domain: Domain) -> jax.Array:
     """Mean of ``u`` over the synovial fluid (0 without fluid)."""
-    return jnp.sum(u * domain.fluid) / jnp.maximum(jnp.sum(domain.fluid), 1.0)
+    return masked_mean(u, domain.fluid)
 
 
 def exposure_weight(domain: Domain, options: ModelOptions, diffusivity: jax.Array, decay: jax.Array) -> jax.Array:
@@ -212,26 +217,33 @@ def exposure_weight(domain: Domain, options: ModelOptions, diffusivity: jax.Arra
     return jnp.exp(-domain.cartilage_depth / delta) * mean_over_layer * domain.cartilage
 
 
+def exposure_weights(params: Params, domain: Domain, options: ModelOptions) -> tuple[jax.Array, jax.Array]:
+    """(w_T, w_I): :func:`exposure_weight` of TNF and of IL-1."""
+    p = params
+    return (
+        exposure_weight(domain, options, p.diffusivity_tnf, p.decay_tnf),
+        exposure_weight(domain, options, p.diffusivity_il1, p.decay_il1),
+    )
+
+
 def cartilage_exposure(state: State, params: Params, domain: Domain, options: ModelOptions) -> tuple[jax.Array, jax.Array]:
     """(e_T, e_I): the TNF and IL-1 (pg/mL) each cartilage cell sees, w(x) x the fluid mean."""
-    p = params
-    w_t = exposure_weight(domain, options, p.diffusivity_tnf, p.decay_tnf)
-    w_i = exposure_weight(domain, options, p.diffusivity_il1, p.decay_il1)
+    w_t, w_i = exposure_weights(params, domain, options)
     return w_t * fluid_mean(state.tnf, domain), w_i * fluid_mean(state.il1, domain)
 
 
-def fragment_signal(cartilage: jax.Array, params: Params, domain: Domain, options: ModelOptions) -> jax.Array:
-    """Phi in [0, 1]: the mean damage (1 - C) of the surface layer that IL-1 reaches (weights w_I).
+def fragment_signal(cartilage: jax.Array, w_i: jax.Array) -> jax.Array:
+    """Phi in [0, 1]: the mean damage (1 - C) of the surface layer that IL-1 reaches (weights ``w_i``,
+    :func:`exposure_weights`).
 
     Matrix fragments are shed from damaged surface matrix into the well-mixed fluid and cleared
     within hours, so their level in the fluid follows this damage. 0 without cartilage.
     """
-    w = exposure_weight(domain, options, params.diffusivity_il1, params.decay_il1)
-    return jnp.sum(w * (1.0 - cartilage)) / jnp.maximum(jnp.sum(w), 1e-30)
+    return jnp.sum(w_i * (1.0 - cartilage)) / jnp.maximum(jnp.sum(w_i), 1e-30)
 
 
 def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptions) -> State:
-    """Pointwise first-order loss rates K (1/h) of every species: the terms -K_X X of the equations.
+    """First-order loss rates K (1/h) of every species: the terms -K_X X of the equations.
 
     K_T = k_T + k_AT A, K_I = k_I, K_L = d_L, K_C = g_T e_T + g_I e_I (cartilage), K_A = k_A + s_AT k_AT T.
     Each species' loss is proportional to itself, so ``X exp(-K_X dt)`` stays positive whatever
@@ -290,15 +302,17 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
     T, I, L, C, A = state
     with jax.named_scope("reactions"):
         secreting = domain.synovium + domain.fluid
-        fragments = fragment_signal(C, p, domain, options)
+        t_bar, i_bar, l_bar = fluid_mean(T, domain), fluid_mean(I, domain), fluid_mean(L, domain)
+        w_t, w_i = exposure_weights(p, domain, options)
+        fragments = fragment_signal(C, w_i)
         leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + p.il1_amplification_of_tnf * I / (p.il1_half_saturation_amplification + I))
         injury = p.injury_rate * injury_profile(p, t) * domain.injury
         binding = p.drug_tnf_binding * A * T if options.drug else 0.0
         activated = p.recruitment_from_fragments * fragments  # chemokines of the fragment-activated lining
         drive = T + p.il1_weight_recruitment * I + activated
-        fluid_drive = fluid_mean(T, domain) + p.il1_weight_recruitment * fluid_mean(I, domain) + activated
+        fluid_drive = t_bar + p.il1_weight_recruitment * i_bar + activated
         capacity = 1.0 - L / p.leukocyte_capacity
-        e_t, e_i = cartilage_exposure(state, p, domain, options)
+        e_t, e_i = w_t * t_bar, w_i * i_bar
         inhibition = 1.0 + (e_t + e_i) / p.repair_inhibition_half_saturation
         dT = injury + leuk_tnf + p.basal_tnf * secreting
         dI = p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T) + p.basal_il1 * secreting
@@ -306,9 +320,9 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
         entering = p.fluid_recruitment * fluid_drive / (p.recruitment_half_saturation + fluid_drive) * domain.fluid
         dL = (recruited + entering) * capacity
         # joint motion mixes the fluid: every fluid cell relaxes towards the fluid's mean
-        dT = dT + p.fluid_mixing * (fluid_mean(T, domain) - T) * domain.fluid
-        dI = dI + p.fluid_mixing * (fluid_mean(I, domain) - I) * domain.fluid
-        dL = dL + p.fluid_mixing * (fluid_mean(L, domain) - L) * domain.fluid
+        dT = dT + p.fluid_mixing * (t_bar - T) * domain.fluid
+        dI = dI + p.fluid_mixing * (i_bar - I) * domain.fluid
+        dL = dL + p.fluid_mixing * (l_bar - L) * domain.fluid
         repair = p.cartilage_repair * (1.0 - C) / inhibition
         if losses:
             dT = dT - p.decay_tnf * T - binding
@@ -471,7 +485,7 @@ def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
     state, t, params, d_cell, coeffs, domain = residuals
     h = options.grid.spacing
     T, L = state.tnf, state.leukocytes
-    # the pointwise terms by JAX (elementwise, cell by cell)
+    # the reactions by JAX (pointwise terms and the means over the fluid and the cartilage)
     _, pointwise = jax.vjp(lambda y, t, p: reactions(y, t, p, domain, options, losses), state, t, params)
     state_bar, t_bar, params_bar = pointwise(g)
     # chemotaxis: the stencil adjoint, then the sensing f(T) by JAX
@@ -623,10 +637,7 @@ def summaries(state: State, domain: Domain, options: ModelOptions) -> dict[str, 
     Totals integrate over the grid: pg/mL * mm^3 * 1e-3 mL/mm^3 = pg; cells/uL * mm^3 = cells.
     """
     vol = options.grid.cell_volume
-
-    def mean(u, m):
-        return jnp.sum(u * m) / jnp.maximum(jnp.sum(m), 1.0)
-
+    mean = masked_mean
     out = {
         "synovial_fluid_tnf": mean(state.tnf, domain.fluid),
         "synovial_fluid_il1": mean(state.il1, domain.fluid),

@@ -117,7 +117,7 @@ class ClinicalRange:
     """A measured range of a synovial-fluid quantity, in the unit of the summary it applies to."""
 
     summary: str  # summary name in the run file
-    group: str  # "OA" or "RA"
+    group: str  # "healthy", "OA" or "RA"
     low: float
     high: float
     label: str

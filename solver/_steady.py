@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -69,14 +68,13 @@ def relax(
     tolerance: float = 1e-5,
     window_h: float = 24.0,
     max_h: float = 3000.0,
-    on_window: Callable[[float, float], None] | None = None,
     anderson: int = 4,
 ) -> SteadyState:
     """Advance ``state`` by whole windows of ``window_h`` until it changes by less than ``tolerance``
     over one (relative, :func:`relative_change`) or ``max_h`` has passed.
 
     Time runs from 0 in every window, so the parameters must make the model autonomous (no
-    injury, no dosing). ``on_window(t, change)`` is called after each window (progress).
+    injury, no dosing).
     """
     interval = dt * solver.n_sub
     per_window = max(1, round(window_h / interval))
@@ -92,8 +90,6 @@ def relax(
         change = relative_change(jax.device_get(state), jax.device_get(old))
         if not math.isfinite(change) and not accelerated:
             break
-        if on_window is not None:
-            on_window(t, change)
         if change < tolerance:
             break
         if accelerated and not change < previous:
@@ -137,9 +133,8 @@ def _anderson(x: State, gx: State, history: list, depth: int) -> tuple[State, li
 
 def resting_params(params: Params) -> Params:
     """``params`` with the injury off and the cartilage held still (no repair, no damage)."""
-    zero = jnp.zeros_like(params.injury_rate)
     return params._replace(
-        injury_rate=zero,
+        injury_rate=jnp.zeros_like(params.injury_rate),
         cartilage_repair=jnp.zeros_like(params.cartilage_repair),
         cartilage_damage_tnf=jnp.zeros_like(params.cartilage_damage_tnf),
         cartilage_damage_il1=jnp.zeros_like(params.cartilage_damage_il1),

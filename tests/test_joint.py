@@ -19,7 +19,7 @@ from fields import Grid, Tissue
 from solver import build_scenario, get_solver
 from solver._cli import main
 from solver._config import ConfigError, config_from_dict
-from solver._model import exposure_weight, fluid_mean, fragment_signal, reactions, summaries
+from solver._model import exposure_weight, exposure_weights, fluid_mean, fragment_signal, reactions, summaries
 from solver._output import RunFile
 from solver._steady import relative_change, relax, resting_params
 
@@ -82,11 +82,12 @@ def test_cartilage_loss_rate_converges_under_refinement_on_the_knee():
 def test_fragment_signal_is_the_damage_of_the_exposed_surface_layer():
     sc = _knee(0.5, initial={"start": "baseline"})
     cart = sc.domain.cartilage
+    _, w_i = exposure_weights(sc.params, sc.domain, sc.options)
     for c in (1.0, 0.6, 0.0):
-        assert_close(fragment_signal(cart * c, sc.params, sc.domain, sc.options), 1 - c, rtol=0, atol=1e-12)
+        assert_close(fragment_signal(cart * c, w_i), 1 - c, rtol=0, atol=1e-12)
     # damage deeper than the cytokines reach is not shed into the fluid
     deep = jnp.where(sc.domain.cartilage_depth > 1.0, 0.5, 1.0) * cart
-    assert float(fragment_signal(deep, sc.params, sc.domain, sc.options)) < 1e-4  # against 0.5 were it counted
+    assert float(fragment_signal(deep, w_i)) < 1e-4  # against 0.5 were it counted
 
 
 # --- the fluid: mixing and entry ----------------------------------------------------------------
