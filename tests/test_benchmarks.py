@@ -96,6 +96,7 @@ def test_roofline_triad_takes_the_difference_of_two_loops():
         assert r["best_bandwidth_GBps"] is None
 
 
+@pytest.mark.slow  # ~19 s compiling three layouts (their equal results: test_solver.py, also slow)
 def test_layout_case_compares_the_stage_layouts_and_restores_the_choice():
     import jax
 

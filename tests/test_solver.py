@@ -38,7 +38,8 @@ def test_a_new_parameter_value_does_not_recompile():
     assert float(jnp.max(jnp.abs(first.tnf - second.tnf))) > 1e-3  # and the value was used
 
 
-@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_ssp_rk3", "strang_rkl2"])
+# strang_rkl2's check (~25 s) runs with the slow validation; its adjoint is compared below
+@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_ssp_rk3", pytest.param("strang_rkl2", marks=pytest.mark.slow)])
 def test_gradient_through_the_solver_matches_central_differences(stepper):
     options, params, domain, state = _problem(drug=True)
     state = state._replace(drug=0.5 * domain.cytokine)
@@ -378,7 +379,8 @@ def test_the_hand_written_rhs_adjoint_matches_jax_reverse_mode(ndim, drug, monke
     compare(pullback(make_diffuse, g._replace(cartilage=None)), "diffusion_rhs")
 
 
-@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_rkl2"])
+# SSP-RK3's comparison (~26 s) runs with the slow validation; its right-hand side's adjoint is checked above
+@pytest.mark.parametrize("stepper", [pytest.param("ssp_rk3", marks=pytest.mark.slow), "strang_rkl2"])
 def test_the_solver_gradient_is_the_same_with_the_hand_written_adjoint(stepper, monkeypatch):
     """Through the whole solver (frames, steps, stages, checkpoints): the same gradient with the
     hand-written adjoint as with JAX's (strang_ssp_rk3 differs from ssp_rk3 only in the right-hand
@@ -514,7 +516,11 @@ def _kept_bytes(fn, *args) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(vjp))
 
 
-@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_ssp_rk3", "strang_rkl2"])
+# one stepper in the fast suite (~15 s each), the split ones with the slow validation
+@pytest.mark.parametrize(
+    "stepper",
+    ["ssp_rk3", pytest.param("strang_ssp_rk3", marks=pytest.mark.slow), pytest.param("strang_rkl2", marks=pytest.mark.slow)],
+)
 def test_checkpoint_schedules_give_one_gradient_and_keep_what_they_say(stepper):
     """checkpoint="steps" keeps one state per sub-step (nothing of the stages, nor of the split steppers'
     opening half-steps but their input), "frames" one per frame; the gradients are the same."""
