@@ -82,7 +82,7 @@ def box_problem(
     params = default_params(dtype)
     domain = make_domain(labels, injury, dtype, grid.spacing)
     zeros = np.zeros(shape)
-    state = State(*(jnp.asarray(a, dtype) for a in (tnf, il1, leuk, zeros, zeros)))
+    state = State(*(jnp.asarray(a, dtype) for a in (tnf, il1, leuk, zeros, zeros, zeros)))
     _, dt, _ = choose_substeps(1.0, params, state, options, get_stepper("ssp_rk3"), 0.9)
     return Problem(options, params, domain, state, dt, dtype, labels, injury)
 

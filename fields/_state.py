@@ -15,7 +15,8 @@ class State(NamedTuple):
         il1: IL-1 concentration, pg/mL.
         leukocytes: leukocyte density, cells/uL (= cells/mm^3).
         cartilage: cartilage matrix integrity, fraction in [0, 1] (cartilage cells only).
-        drug: anti-TNF drug concentration, ug/mL (zero when the drug is off).
+        drug: free drug concentration, ug/mL (zero when the drug is off).
+        complex: TNF held in drug-TNF complexes, pg/mL of TNF (zero without an anti-TNF drug).
     """
 
     tnf: jax.Array
@@ -23,6 +24,7 @@ class State(NamedTuple):
     leukocytes: jax.Array
     cartilage: jax.Array
     drug: jax.Array
+    complex: jax.Array
 
 
 #: Species names in state order, as used in configs and output files.
@@ -35,4 +37,5 @@ SPECIES_UNITS: dict[str, str] = {
     "leukocytes": "cells/uL",
     "cartilage": "1",
     "drug": "ug/mL",
+    "complex": "pg/mL",
 }

@@ -25,7 +25,7 @@ from solver import Config, vmapped_members
 from solver._config import config_from_dict
 
 from ._observations import Observations
-from ._problem import FitError, Problem, gauss_newton, get_value
+from ._problem import FitError, Problem, gauss_newton, get_value, plasma_levels
 
 OPTIMIZERS = ("lbfgs", "adam")
 REPORT_FORMAT = "synovia-fit"
@@ -36,9 +36,7 @@ _SECTION_KEY = {
     "injury_onset": ("injury", "onset_h"),
     "injury_duration": ("injury", "duration_h"),
     "injury_decay": ("injury", "decay_h"),
-    "drug_dose": ("drug", "dose"),
-    "drug_first_dose": ("drug", "first_dose_h"),
-    "drug_dose_interval": ("drug", "interval_h"),
+    "drug_dose": ("drug", "dose_mg"),
     "drug_infusion": ("drug", "infusion_h"),
 }
 
@@ -110,6 +108,8 @@ def fitted_config(config: Config, values: dict[str, float]) -> Config:
         if name in _SECTION_KEY:
             section, key = _SECTION_KEY[name]
             raw[section][key] = value
+            if name == "drug_dose":  # the fitted dose in mg, not per kg
+                raw["drug"]["dose_mg_per_kg"] = 0.0
         elif "." in name:
             field, tissue = name.split(".")
             raw["tissues"][tissue][field] = value
@@ -379,7 +379,8 @@ def truth_values(observations: Observations, names) -> dict[str, float]:
     from solver import default_params
 
     values = json.loads(raw)
-    params = default_params(np.float64, **{k: np.asarray(v) for k, v in values.items()})
+    known = set(default_params(np.float64)._fields)  # a file from an older model may name others
+    params = default_params(np.float64, **{k: np.asarray(v) for k, v in values.items() if k in known})
     return {n: float(get_value(params, n)) for n in names}
 
 
@@ -473,6 +474,12 @@ def write_report(
                 f[f"maps/{m.name}"].create_dataset("predicted", data=pred, compression="gzip")
             # model curves at the fitted parameters, every frame, for each observed region
             op = problem.operator
+            if len(op.plasma_rows):  # the plasma level, finely in time
+                best = problem.params_of(jnp.asarray(np.asarray(u)[result.best_start]))
+                t = np.linspace(0.0, op.n_frames * problem.scenario.interval, 1000)
+                p = f.create_group("model_plasma")
+                p["time_h"] = t
+                p["drug"] = np.asarray(plasma_levels(best, problem.scenario.options)(jnp.asarray(t)), float)
             if op.regions:
                 frames = problem.compiled("frames", lambda: jax.jit(problem.frames))(
                     problem.params_of(jnp.asarray(np.asarray(u)[result.best_start]))
@@ -536,4 +543,6 @@ def read_report(path) -> dict:
         if "model" in f:
             m = f["model"]
             out["model"] = {k: (strings(m[k]) if k in ("species", "kind", "where") else m[k][()]) for k in m}
+        if "model_plasma" in f:
+            out["model_plasma"] = {k: f["model_plasma"][k][()] for k in f["model_plasma"]}
     return out

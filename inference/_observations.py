@@ -6,6 +6,8 @@ Kinds of observation (column ``kind``; ``where`` says where, coordinates in mm, 
 - ``tissue``: the mean over one tissue, ``where`` = its name (e.g. ``synovium``);
 - ``point``: the value in the cell that holds a point, ``where`` = ``"z y x"`` (2D: ``"y x"``);
 - ``box``: the mean over the cells whose centres lie in a box, ``where`` = ``"z0:z1 y0:y1 x0:x1"``;
+- ``plasma``: a patient's plasma (serum) drug level, species ``drug`` (``where`` empty): the closed
+  form of the doses at that time (solver._drugs), so a fit can free the pharmacokinetic parameters;
 - ``map`` (HDF5 only): a whole field at one time, e.g. a histology map of leukocyte density.
 
 Means run over the cells where the species lives (leukocytes: fluid, synovium and capsule;
@@ -27,16 +29,17 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fields import SPECIES, TISSUE_NAMES, Geometry, Grid, State, Tissue
 
-KINDS = ("fluid", "tissue", "point", "box")
+KINDS = ("fluid", "tissue", "point", "box", "plasma")
 COLUMNS = ("time_h", "species", "kind", "where", "value", "sigma")
 
 #: Tissues each species lives in (its means run over these cells).
@@ -44,6 +47,7 @@ REGION_OF = {
     "tnf": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
     "il1": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
     "drug": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
+    "complex": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
     "leukocytes": (Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
     "cartilage": (Tissue.CARTILAGE,),
 }
@@ -234,7 +238,7 @@ def save_observations(obs: Observations, path: str | os.PathLike[str]) -> None:
         for c in ("species", "kind", "where"):
             g.create_dataset(c, data=np.array(getattr(obs, c), dtype=object), dtype=h5py.string_dtype())
         g.attrs["units"] = (
-            "time_h: h; value, sigma: the species' unit (tnf, il1 pg/mL; leukocytes cells/uL; drug ug/mL; cartilage 1)"
+            "time_h: h; value, sigma: the species' unit (tnf, il1, complex pg/mL; leukocytes cells/uL; drug ug/mL; cartilage 1)"
         )
         for m in obs.maps:
             mg = f.create_group(f"maps/{m.name}")
@@ -317,6 +321,9 @@ class ObservationOperator:
     maps: tuple[tuple[str, int, float, np.ndarray], ...]  # (species, frame, fraction, observed-cell mask)
     regions: tuple[tuple[str, str, str], ...]  # (species, kind, where) per weights row
     n_frames: int  # intervals the trajectory must cover
+    in_tissue: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))  # rows of the means above
+    plasma_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))  # rows of kind "plasma"
+    plasma_times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # their times, h
 
     @classmethod
     def build(
@@ -349,8 +356,17 @@ class ObservationOperator:
         keys: dict[tuple[str, str, str], int] = {}
         rows_w = []
         s_idx, r_idx, frame, frac = [], [], [], []
+        in_tissue, plasma_rows, plasma_times = [], [], []
         for i in range(len(obs)):
             what = f"observation {i + 1} ({obs.species[i]}, {obs.kind[i]}, t = {obs.time_h[i]:g} h)"
+            if obs.kind[i] == "plasma":  # the drug's plasma level: the closed form at that time, no frames
+                if obs.species[i] != "drug":
+                    raise ObservationError(f"{what}: kind 'plasma' observes the drug; species must be 'drug'")
+                locate(float(obs.time_h[i]), what)
+                plasma_rows.append(i)
+                plasma_times.append(float(obs.time_h[i]))
+                continue
+            in_tissue.append(i)
             key = (obs.species[i], obs.kind[i], obs.where[i].strip())
             if key not in keys:
                 mask = _region_mask(obs.kind[i], key[2], obs.species[i], geometry, what)
@@ -382,6 +398,9 @@ class ObservationOperator:
             maps=tuple(maps),
             regions=tuple(keys),
             n_frames=n_frames,
+            in_tissue=np.asarray(in_tissue, int),
+            plasma_rows=np.asarray(plasma_rows, int),
+            plasma_times=np.asarray(plasma_times, float),
         )
 
     def region_means(self, frames: State) -> jnp.ndarray:
@@ -392,14 +411,27 @@ class ObservationOperator:
         flat = stacked.reshape(stacked.shape[0], stacked.shape[1], -1)
         return jnp.einsum("sfc,rc->sfr", flat, jnp.asarray(self.weights, dtype=flat.dtype))
 
-    def predict(self, frames: State) -> jnp.ndarray:
-        """Predicted scalar rows then observed map cells, one flat vector (the order of :meth:`observed`)."""
+    def predict(self, frames: State, plasma: Callable | None = None) -> jnp.ndarray:
+        """Predicted scalar rows then observed map cells, one flat vector (the order of :meth:`observed`).
+
+        ``plasma(times)`` gives the plasma drug level (ug/mL) at an array of times (h), for rows of
+        kind "plasma" (solver's plasma_drug of the run's parameters).
+        """
         parts = []
+        if len(self.frame) or len(self.plasma_rows):
+            dtype = jax.tree.leaves(frames)[0].dtype
+            rows = jnp.zeros(len(self.frame) + len(self.plasma_rows), dtype)
         if len(self.frame):
             means = self.region_means(frames)
             s, r, k = self.species_index, self.region_index, self.frame
             a = jnp.asarray(self.fraction, dtype=means.dtype)
-            parts.append((1 - a) * means[s, k, r] + a * means[s, k + 1, r])
+            rows = rows.at[self.in_tissue].set((1 - a) * means[s, k, r] + a * means[s, k + 1, r])
+        if len(self.plasma_rows):
+            if plasma is None:
+                raise ObservationError("observations of kind 'plasma' need the run's plasma drug level")
+            rows = rows.at[self.plasma_rows].set(plasma(jnp.asarray(self.plasma_times, dtype)).astype(dtype))
+        if len(self.frame) or len(self.plasma_rows):
+            parts.append(rows)
         for species, k, a, seen in self.maps:
             u = getattr(frames, species)
             field = (1 - a) * u[k] + a * u[k + 1]

@@ -20,7 +20,7 @@ from solver._plot import RC, _new_figure, _save, species_style
 
 from ._fit import read_report
 
-_UNITS = {"tnf": "pg/mL", "il1": "pg/mL", "leukocytes": "cells/µL", "drug": "µg/mL", "cartilage": "fraction"}
+_UNITS = {"tnf": "pg/mL", "il1": "pg/mL", "leukocytes": "cells/µL", "drug": "µg/mL", "complex": "pg/mL", "cartilage": "fraction"}
 _WHERE = {"fluid": "synovial fluid"}
 START_COLOUR = "#9a9a9a"
 BEST_COLOUR = "#d8453b"
@@ -114,6 +114,9 @@ def fit_figure(report: dict):
         e = error_bars(y, np.asarray(obs["sigma"])[sel], log)
         label = "data, 1σ (log-normal)" if log else "data ± 1σ"
         ax.errorbar(t, y, yerr=e, fmt="o", ms=3, color=DATA_COLOUR, ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label=label)
+        plasma = report.get("model_plasma")
+        if key[1] == "plasma" and plasma is not None:
+            ax.plot(plasma["time_h"], plasma["drug"], color=MODEL_COLOUR, lw=1.3, label="fitted model")
         if model is not None:
             regions = list(zip(model["species"], model["kind"], model["where"]))
             if key in regions:

@@ -30,6 +30,7 @@ import numpy as np
 
 from fields import TISSUE_NAMES
 from solver import DIFFUSIVITIES, PARAMETERS, Config, Params, autodiff_rhs, build_scenario, choose_substeps, get_solver
+from solver._model import plasma_drug
 from solver._simulate import super_step_stages
 from solver._steppers import get_stepper
 
@@ -42,11 +43,16 @@ LITERATURE_PRIORS: dict[str, tuple[float, float, str]] = {
     "decay_il1": (2.2, 1.5, "docs/model.md: IL-1 t1/2 19 min, Cancer Res 1990;50:5751"),
     "chemotaxis": (0.05, 3.0, "docs/model.md: chi ~0.05 mm^2/h, not confirmed in literature"),
     "leukocyte_death": (0.03, 2.0, "docs/model.md: tissue neutrophil lifetime about a day"),
-    "drug_clearance": (math.log(2) / 96.0, 2.0, "docs/model.md: etanercept t1/2 ~4 d to adalimumab ~14 d"),
     "diffusivity_tnf.synovial_fluid": (0.27, 2.0, "docs/model.md: Hao & Friedman 2016"),
     "diffusivity_il1.synovial_fluid": (0.39, 2.0, "docs/model.md: Stokes-Einstein estimate"),
     "diffusivity_leukocytes.synovial_fluid": (0.01, 3.0, "docs/model.md: neutrophil speed 17 um/min, Butler 2010"),
 }
+
+
+def plasma_levels(params: Params, options):
+    """The plasma drug level (ug/mL) at an array of times (h) for these parameters: what rows of kind
+    "plasma" observe."""
+    return lambda times: jax.vmap(lambda t: plasma_drug(params, options, t))(times)
 
 
 class FitError(ValueError):
@@ -55,7 +61,7 @@ class FitError(ValueError):
 
 #: Event times and windows: the stepper sees a source switch on or off at a step, so the loss is
 #: piecewise constant in these (their gradient is zero almost everywhere): they cannot be fitted.
-EVENT_TIMES = ("injury_onset", "injury_duration", "drug_first_dose", "drug_dose_interval", "drug_infusion")
+EVENT_TIMES = ("injury_onset", "injury_duration", "drug_infusion")
 
 
 def fittable_names() -> list[str]:
@@ -233,8 +239,7 @@ class Transform:
 #: no drug, intact cartilage held still (so no fragments).
 REST_INDEPENDENT = frozenset(
     {"injury_rate", "injury_decay", "cartilage_repair", "repair_inhibition_half_saturation", "cartilage_damage_tnf",
-     "cartilage_damage_il1", "recruitment_from_fragments", "drug_clearance", "drug_tnf_binding", "drug_per_tnf_bound",
-     "drug_dose"}
+     "cartilage_damage_il1", "recruitment_from_fragments", *(p for p in PARAMETERS if p.startswith("drug_"))}
 )  # fmt: skip
 
 
@@ -361,7 +366,7 @@ class Problem:
         return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), initial, frames)
 
     def predict_params(self, params: Params, initial=None):
-        return self.operator.predict(self.frames(params, initial))
+        return self.operator.predict(self.frames(params, initial), plasma_levels(params, self.scenario.options))
 
     @property
     def log_floor(self) -> float:

@@ -13,6 +13,7 @@ from solver import Config, build_scenario, get_solver
 from solver._params import params_as_dict
 
 from ._observations import FieldMap, ObservationError, ObservationOperator, Observations, make_observations
+from ._problem import plasma_levels
 
 
 def _parse_where(spec: str) -> tuple[str, str]:
@@ -74,7 +75,7 @@ def synthesize(
     def predict(params):
         _, frames = solver.trajectory(scenario.initial, params, scenario.domain, scenario.dt, op.n_frames)
         frames = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), scenario.initial, frames)
-        return op.predict(frames)
+        return op.predict(frames, plasma_levels(params, scenario.options))
 
     y = np.asarray(predict(scenario.params), float)
     rng = np.random.default_rng(seed)

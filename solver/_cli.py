@@ -110,7 +110,7 @@ def _report_rest(scenario) -> None:
 
     _info("finding the resting joint (no injury, no drug): relaxing to a steady state ...")
     rest = scenario.rest
-    fluid = {k: float(v) for k, v in summaries(rest.state, scenario.domain, scenario.options).items()}
+    fluid = {k: float(v) for k, v in summaries(rest.state, scenario.domain, scenario.options, scenario.params).items()}
     settled = "steady" if rest.converged else f"NOT settled (still changing {rest.change:.1e} per day)"
     _info(
         f"resting joint {settled} after {rest.time_h:g} h simulated ({rest.wall_s:.1f} s): synovial fluid TNF "

@@ -18,6 +18,7 @@ import tomli_w
 
 from fields import SPECIES, TISSUE_NAMES
 
+from ._drugs import DEFAULT_DRUG, DRUGS, ROUTES, drug_parameters
 from ._params import DIFFUSIVITIES, PARAMETERS, SCENARIO_PARAMETERS
 
 
@@ -112,13 +113,39 @@ class InjurySection:
 
 @dataclasses.dataclass(frozen=True)
 class DrugSection:
-    """``[drug]``: anti-TNF dosing into the synovium."""
+    """``[drug]``: a drug given as the clinic gives it, into the plasma (solver._drugs).
 
-    enabled: bool = _opt(False, "simulate the anti-TNF drug")
-    dose: float = _opt(PARAMETERS["drug_dose"].default, "concentration delivered per dose", "ug/mL", lower=0)
-    first_dose_h: float = _opt(PARAMETERS["drug_first_dose"].default, "time of the first dose", "h", lower=0)
-    interval_h: float = _opt(PARAMETERS["drug_dose_interval"].default, "time between doses", "h", lower=0, strict_lower=True)
-    infusion_h: float = _opt(PARAMETERS["drug_infusion"].default, "duration of each dose", "h", lower=0, strict_lower=True)
+    ``name`` picks the drug: its target, its label schedule (the defaults of the keys below) and
+    its pharmacokinetic ``[parameters]`` (``drug_*``); any of them can be set.
+    """
+
+    enabled: bool = _opt(False, "simulate the drug")
+    name: str = _opt(
+        DEFAULT_DRUG,
+        'the drug: target, label schedule and pharmacokinetics (docs/model.md); "none": no drug (enabled is then false)',
+        choices=(*DRUGS, "none"),
+    )
+    route: str = _opt("sc", "subcutaneous (sc) or intravenous infusion (iv); default: the drug's label route", choices=ROUTES)
+    dose_mg: float = _opt(50.0, "drug per dose; default: the label dose", "mg", lower=0)
+    dose_mg_per_kg: float = _opt(0.0, "drug per dose per body weight; when > 0 it replaces dose_mg", "mg/kg", lower=0)
+    body_weight_kg: float = _opt(70.0, "body weight, for dose_mg_per_kg", "kg", lower=0, strict_lower=True)
+    first_dose_h: float = _opt(24.0, "time of the first dose", "h", lower=0)
+    loading_h: tuple = _opt(
+        (), "dose times after the first dose before the regular schedule (label loading doses); default: the drug's", "h"
+    )
+    interval_h: float = _opt(
+        168.0, "time between doses after the last loading dose; default: the label's", "h", lower=0, strict_lower=True
+    )
+    infusion_h: float = _opt(2.0, "duration of an intravenous infusion", "h", lower=0, strict_lower=True)
+
+    @property
+    def dose(self) -> float:
+        """The drug per dose, mg."""
+        return self.dose_mg_per_kg * self.body_weight_kg if self.dose_mg_per_kg > 0 else self.dose_mg
+
+    @property
+    def target(self) -> str:
+        return DRUGS[self.name].target if self.name in DRUGS else DRUGS[DEFAULT_DRUG].target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,12 +290,13 @@ def _number(key: str, value, lower: float = 0.0, upper: float = math.inf) -> flo
     return float(value)
 
 
-def _parameters(raw) -> dict[str, float]:
+def _parameters(raw, drug: str = DEFAULT_DRUG) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ConfigError("config key 'parameters' must be a table")
     scenario = SCENARIO_PARAMETERS
     allowed = {k: v for k, v in PARAMETERS.items() if k not in scenario}
     out = {k: v.default for k, v in allowed.items()}
+    out.update(drug_parameters(drug))
     for key, value in raw.items():
         if key not in allowed:
             hint = " (set it in [injury] or [drug])" if key in scenario else _suggest(key, allowed)
@@ -281,10 +309,13 @@ def _parameters(raw) -> dict[str, float]:
     return out
 
 
-def _tissues(raw) -> dict[str, dict[str, float]]:
+def _tissues(raw, drug: str = DEFAULT_DRUG) -> dict[str, dict[str, float]]:
     if not isinstance(raw, dict):
         raise ConfigError("config key 'tissues' must be a table")
     out = {t: {k: default[i] for k, (default, _) in DIFFUSIVITIES.items()} for i, t in enumerate(TISSUE_NAMES)}
+    if DRUGS[drug].target == "il1_receptor":  # an IL-1 receptor antagonist is IL-1's size (17 kDa)
+        for values in out.values():
+            values["diffusivity_drug"] = values["diffusivity_il1"]
     for tissue, values in raw.items():
         if tissue not in out:
             raise _unknown(tissue, "tissues.", out)
@@ -345,7 +376,7 @@ def _initial(raw) -> dict[str, Any]:
 def _boundary(raw, ndim: int) -> dict[str, dict[str, dict[str, Any]]]:
     if not isinstance(raw, dict):
         raise ConfigError("config key 'boundary' must be a table")
-    transported = ("tnf", "il1", "leukocytes", "drug")
+    transported = ("tnf", "il1", "leukocytes", "drug", "complex")
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for species, walls in raw.items():
         if species not in transported:
@@ -382,17 +413,29 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Conf
         if key not in SECTIONS:
             raise _unknown(key, "", SECTIONS)
     geometry = _section(GeometrySection, raw.get("geometry", {}), "geometry.")
+    drug = _drug(raw.get("drug", {}))
     return Config(
         run=_section(RunSection, raw.get("run", {}), "run."),
         geometry=geometry,
         injury=_section(InjurySection, raw.get("injury", {}), "injury."),
-        drug=_section(DrugSection, raw.get("drug", {}), "drug."),
-        parameters=_parameters(raw.get("parameters", {})),
-        tissues=_tissues(raw.get("tissues", {})),
+        drug=drug,
+        parameters=_parameters(raw.get("parameters", {}), drug.name if drug.name in DRUGS else DEFAULT_DRUG),
+        tissues=_tissues(raw.get("tissues", {}), drug.name if drug.name in DRUGS else DEFAULT_DRUG),
         initial=_initial(raw.get("initial", {})),
         boundary=_boundary(raw.get("boundary", {}), geometry.ndim),
         base_dir=str(base_dir),
     )
+
+
+def _drug(raw) -> DrugSection:
+    """``[drug]`` with the named drug's label schedule for the keys not given."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config key 'drug' must be a table")
+    fields = {f.name: f for f in dataclasses.fields(DrugSection)}
+    name = _check_value("drug.name", raw.get("name", DEFAULT_DRUG), fields["name"])
+    if name == "none":  # untreated (a therapy comparison's control)
+        return _section(DrugSection, {**DRUGS[DEFAULT_DRUG].schedule, **raw, "enabled": False}, "drug.")
+    return _section(DrugSection, {**DRUGS[name].schedule, **raw}, "drug.")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

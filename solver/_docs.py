@@ -1,7 +1,8 @@
 """The config reference in Markdown, generated from the code so that docs/config.md cannot drift.
 
 ``python -m solver._docs`` prints it; a test checks docs/config.md holds exactly this text.
-``python -m solver._docs model`` prints the parameter table of docs/model.md (also checked).
+``python -m solver._docs model`` prints the parameter table of docs/model.md and
+``python -m solver._docs drugs`` its drug tables (both checked too).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from fields import SPECIES, SPECIES_UNITS, TISSUE_NAMES
 
 from ._config import DEFAULT_BASELINE, WALL_KINDS, WALLS, Blob, DrugSection, GeometrySection, InjurySection, Region, RunSection
+from ._drugs import DRUGS, drug_parameters, drug_sources
 from ._params import DIFFUSIVITIES, PARAMETERS, SCENARIO_PARAMETERS
 
 
@@ -99,7 +101,7 @@ def config_reference() -> str:
         "",
         "#### `[boundary.<species>]`: wall conditions (default no flux)",
         "",
-        "Species: `tnf`, `il1`, `leukocytes`, `drug`. Walls: "
+        "Species: `tnf`, `il1`, `leukocytes`, `drug`, `complex`. Walls: "
         + ", ".join(f"`{w}`" for w in WALLS[3])
         + " (2D: no z). Each wall is a table `{type, value, coefficient}` with type one of "
         + ", ".join(f"`{k}`" for k in WALL_KINDS)
@@ -120,5 +122,20 @@ def model_parameters() -> str:
     return "\n".join(out)
 
 
+def drug_reference() -> str:
+    """The drugs table of docs/model.md: each drug's schedule, pharmacokinetic values with sources, and levels."""
+    out = []
+    for name, drug in DRUGS.items():
+        values, sources = drug_parameters(name), drug_sources(name)
+        schedule = ", ".join(f"`{k}` = {_fmt(tuple(v) if isinstance(v, list) else v)}" for k, v in drug.schedule.items())
+        out += [f"**{name}** (target: {drug.target}, {drug.molar_mass_kda:g} kDa): {schedule}.", ""]
+        out += ["| key | value | unit | source |", "|---|---|---|---|"]
+        for key in drug.parameters:
+            out.append(f"| `{key}` | {values[key]:.4g} | {PARAMETERS[key].unit} | {sources[key]} |")
+        out += ["", f"Published levels: {drug.levels}.", ""]
+    return "\n".join(out).rstrip()
+
+
 if __name__ == "__main__":
-    print(model_parameters() if sys.argv[1:] == ["model"] else config_reference())
+    which = sys.argv[1:]
+    print(model_parameters() if which == ["model"] else drug_reference() if which == ["drugs"] else config_reference())

@@ -1,29 +1,36 @@
 r"""The joint-inflammation model (docs/model.md), as a pure right-hand side.
 
-With T = TNF, I = IL-1, L = leukocytes, C = cartilage integrity, A = anti-TNF drug,
-f(T) = T / (K_chi + T), bars for means over the synovial fluid and [X] the indicator of tissue X::
+With T = TNF, I = IL-1, L = leukocytes, C = cartilage integrity, A = free drug, B = TNF bound in
+drug-TNF complexes, f(T) = T / (K_chi + T), bars for means over the synovial fluid and [X] the
+indicator of tissue X::
 
-    dT/dt = div(D_T grad T) + s_inj(x,t) + a_TL L (1 + b_TI I/(K_I + I)) + s_T [S + F]
-            - k_T T - k_AT A T + k_mix (Tbar - T) [F]
+    dT/dt = div(D_T grad T) + s_inj(x,t) + a_TL L (1 + b_TI I'/(K_I + I')) + s_T [S + F]
+            - k_T T - k_on A T + k_off B + k_mix (Tbar - T) [F]
     dI/dt = div(D_I grad I) + a_IL L T/(K_T + T) + s_I [S + F] - k_I I + k_mix (Ibar - I) [F]
-    dL/dt = div(D_L grad L - chi L grad f(T)) + (r_syn h(T, I) [S] + r_F h(Tbar, Ibar) [F]) (1 - L/L_max)
+    dL/dt = div(D_L grad L - chi L grad f(T)) + (r_syn h(T, I') [S] + r_F h(Tbar, Ibar') [F]) (1 - L/L_max)
             - d_L L + k_mix (Lbar - L) [F],        h(T, I) = (T + w_I I + w_F Phi)/(K_r + T + w_I I + w_F Phi)
     dC/dt = r_C (1 - C)/(1 + (e_T + e_I)/K_rep) - (g_T e_T + g_I e_I) C          (cartilage only)
-    dA/dt = div(D_A grad A) + dose(x,t) - k_A A - s_AT k_AT A T + k_mix (Abar - A) [F]   (optional)
+    dA/dt = div(D_A grad A) + (k_v C_p(t) - (k_v + k_A) A) [S] - s_AT (k_on A T - k_off B) + k_mix (Abar - A) [F]
+    dB/dt = div(D_A grad B) + k_on A T - k_off B - (k_v + k_A) B [S] + k_mix (Bbar - B) [F]
 
 S: synovium, F: synovial fluid. Leukocytes are recruited from the synovial vessels into the tissue
 (driven by the cytokines there) and across the thin lining into the fluid (driven by the fluid's).
-e_T = w_T(x) Tbar and e_I = w_I(x) Ibar are the cytokine exposures of cartilage: inside it a
+e_T = w_T(x) Tbar and e_I = w_I(x) Ibar' are the cytokine exposures of cartilage: inside it a
 cytokine falls off as exp(-z/delta) with depth z below the articular surface, delta =
 sqrt(D_cartilage / k) (0.09 mm for TNF), thinner than a grid cell; w(x) is the mean of that
 profile over the cell's depth range, so the cartilage lost per unit surface does not depend on
 the grid. Phi, the matrix-fragment signal, is the mean damage (1 - C) of that exposed surface
 layer (weights w_I): fragments shed by damaged matrix, well mixed in the fluid, activate the
 synovial lining, whose chemokines recruit leukocytes (w_F Phi adds to the cytokine drive h).
-Units: mm, h, pg/mL, cells/uL, ug/mL. s_AT converts TNF bound (pg/mL) into drug used (ug/mL).
-Cytokines and drug live in every tissue but bone and excluded cells; leukocytes in synovial fluid,
-synovium and capsule; C in cartilage. Basal secretion acts in the synovium and the fluid, dosing
-in the synovium.
+
+The drug (optional) reaches the synovium from the plasma, whose level C_p(t) is the closed form
+of its doses (solver._drugs), and drains to lymph. An anti-TNF binds TNF reversibly (k_on, k_off;
+s_AT converts TNF bound, pg/mL, into drug bound, ug/mL); an IL-1 receptor antagonist binds no TNF
+(k_on = 0) and leaves the fraction 1/(1 + A/K_B) of IL-1's signal: I' = I/(1 + A/K_B) wherever
+IL-1 acts (else I' = I).
+Units: mm, h, pg/mL, cells/uL, ug/mL. Cytokines, drug and complex live in every tissue but bone and
+excluded cells; leukocytes in synovial fluid, synovium and capsule; C in cartilage. Basal secretion
+acts in the synovium and the fluid.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import numpy as np
 
 from fields import Grid, State, Tissue
 
+from ._drugs import plasma_concentration, plasma_peak_bound
 from ._operators import (
     NO_FLUX,
     WallCondition,
@@ -52,11 +60,13 @@ from ._operators import (
     upper,
     upwind_chemotaxis_vjp,
 )
-from ._params import Params
+from ._params import DIFFUSIVITY_OF, Params
 
 CYTOKINE_TISSUES = (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE)
 LEUKOCYTE_TISSUES = (Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE)
-TRANSPORTED = ("tnf", "il1", "leukocytes", "drug")
+TRANSPORTED = ("tnf", "il1", "leukocytes", "drug", "complex")
+#: The fields that exist only with the drug on (None in a stepper's state without it).
+DRUG_FIELDS = ("drug", "complex")
 
 
 class Domain(NamedTuple):
@@ -83,6 +93,9 @@ class ModelOptions:
 
     grid: Grid
     drug: bool = False
+    drug_target: str = "tnf"  # solver._drugs.TARGETS
+    drug_route: str = "sc"  # solver._drugs.ROUTES
+    dose_times: tuple[float, ...] = ()  # h
     chemotaxis_scheme: str = "upwind"
     walls: tuple[tuple[str, tuple[tuple[WallCondition, WallCondition], ...]], ...] = ()
 
@@ -96,7 +109,17 @@ class ModelOptions:
     def species(self) -> tuple[str, ...]:
         """Species that are integrated and written out."""
         base = ("tnf", "il1", "leukocytes", "cartilage")
-        return base + ("drug",) if self.drug else base
+        return base + DRUG_FIELDS if self.drug else base
+
+    @property
+    def binds_tnf(self) -> bool:
+        """Whether a drug is on that binds TNF (an anti-TNF)."""
+        return self.drug and self.drug_target == "tnf"
+
+    @property
+    def blocks_il1(self) -> bool:
+        """Whether a drug is on that blocks the IL-1 receptor."""
+        return self.drug and self.drug_target == "il1_receptor"
 
 
 #: Depth (mm) given to cells that are not cartilage or face no fluid: far below any penetration.
@@ -167,8 +190,10 @@ def per_tissue(table: jax.Array, labels: jax.Array) -> jax.Array:
 
 def coefficients(params: Params, domain: Domain) -> Coefficients:
     """Diffusivity fields from the per-tissue table (zero outside each species' region)."""
-    region = {"tnf": domain.cytokine, "il1": domain.cytokine, "drug": domain.cytokine, "leukocytes": domain.leukocyte}
-    d_cell = {s: per_tissue(getattr(params, f"diffusivity_{s}"), domain.labels) * region[s] for s in TRANSPORTED}
+    region = {"leukocytes": domain.leukocyte}
+    d_cell = {
+        s: per_tissue(getattr(params, DIFFUSIVITY_OF[s]), domain.labels) * region.get(s, domain.cytokine) for s in TRANSPORTED
+    }
     d_faces = {s: face_diffusivities(d) for s, d in d_cell.items()}
     leukocyte_faces = tuple(
         pad_faces(lower(domain.leukocyte, a) * upper(domain.leukocyte, a), a) for a in range(domain.labels.ndim)
@@ -183,12 +208,15 @@ def injury_profile(params: Params, t) -> jax.Array:
     return jnp.where(on, jnp.exp(-jnp.maximum(since, 0.0) / params.injury_decay), 0.0)
 
 
-def dose_rate(params: Params, t) -> jax.Array:
-    """Drug delivery rate (ug/mL/h) into the synovium: dose/infusion during each infusion."""
-    since = t - params.drug_first_dose
-    phase = jnp.mod(jnp.maximum(since, 0.0), params.drug_dose_interval)
-    on = (since >= 0) & (phase < params.drug_infusion)
-    return jnp.where(on, params.drug_dose / params.drug_infusion, 0.0)
+def plasma_drug(params: Params, options: ModelOptions, t) -> jax.Array:
+    """The plasma drug concentration (ug/mL) at ``t`` (h) of the scenario's doses (solver._drugs)."""
+    return plasma_concentration(params, options.drug_route, options.dose_times, t)
+
+
+def il1_signal(A, params: Params, options: ModelOptions):
+    """The fraction of IL-1 signalling left by an IL-1 receptor antagonist at ``A`` (ug/mL): 1/(1 + A/K_B),
+    the competitive shift of IL-1's dose-response; 1 without one."""
+    return 1.0 / (1.0 + A / params.drug_il1_block) if options.blocks_il1 else 1.0
 
 
 def masked_mean(u: jax.Array, mask: jax.Array) -> jax.Array:
@@ -245,22 +273,70 @@ def fragment_signal(cartilage: jax.Array, w_i: jax.Array) -> jax.Array:
 def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptions) -> State:
     """First-order loss rates K (1/h) of every species: the terms -K_X X of the equations.
 
-    K_T = k_T + k_AT A, K_I = k_I, K_L = d_L, K_C = g_T e_T + g_I e_I (cartilage), K_A = k_A + s_AT k_AT T.
+    K_T = k_T + k_on A, K_I = k_I, K_L = d_L, K_C = g_T e_T + g_I e_I (cartilage),
+    K_A = (k_v + k_A) [S] + s_AT k_on T, K_B = k_off + (k_v + k_A) [S].
     Each species' loss is proportional to itself, so ``X exp(-K_X dt)`` stays positive whatever
     the step: a split stepper integrates these exactly and the rest with ``rhs(..., losses=False)``.
     (Fluid mixing stays in the rest: it moves amounts, it does not remove them.)
     """
     p = params
-    T, I, L, C, A = state
-    drug = options.drug
+    T, I, L, C, A, B = state
     e_t, e_i = cartilage_exposure(state, params, domain, options)
+    if options.blocks_il1:
+        e_i = e_i * il1_signal(fluid_mean(A, domain), p, options)
+    binds = options.binds_tnf
+    drained = (p.drug_vascular_exchange + p.drug_clearance) * domain.synovium
     return State(
-        tnf=p.decay_tnf + p.drug_tnf_binding * A if drug else p.decay_tnf,
+        tnf=p.decay_tnf + p.drug_tnf_binding * A if binds else p.decay_tnf,
         il1=p.decay_il1,
         leukocytes=p.leukocyte_death,
         cartilage=p.cartilage_damage_tnf * e_t + p.cartilage_damage_il1 * e_i,
-        drug=None if A is None else (p.drug_clearance + p.drug_per_tnf_bound * p.drug_tnf_binding * T if drug else 0.0),
+        drug=None if A is None else (drained + (p.drug_per_tnf_bound * p.drug_tnf_binding * T if binds else 0.0)),
+        complex=None if B is None else p.drug_tnf_unbinding + drained,
     )
+
+
+def binding_pair(T, B, a, b, c, d, tau):
+    """(T, B) after ``tau`` of dT/dt = -a T + c B, dB/dt = b T - d B (frozen rates >= 0, a >= b, d >= c):
+    the exact matrix exponential of the pair. TNF bound by an anti-TNF (b = k_on A) and released
+    (c = k_off) moves between free TNF and the complex; a and d are each one's whole loss rate.
+
+    Both eigenvalues m +- s are <= 0 and every entry of exp(M tau) is >= 0 (M's off-diagonals
+    are), so the values stay non-negative; what binding moves, it conserves.
+    """
+    half_gap = 0.5 * (a - d)
+    x = half_gap**2 + b * c
+    positive = x > 1e-30
+    s = jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    slow = jnp.exp(-(0.5 * (a + d) + s) * tau)  # exp(lambda_2 tau), the faster-decaying mode
+    small = s * tau < 1e-8
+    safe = jnp.where(small, 1.0, s)
+    # e^(m tau) sinh(s tau) / s and e^(m tau) cosh(s tau), without cancellation
+    sinh_s = slow * jnp.where(small, tau, jnp.expm1(2.0 * safe * tau) / (2.0 * safe))
+    cosh = slow + s * sinh_s
+    return (cosh - half_gap * sinh_s) * T + c * sinh_s * B, b * sinh_s * T + (cosh + half_gap * sinh_s) * B
+
+
+def split_losses(state: State, tau, params: Params, domain: Domain, options: ModelOptions) -> State:
+    """The split part of a split stepper over ``tau``: every :func:`loss_rates` loss, and, with an
+    anti-TNF, TNF binding to the drug and its release from the complex (:func:`binding_pair`), the
+    rates frozen at the state of a half step (second order) and each part integrated exactly.
+
+    ``rhs(..., losses=False)`` is the rest.
+    """
+
+    def advance(y, at, tau):
+        rates = loss_rates(at, params, domain, options)
+        out = jax.tree.map(lambda yi, ki: yi * jnp.exp(-tau * ki), y, rates)
+        if options.binds_tnf:
+            p = params
+            tnf, bound = binding_pair(
+                y.tnf, y.complex, rates.tnf, p.drug_tnf_binding * at.drug, p.drug_tnf_unbinding, rates.complex, tau
+            )
+            out = out._replace(tnf=tnf, complex=bound)
+        return out
+
+    return advance(state, advance(state, state, 0.5 * tau), tau)
 
 
 def _transport(name: str, u, coeffs: Coefficients, options: ModelOptions):
@@ -269,20 +345,25 @@ def _transport(name: str, u, coeffs: Coefficients, options: ModelOptions):
 
 
 def diffusion_rhs(state: State, coeffs: Coefficients, options: ModelOptions) -> State:
-    """The diffusion terms div(D grad u) alone (T, I, L, A; zero for C): linear, time-independent.
+    """The diffusion terms div(D grad u) alone (T, I, L, A, B; zero for C): linear, time-independent.
 
-    A field given as None (cartilage or the drug, left out by a stepper) gives None.
+    A field given as None (cartilage or the drug's fields, left out by a stepper) gives None.
 
     A stepper that splits diffusion off (``splits_diffusion``) advances these and
     ``rhs(..., diffusion=False)`` separately.
     """
-    T, I, L, C, A = state
+    T, I, L, C, A, B = state
+
+    def drug_field(name, u):
+        return None if u is None else (_transport(name, u, coeffs, options) if options.drug else jnp.zeros_like(u))
+
     return State(
         _transport("tnf", T, coeffs, options),
         _transport("il1", I, coeffs, options),
         _transport("leukocytes", L, coeffs, options),
         None if C is None else jnp.zeros_like(C),
-        None if A is None else (_transport("drug", A, coeffs, options) if options.drug else jnp.zeros_like(A)),
+        drug_field("drug", A),
+        drug_field("complex", B),
     )
 
 
@@ -299,20 +380,28 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
     differentiates all of them (:func:`rhs_with_adjoint` takes this part's ``jax.vjp``).
     """
     p = params
-    T, I, L, C, A = state
+    T, I, L, C, A, B = state
     with jax.named_scope("reactions"):
         secreting = domain.synovium + domain.fluid
         t_bar, i_bar, l_bar = fluid_mean(T, domain), fluid_mean(I, domain), fluid_mean(L, domain)
         w_t, w_i = exposure_weights(p, domain, options)
         fragments = fragment_signal(C, w_i)
-        leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + p.il1_amplification_of_tnf * I / (p.il1_half_saturation_amplification + I))
+        # IL-1 as cells sense it: less an IL-1 receptor antagonist's share
+        i_seen, i_bar_seen = I, i_bar
+        if options.blocks_il1:
+            i_seen, i_bar_seen = I * il1_signal(A, p, options), i_bar * il1_signal(fluid_mean(A, domain), p, options)
+        amplification = p.il1_amplification_of_tnf * i_seen / (p.il1_half_saturation_amplification + i_seen)
+        leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + amplification)
         injury = p.injury_rate * injury_profile(p, t) * domain.injury
-        binding = p.drug_tnf_binding * A * T if options.drug else 0.0
+        # TNF bound by an anti-TNF and released from the complex: split off with the losses
+        # (split_losses) when losses are, as one exact exchange
+        binding = p.drug_tnf_binding * A * T if options.binds_tnf else 0.0
+        release = p.drug_tnf_unbinding * B if options.binds_tnf else 0.0
         activated = p.recruitment_from_fragments * fragments  # chemokines of the fragment-activated lining
-        drive = T + p.il1_weight_recruitment * I + activated
-        fluid_drive = t_bar + p.il1_weight_recruitment * i_bar + activated
+        drive = T + p.il1_weight_recruitment * i_seen + activated
+        fluid_drive = t_bar + p.il1_weight_recruitment * i_bar_seen + activated
         capacity = 1.0 - L / p.leukocyte_capacity
-        e_t, e_i = w_t * t_bar, w_i * i_bar
+        e_t, e_i = w_t * t_bar, w_i * i_bar_seen
         inhibition = 1.0 + (e_t + e_i) / p.repair_inhibition_half_saturation
         dT = injury + leuk_tnf + p.basal_tnf * secreting
         dI = p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T) + p.basal_il1 * secreting
@@ -325,18 +414,24 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
         dL = dL + p.fluid_mixing * (l_bar - L) * domain.fluid
         repair = p.cartilage_repair * (1.0 - C) / inhibition
         if losses:
-            dT = dT - p.decay_tnf * T - binding
+            dT = dT - p.decay_tnf * T - binding + release
             dI = dI - p.decay_il1 * I
             dL = dL - p.leukocyte_death * L
             repair = repair - (p.cartilage_damage_tnf * e_t + p.cartilage_damage_il1 * e_i) * C
         dC = domain.cartilage * repair
         if options.drug:
-            dA = dose_rate(p, t) * domain.synovium + p.fluid_mixing * (fluid_mean(A, domain) - A) * domain.fluid
+            # from the plasma across the synovial vessels; TNF released from complexes frees drug
+            delivered = p.drug_vascular_exchange * plasma_drug(p, options, t) * domain.synovium
+            dA = delivered + p.drug_per_tnf_bound * release + p.fluid_mixing * (fluid_mean(A, domain) - A) * domain.fluid
+            dB = p.fluid_mixing * (fluid_mean(B, domain) - B) * domain.fluid
             if losses:
-                dA = dA - p.drug_clearance * A - p.drug_per_tnf_bound * binding
+                drained = (p.drug_vascular_exchange + p.drug_clearance) * domain.synovium
+                dA = dA - drained * A - p.drug_per_tnf_bound * binding
+                dB = dB + binding - release - drained * B
         else:
             dA = None if A is None else jnp.zeros_like(A)
-    return State(dT, dI, dL, dC, dA)
+            dB = None if B is None else jnp.zeros_like(B)
+    return State(dT, dI, dL, dC, dA, dB)
 
 
 def chemotaxis_velocities(T, params: Params, options: ModelOptions) -> tuple[jax.Array, ...]:
@@ -361,7 +456,7 @@ def rhs(
     terms of :func:`diffusion_rhs` (for a split stepper).
     """
     h = options.grid.spacing
-    T, I, L, C, A = state
+    T, I, L, C, A, B = state
     react = reactions(state, t, params, domain, options, losses)
 
     def transport(name, u, term):
@@ -374,9 +469,10 @@ def rhs(
     dI = transport("il1", I, react.il1)
     dL = transport("leukocytes", L, chemotaxis + react.leukocytes)
     dA = transport("drug", A, react.drug) if options.drug else react.drug
+    dB = transport("complex", B, react.complex) if options.drug else react.complex
     # Outside its region a species has zero diffusivity, zero open faces and no source, so its
     # derivative there is zero as long as the field is (build_scenario zeroes it): no mask needed.
-    return State(dT, dI, dL, react.cartilage, dA)
+    return State(dT, dI, dL, react.cartilage, dA, dB)
 
 
 #: How reverse mode goes through :func:`rhs` in the solver: "adjoint" (:func:`rhs_with_adjoint`'s
@@ -460,7 +556,7 @@ def _split_coefficients(coeffs: Coefficients, state: State, options: ModelOption
     cell diffusivities: a gradient differentiated once more (a Hessian-vector product) then still
     sees that the forward and backward passes depend on them.
     """
-    diffused = [s for s in TRANSPORTED if diffusion and getattr(state, s) is not None and (s != "drug" or options.drug)]
+    diffused = [s for s in TRANSPORTED if diffusion and getattr(state, s) is not None and (s not in DRUG_FIELDS or options.drug)]
     d_cell = {s: coeffs.d_cell[s] for s in diffused}
     d_faces = {s: coeffs.d_faces[s] for s in diffused}
     return d_cell, d_faces, jax.lax.stop_gradient(coeffs)
@@ -580,14 +676,17 @@ def stable_dt(
     d_max = max(float(np.max(getattr(params, f"diffusivity_{s}"))) for s in diffused)
     d_leuk = 0.0 if split_diffusion else float(np.max(params.diffusivity_leukocytes))
     c = 2.0 if options.chemotaxis_scheme == "limited" else 1.0
-    a_max = float(np.max(state.drug)) + (float(params.drug_dose) if options.drug else 0.0)
+    # the tissue's drug stays below the plasma's highest level (it fills from the plasma)
+    peak = plasma_peak_bound(params, options.drug_route, options.dose_times) if options.drug else 0.0
+    a_max = float(np.max(state.drug)) + peak
     # cytokine levels bound the nonlinear loss rates; allow a tenfold rise over the start
     cyt_max = max(1e3, 10.0 * float(np.max(state.tnf)), 10.0 * float(np.max(state.il1)))
     explicit = 0.0 if split_losses else 1.0
     # fluid mixing is never split off
     mixing = float(params.fluid_mixing)
+    drained = float(params.drug_vascular_exchange) + float(params.drug_clearance)
     rates = [
-        explicit * (float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.drug else 0.0)) + mixing,
+        explicit * (float(params.decay_tnf) + (float(params.drug_tnf_binding) * a_max if options.binds_tnf else 0.0)) + mixing,
         explicit * float(params.decay_il1) + mixing,
         explicit * float(params.leukocyte_death)
         + max(float(params.recruitment_rate), float(params.fluid_recruitment)) / float(params.leukocyte_capacity)
@@ -596,10 +695,9 @@ def stable_dt(
         + explicit * (float(params.cartilage_damage_tnf) + float(params.cartilage_damage_il1)) * cyt_max,
     ]
     if options.drug:
-        rates.append(
-            explicit * (float(params.drug_clearance) + float(params.drug_per_tnf_bound * params.drug_tnf_binding) * cyt_max)
-            + mixing
-        )
+        binding = float(params.drug_per_tnf_bound * params.drug_tnf_binding) * cyt_max if options.binds_tnf else 0.0
+        rates.append(explicit * (drained + binding) + mixing)
+        rates.append(explicit * (drained + (float(params.drug_tnf_unbinding) if options.binds_tnf else 0.0)) + mixing)
     limits = {
         "diffusion": 1.0 / (d_max * inv_h2) if d_max > 0 else np.inf,
         "chemotaxis": 1.0 / ((d_leuk + c * float(params.chemotaxis)) * inv_h2) if (d_leuk + params.chemotaxis) > 0 else np.inf,
@@ -607,7 +705,7 @@ def stable_dt(
     }
     if split_diffusion:
         fastest = max(float(params.decay_tnf), float(params.decay_il1), float(params.leukocyte_death))
-        fastest = max(fastest, float(params.drug_clearance)) if options.drug else fastest
+        fastest = max(fastest, drained) if options.drug else fastest
         limits["splitting"] = SPLIT_ACCURACY / fastest if fastest > 0 else np.inf
     return {k: v * ssp_coefficient for k, v in limits.items()}
 
@@ -618,21 +716,28 @@ SUMMARY_UNITS: dict[str, str] = {
     "synovial_fluid_il1": "pg/mL",
     "synovial_fluid_leukocytes": "cells/uL",
     "synovial_fluid_drug": "ug/mL",
+    "synovial_fluid_complex": "pg/mL",
+    "plasma_drug": "ug/mL",
     "cartilage_integrity": "1",
     "total_tnf": "pg",
     "total_il1": "pg",
     "total_leukocytes": "cells",
     "total_drug": "ug",
+    "total_complex": "pg",
 }
+
+#: The summaries that exist only with the drug on.
+DRUG_SUMMARIES = ("synovial_fluid_drug", "synovial_fluid_complex", "plasma_drug", "total_drug", "total_complex")
 
 
 def summary_names(options: ModelOptions) -> tuple[str, ...]:
     """Names of the per-frame summaries a run with these options writes (drug ones only with the drug)."""
-    return tuple(name for name in SUMMARY_UNITS if options.drug or not name.endswith("_drug"))
+    return tuple(name for name in SUMMARY_UNITS if options.drug or name not in DRUG_SUMMARIES)
 
 
-def summaries(state: State, domain: Domain, options: ModelOptions) -> dict[str, jax.Array]:
-    """Per-frame clinical scalars: synovial-fluid means, mean cartilage integrity, totals.
+def summaries(state: State, domain: Domain, options: ModelOptions, params: Params | None = None, t=0.0) -> dict[str, jax.Array]:
+    """Per-frame clinical scalars at time ``t`` (h): synovial-fluid means, mean cartilage integrity,
+    the plasma drug level (with the drug on: needs ``params``), totals.
 
     Totals integrate over the grid: pg/mL * mm^3 * 1e-3 mL/mm^3 = pg; cells/uL * mm^3 = cells.
     """
@@ -643,11 +748,14 @@ def summaries(state: State, domain: Domain, options: ModelOptions) -> dict[str, 
         "synovial_fluid_il1": mean(state.il1, domain.fluid),
         "synovial_fluid_leukocytes": mean(state.leukocytes, domain.fluid),
         "synovial_fluid_drug": mean(state.drug, domain.fluid),
+        "synovial_fluid_complex": mean(state.complex, domain.fluid),
+        "plasma_drug": plasma_drug(params, options, t) if options.drug else None,
         "cartilage_integrity": mean(state.cartilage, domain.cartilage),
         "total_tnf": jnp.sum(state.tnf) * vol * 1e-3,
         "total_il1": jnp.sum(state.il1) * vol * 1e-3,
         "total_leukocytes": jnp.sum(state.leukocytes) * vol,
         "total_drug": jnp.sum(state.drug) * vol * 1e-3,
+        "total_complex": jnp.sum(state.complex) * vol * 1e-3,
     }
     return {name: out[name] for name in summary_names(options)}
 

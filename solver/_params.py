@@ -44,16 +44,21 @@ class Params(NamedTuple):
     repair_inhibition_half_saturation: jax.Array
     cartilage_damage_tnf: jax.Array
     cartilage_damage_il1: jax.Array
+    drug_bioavailability: jax.Array
+    drug_absorption: jax.Array
+    drug_elimination: jax.Array
+    drug_volume: jax.Array
+    drug_vascular_exchange: jax.Array
     drug_clearance: jax.Array
     drug_tnf_binding: jax.Array
+    drug_tnf_unbinding: jax.Array
     drug_per_tnf_bound: jax.Array
+    drug_il1_block: jax.Array
     injury_rate: jax.Array
     injury_onset: jax.Array
     injury_duration: jax.Array
     injury_decay: jax.Array
     drug_dose: jax.Array
-    drug_first_dose: jax.Array
-    drug_dose_interval: jax.Array
     drug_infusion: jax.Array
     diffusivity_tnf: jax.Array
     diffusivity_il1: jax.Array
@@ -84,6 +89,32 @@ _RA = (
     "calibrated to RA synovial fluid, where many leukocytes set the IL-1 (130 pg/mL at ~13000 cells/uL; "
     "configs/calibration/calibrate_ra.toml)"
 )
+
+
+def _drug_parameters() -> dict[str, ParamInfo]:
+    """The drug's [parameters] with the default drug's (etanercept's) values and sources;
+    ``[drug] name`` sets them to its drug's (solver._drugs)."""
+    from ._drugs import DEFAULT_DRUG, drug_parameters, drug_sources
+
+    values, sources = drug_parameters(DEFAULT_DRUG), drug_sources(DEFAULT_DRUG)
+    rows = {
+        "drug_bioavailability": ("F", "1", "fraction of a subcutaneous dose that reaches the plasma"),
+        "drug_absorption": ("k_a", "1/h", "first-order absorption from the subcutaneous depot"),
+        "drug_elimination": ("k_e", "1/h", "elimination from the plasma"),
+        "drug_volume": ("V", "L", "volume of distribution"),
+        "drug_vascular_exchange": ("k_v", "1/h", "exchange of drug between the plasma and the synovium"),
+        "drug_clearance": ("k_A", "1/h", "lymphatic drainage of drug and drug-TNF complex from the synovium"),
+        "drug_tnf_binding": ("k_on", "1/h per ug/mL", "association of drug with TNF"),
+        "drug_tnf_unbinding": ("k_off", "1/h", "dissociation of the drug-TNF complex"),
+        "drug_per_tnf_bound": ("s_AT", "ug/mL per pg/mL", "drug bound per TNF bound"),
+        "drug_il1_block": ("K_B", "ug/mL", "IL-1 receptor antagonist that halves IL-1 signalling"),
+    }
+    positive = ("drug_volume", "drug_il1_block")
+    return {
+        name: ParamInfo(sym, unit, values[name], doc, sources[name], lower=1e-12 if name in positive else 0.0)
+        for name, (sym, unit, doc) in rows.items()
+    }
+
 
 #: Scalar parameters: config section ``[parameters]`` (injury and drug schedule keys live
 #: in ``[injury]`` and ``[drug]``, see solver._config).
@@ -167,27 +198,7 @@ PARAMETERS: dict[str, ParamInfo] = {
         "bovine explants: EC50 of IL-1 for proteoglycan release 200 ng/mL, release saturating within 4 days "
         "(Neidel & Zeidler 1993, Agents Actions 39:82): slope (1/96 h) / 2e5 pg/mL",
     ),
-    "drug_clearance": ParamInfo(
-        "k_A",
-        "1/h",
-        math.log(2) / 96.0,
-        "anti-TNF clearance (t1/2 4 days, etanercept)",
-        "etanercept label (t1/2 ~4 d; adalimumab ~14 d)",
-    ),
-    "drug_tnf_binding": ParamInfo(
-        "k_AT",
-        "1/h per ug/mL",
-        20.0,
-        "TNF removal by drug binding",
-        "kon ~1e6 /M/s for a 150 kDa antibody (Jit et al. 2005); estimate",
-    ),
-    "drug_per_tnf_bound": ParamInfo(
-        "-",
-        "ug/mL per pg/mL",
-        150.0 / 51.0 * 1e-6,
-        "drug consumed per TNF bound (1:1, 150 kDa per 51 kDa)",
-        "stoichiometry, molar masses",
-    ),
+    **_drug_parameters(),
     "injury_rate": ParamInfo(
         "s_inj",
         "(pg/mL)/h",
@@ -199,10 +210,8 @@ PARAMETERS: dict[str, ParamInfo] = {
     "injury_onset": ParamInfo("-", "h", 0.0, "time the injury starts", "scenario"),
     "injury_duration": ParamInfo("-", "h", 24.0, "time the injury source lasts", "scenario"),
     "injury_decay": ParamInfo("-", "h", 6.0, "e-folding time of the injury source after onset", "scenario", lower=1e-12),
-    "drug_dose": ParamInfo("-", "ug/mL", 2.0, "drug concentration delivered to the synovium per dose", "scenario"),
-    "drug_first_dose": ParamInfo("-", "h", 24.0, "time of the first dose", "scenario"),
-    "drug_dose_interval": ParamInfo("-", "h", 168.0, "time between doses (weekly)", "scenario", lower=1e-12),
-    "drug_infusion": ParamInfo("-", "h", 1.0, "duration of each dose's delivery", "scenario", lower=1e-12),
+    "drug_dose": ParamInfo("D", "mg", 50.0, "drug per dose ([drug] dose_mg, or dose_mg_per_kg x body_weight_kg)", "scenario"),
+    "drug_infusion": ParamInfo("T_inf", "h", 2.0, "duration of an intravenous infusion", "scenario", lower=1e-12),
 }
 
 #: Scenario parameters: set in the config's ``[injury]`` and ``[drug]`` sections, not ``[parameters]``.
@@ -213,8 +222,6 @@ SCENARIO_PARAMETERS = frozenset(
         "injury_duration",
         "injury_decay",
         "drug_dose",
-        "drug_first_dose",
-        "drug_dose_interval",
         "drug_infusion",
     }
 )
@@ -250,6 +257,7 @@ DIFFUSIVITY_OF = {
     "il1": "diffusivity_il1",
     "leukocytes": "diffusivity_leukocytes",
     "drug": "diffusivity_drug",
+    "complex": "diffusivity_drug",
 }
 
 

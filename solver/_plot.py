@@ -3,7 +3,7 @@
 :func:`plot_run` writes, into one folder:
 
 ``map_<species>.png``
-    One figure per species (``tnf``, ``il1``, ``leukocytes``, ``cartilage``, ``drug`` when the run
+    One figure per species (``tnf``, ``il1``, ``leukocytes``, ``cartilage``, ``drug`` and ``complex`` when the run
     has it), one column per chosen time, sharing one colour scale and colour bar. A 2D run is one
     row; a 3D run has three rows, orthogonal slices through one point (default: the domain centre,
     which is the joint centre): the vertical x-z plane (the 2D section), the vertical y-z plane and
@@ -98,7 +98,8 @@ SPECIES_STYLE: dict[str, SpeciesStyle] = {
     "il1": SpeciesStyle("IL-1β", "magma", _CYTOKINE_TISSUES),
     "leukocytes": SpeciesStyle("Leukocytes", "viridis", _LEUKOCYTE_TISSUES),
     "cartilage": SpeciesStyle("Cartilage integrity", "cividis", (Tissue.CARTILAGE,), fixed_range=(0.0, 1.0)),
-    "drug": SpeciesStyle("Anti-TNF drug", "YlGnBu_r", _CYTOKINE_TISSUES),
+    "drug": SpeciesStyle("Drug", "YlGnBu_r", _CYTOKINE_TISSUES),
+    "complex": SpeciesStyle("TNF bound by drug", "PuRd", _CYTOKINE_TISSUES),
 }
 
 

@@ -110,7 +110,7 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
         return fields, {k: float(v) for k, v in summ.items()}
 
     if writer.n_frames == 0:  # a new file (a resumed one holding only frame 0 has it already)
-        fields, summ = frame_out(state, jax.device_get(summaries(state, domain, scenario.options)))
+        fields, summ = frame_out(state, jax.device_get(summaries(state, domain, scenario.options, params, 0.0)))
         writer.append(0.0, fields, summ)
 
     t_end = scenario.n_frames * interval

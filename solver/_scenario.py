@@ -28,6 +28,7 @@ from fields import from_file as file_geometry
 from fields import joint as joint_geometry
 
 from ._config import RESTING_SPECIES, WALLS, Config, ConfigError, config_from_dict, frame_count
+from ._drugs import dose_times
 from ._model import Domain, ModelOptions, make_domain
 from ._operators import NO_FLUX, WallCondition
 from ._params import DIFFUSIVITIES, Params, default_params
@@ -91,13 +92,15 @@ class Scenario:
                 n_sub, dt, _ = choose_substeps(run.output_interval_h, self.params, self.baseline, options, stepper, run.safety)
             solver = get_solver(options, self.config.run.stepper, n_sub, stages)
             seed = initial_state(_seed_config(self.config), self.geometry, self.domain, self.dtype)
-            result = relax(solver, seed._replace(drug=None), resting_params(self.params), self.domain, dt)
+            result = relax(solver, seed._replace(drug=None, complex=None), resting_params(self.params), self.domain, dt)
         if not math.isfinite(result.change):
             raise ConfigError(
                 "the resting state could not be found: the model diverged while relaxing (no injury, no drug); "
                 'check [parameters] for an extreme value, or set initial.start = "baseline"'
             )
-        return dataclasses.replace(result, state=result.state._replace(drug=jnp.zeros_like(seed.drug)))
+        return dataclasses.replace(
+            result, state=result.state._replace(drug=jnp.zeros_like(seed.drug), complex=jnp.zeros_like(seed.complex))
+        )
 
     @functools.cached_property
     def initial(self) -> State:
@@ -160,8 +163,6 @@ def _params(config: Config, dtype) -> Params:
         injury_duration=inj.duration_h,
         injury_decay=inj.decay_h,
         drug_dose=drug.dose,
-        drug_first_dose=drug.first_dose_h,
-        drug_dose_interval=drug.interval_h,
         drug_infusion=drug.infusion_h,
     )
     for key in DIFFUSIVITIES:
@@ -210,11 +211,12 @@ def initial_state(config: Config, geometry: Geometry, domain: Domain, dtype, res
         "tnf": domain.cytokine,
         "il1": domain.cytokine,
         "drug": domain.cytokine,
+        "complex": domain.cytokine,
         "leukocytes": domain.leukocyte,
         "cartilage": domain.cartilage,
     }
     if not config.drug.enabled:
-        fields["drug"] = np.zeros(grid.shape)
+        fields["drug"] = fields["complex"] = np.zeros(grid.shape)
     return State(*(jnp.asarray(fields[s], dtype=dtype) * region_of[s] for s in SPECIES))
 
 
@@ -233,8 +235,15 @@ def build_scenario(config: Config) -> Scenario:
     centre = _centre(config.injury.centre_mm, geometry, "injury.centre_mm")
     injury_mask = ball_mask(grid, centre, config.injury.radius_mm)
     domain = make_domain(geometry.labels, injury_mask, dtype, grid.spacing)
+    drug = config.drug
     options = ModelOptions(
-        grid=grid, drug=config.drug.enabled, chemotaxis_scheme=run.chemotaxis_scheme, walls=_walls(config, grid.ndim)
+        grid=grid,
+        drug=drug.enabled,
+        drug_target=drug.target,
+        drug_route=drug.route,
+        dose_times=dose_times(drug.first_dose_h, drug.loading_h, drug.interval_h, run.t_end_h) if drug.enabled else (),
+        chemotaxis_scheme=run.chemotaxis_scheme,
+        walls=_walls(config, grid.ndim),
     )
     params = _params(config, dtype)
     state = initial_state(config, geometry, domain, dtype)  # the baseline: the step plan is made for it

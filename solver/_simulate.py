@@ -26,8 +26,8 @@ from ._model import (
     coefficients,
     diffusion_rhs_with_adjoint,
     health,
-    loss_rates,
     rhs_with_adjoint,
+    split_losses,
     stable_dt,
     summaries,
 )
@@ -138,25 +138,25 @@ class Solver:
         # Under reverse mode only each step's input state is kept; its stages are recomputed
         # in the backward pass (forward runs are unaffected).
         def steps(y):
-            rates = functools.partial(loss_rates, params=params, domain=domain, options=self.options)
+            decay = functools.partial(split_losses, params=params, domain=domain, options=self.options)
             if split_diffusion:
                 diffuse = functools.partial(diffusion_rhs_with_adjoint, coeffs=coeffs, options=self.options)
-                return self.stepper.steps(f, rates, diffuse, y, t0, dt, self.n_sub, self.stages, checkpoint=jax.checkpoint)
+                return self.stepper.steps(f, decay, diffuse, y, t0, dt, self.n_sub, self.stages, checkpoint=jax.checkpoint)
             if split:
-                return self.stepper.steps(f, rates, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)
+                return self.stepper.steps(f, decay, y, t0, dt, self.n_sub, checkpoint=jax.checkpoint)
             body = jax.checkpoint(lambda i, y: self.stepper.step(f, y, t0 + i * dt, dt))
             return lax.fori_loop(0, self.n_sub, body, y)
 
         with jax.named_scope("interval"):
             if self.options.drug:
                 return steps(state)
-            # without the drug its field stays as it is: keep it out of the loop (one array fewer
+            # without the drug its fields stay as they are: keep them out of the loop (arrays fewer
             # to carry, update and copy per stage)
-            return steps(state._replace(drug=None))._replace(drug=state.drug)
+            return steps(state._replace(drug=None, complex=None))._replace(drug=state.drug, complex=state.complex)
 
     def _advance_with_summary(self, state, t0, dt, params, domain):
         new = self._advance(state, t0, dt, params, domain)
-        return new, summaries(new, domain, self.options), health(new)
+        return new, summaries(new, domain, self.options, params, t0 + self.n_sub * dt), health(new)
 
     def trajectory(
         self, state: State, params: Params, domain: Domain, dt, n_frames: int, t0=0.0, checkpoint: str = "auto"
@@ -196,7 +196,7 @@ class Solver:
 
     def checkpoint_for(self, state: State, n_frames: int) -> str:
         """What ``trajectory(..., checkpoint="auto")`` does for this state and number of frames."""
-        carried = state if self.options.drug else state._replace(drug=None)
+        carried = state if self.options.drug else state._replace(drug=None, complex=None)
         per_state = sum(math.prod(jnp.shape(x)) * jnp.result_type(x).itemsize for x in jax.tree.leaves(carried))
         # a split stepper also keeps the input of each frame's opening half-step; the compiled
         # program holds one frame's steps twice (stored per frame, then copied into the stack)

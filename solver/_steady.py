@@ -40,7 +40,7 @@ class SteadyState:
 
 #: Values below these (the species' units) count as zero when changes are measured: a state that
 #: decays to nothing settles once it is below them.
-FLOORS = {"tnf": 1e-3, "il1": 1e-3, "leukocytes": 1e-2, "cartilage": 1e-3, "drug": 1e-6}
+FLOORS = {"tnf": 1e-3, "il1": 1e-3, "leukocytes": 1e-2, "cartilage": 1e-3, "drug": 1e-6, "complex": 1e-3}
 
 
 def relative_change(new: State, old: State) -> float:

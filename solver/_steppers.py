@@ -15,8 +15,10 @@ keeps them apart; XLA:CPU removes barriers before fusing, so there each stage ru
 conditional whose two branches are both the stage. A loop over the stages, the other way to
 keep them apart, copies every field into the loop carry per stage (:func:`run_stages`).
 
-A split stepper (``splits_losses = True``) also takes ``rates(y)``, pointwise first-order loss
-rates K with ``dy/dt = f(y, t) - K(y) y``, and ``f`` without those losses (solver._model.loss_rates).
+A split stepper (``splits_losses = True``) also takes ``decay(y, tau)``, which advances the split
+losses (first-order losses ``dy/dt = -K(y) y``, and transfers between species that conserve what
+they move) over ``tau`` exactly for rates frozen at a midpoint, and ``f`` without them
+(solver._model.split_losses; :func:`exponential_losses` for plain losses).
 One that also ``splits_diffusion`` takes ``diffuse(y)``, the linear diffusion operator
 (solver._model.diffusion_rhs), and ``f`` without it either.
 """
@@ -42,7 +44,7 @@ class Stepper(Protocol):
     splits_losses: ClassVar[bool]
     splits_diffusion: ClassVar[bool]
 
-    def step(self, f: Rhs, y, t, dt, rates: Callable[[Any], Any] | None = None): ...
+    def step(self, f: Rhs, y, t, dt, decay: Callable[[Any, Any], Any] | None = None): ...
 
 
 class ShuOsher:
@@ -55,7 +57,7 @@ class ShuOsher:
     a: ClassVar[tuple[float, ...]]
     c: ClassVar[tuple[float, ...]]
 
-    def step(self, f: Rhs, y, t, dt, rates=None):
+    def step(self, f: Rhs, y, t, dt, decay=None):
         # coefficients and dt in the state's precision: a Python-float dt under x64 would
         # otherwise promote a float32 run to float64 arithmetic
         dtype = jax.tree.leaves(y)[0].dtype
@@ -164,7 +166,7 @@ class SSPRK3(ShuOsher):
     a, c = (0.0, 0.75, 1.0 / 3.0), (0.0, 1.0, 0.5)
 
 
-def _exponential_losses(rates: Callable[[Any], Any], y, tau):
+def exponential_losses(rates: Callable[[Any], Any], y, tau):
     """``dy/dt = -K(y) y`` over ``tau``: y exp(-K(y_mid) tau), y_mid from a half step with K(y).
 
     Each species' loss is proportional to itself, so this is exact for frozen K and the midpoint
@@ -177,10 +179,11 @@ def _exponential_losses(rates: Callable[[Any], Any], y, tau):
 class StrangSSPRK3:
     """Strang splitting: the losses exactly over half steps, SSP-RK3 for the rest in between.
 
-    Second order. The decay and drug-binding rates then no longer limit the step: with the
-    drug on, the binding k_AT A (about 40 /h) set a 0.024 h limit that diffusion (0.040 h on
-    the 0.25 mm knee, 0.16 h at 0.5 mm) replaces. Values stay non-negative under the same
-    diffusion and chemotaxis limits as SSP-RK3.
+    Second order. The decay and drug-binding rates then no longer limit the step: with an
+    anti-TNF on, the binding k_on A (about 50 /h at etanercept's peak plasma level) sets a
+    0.018 h limit that diffusion (0.040 h on the 0.25 mm knee, 0.16 h at 0.5 mm) replaces.
+    Values stay non-negative under the same diffusion and chemotaxis limits as SSP-RK3
+    (``decay`` must keep them so: solver._model.split_losses does).
     """
 
     order: ClassVar[int] = 2
@@ -188,12 +191,12 @@ class StrangSSPRK3:
     splits_losses: ClassVar[bool] = True
     splits_diffusion: ClassVar[bool] = False
 
-    def step(self, f: Rhs, y, t, dt, rates=None):
+    def step(self, f: Rhs, y, t, dt, decay=None):
         half = 0.5 * jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
-        y = SSPRK3().step(f, _exponential_losses(rates, y, half), t, dt)
-        return _exponential_losses(rates, y, half)
+        y = SSPRK3().step(f, decay(y, half), t, dt)
+        return decay(y, half)
 
-    def steps(self, f: Rhs, rates, y, t0, dt, n: int, checkpoint=lambda g: g):
+    def steps(self, f: Rhs, decay, y, t0, dt, n: int, checkpoint=lambda g: g):
         """``n`` steps from ``t0``, each step's closing half of the losses merged with the next one's
         opening half (one pass over the fields instead of two; still second order)."""
         dt = jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
@@ -201,10 +204,10 @@ class StrangSSPRK3:
         @checkpoint
         def body(i, y):
             y = SSPRK3().step(f, y, t0 + i * dt, dt)
-            return _exponential_losses(rates, y, jnp.where(i == n - 1, 0.5 * dt, dt))
+            return decay(y, jnp.where(i == n - 1, 0.5 * dt, dt))
 
         # the opening half too: under reverse mode it keeps only its input, like the steps
-        opening = checkpoint(lambda y: _exponential_losses(rates, y, 0.5 * dt))
+        opening = checkpoint(lambda y: decay(y, 0.5 * dt))
         return lax.fori_loop(0, n, body, opening(y))
 
 
@@ -296,7 +299,7 @@ class StrangRKL2:
     splits_losses: ClassVar[bool] = True
     splits_diffusion: ClassVar[bool] = True
 
-    def steps(self, f: Rhs, rates, diffuse, y, t0, dt, n: int, stages: int, checkpoint=lambda g: g):
+    def steps(self, f: Rhs, decay, diffuse, y, t0, dt, n: int, stages: int, checkpoint=lambda g: g):
         """``n`` steps from ``t0``; ``stages`` RKL2 stages per super-step (:func:`rkl2_stages` of dt)."""
         dt = jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
         half = 0.5 * dt
@@ -307,7 +310,7 @@ class StrangRKL2:
 
         @checkpoint
         def body(i, y):
-            y = StrangSSPRK3().step(f, y, t0 + i * dt, dt, rates)
+            y = StrangSSPRK3().step(f, y, t0 + i * dt, dt, decay)
             return diffusion(y, jnp.where(i == n - 1, half, dt))
 
         # the opening half super-step too: under reverse mode it keeps only its input, like the steps

@@ -48,7 +48,7 @@ FORMAT = "synovia-study"
 MANIFEST = "study.toml"
 SUMMARY_CSV = "summary.csv"
 RUNS = "runs"
-TOP_KEYS = ("scenario", "combine", "vary", "starts")
+TOP_KEYS = ("scenario", "set", "combine", "vary", "starts")
 #: The column that names a point's start when the sweep has ``[starts]``.
 START = "start"
 COMBINE = ("grid", "zip")
@@ -214,6 +214,11 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
         base, scenario_dir = copy.deepcopy(scenario), base_dir
     else:
         raise ConfigError(f"sweep key 'scenario' = {scenario!r}: give a run config's path or an inline [scenario] table")
+    sets = raw.get("set", {})
+    if not isinstance(sets, dict):
+        raise ConfigError(f"sweep key 'set' = {sets!r}: must be a table of config keys (as for --set)")
+    for key, value in _dotted(sets, "set.").items():
+        set_key(base, key.split("."), value, f"sweep key 'set.{key}'")
     base = apply_overrides(base, list(overrides))
     config_from_dict(base, scenario_dir)  # the base itself must be valid
 

@@ -27,8 +27,10 @@ TRANSPORT_ONLY = dict(
     cartilage_repair=0.0,
     cartilage_damage_tnf=0.0,
     cartilage_damage_il1=0.0,
+    drug_vascular_exchange=0.0,
     drug_clearance=0.0,
     drug_tnf_binding=0.0,
+    drug_tnf_unbinding=0.0,
     drug_dose=0.0,
 )
 
@@ -71,6 +73,7 @@ def setup(
         "tnf": domain.cytokine,
         "il1": domain.cytokine,
         "drug": domain.cytokine,
+        "complex": domain.cytokine,
         "leukocytes": domain.leukocyte,
         "cartilage": domain.cartilage,
     }

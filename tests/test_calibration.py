@@ -45,7 +45,12 @@ def test_preset_is_the_fitted_scenario_at_production_resolution(disease):
 
     report = read_report(CALIBRATION / f"{disease}_fit.h5")
     assert report["status"] == "converged"
-    calibrated = config_from_dict(tomllib.loads(report["config_toml"]), CALIBRATION)
+    raw = tomllib.loads(report["config_toml"])
+    # the fits ran with the drug off, before the drug took its pharmacokinetic keys: leave those out
+    assert raw["drug"]["enabled"] is False
+    raw["drug"] = {"enabled": False}
+    raw["parameters"] = {k: v for k, v in raw["parameters"].items() if not k.startswith("drug_")}
+    calibrated = config_from_dict(raw, CALIBRATION)
     fitted = fitted_config(calibrated, dict(zip(report["names"], report["fitted"]))).to_dict()
     preset = load_config(CONFIGS / f"{disease}.toml").to_dict()
     for name, value in fitted["parameters"].items():

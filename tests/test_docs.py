@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from solver._docs import config_reference, model_parameters
+from solver._docs import config_reference, drug_reference, model_parameters
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 MODEL = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
@@ -19,6 +19,11 @@ def test_config_reference_is_the_generated_one():
 def test_model_reference_parameter_table_is_the_generated_one():
     block = MODEL.split("<!-- parameters:start -->\n", 1)[1].split("\n<!-- parameters:end -->", 1)[0]
     assert block == model_parameters(), "docs/model.md is stale: regenerate with `python -m solver._docs model`"
+
+
+def test_model_reference_drug_tables_are_the_generated_ones():
+    block = MODEL.split("<!-- drugs:start -->\n", 1)[1].split("\n<!-- drugs:end -->", 1)[0]
+    assert block == drug_reference(), "docs/model.md is stale: regenerate with `python -m solver._docs drugs`"
 
 
 def test_the_project_cites_its_own_model_reference():

@@ -247,6 +247,7 @@ def _fd_check(problem, rng, what):
         "tnf": problem.scenario.domain.cytokine,
         "il1": problem.scenario.domain.cytokine,
         "drug": problem.scenario.domain.cytokine,
+        "complex": problem.scenario.domain.cytokine,
     }
     masks.update(leukocytes=problem.scenario.domain.leukocyte, cartilage=problem.scenario.domain.cartilage)
     direction = jax.tree.map(lambda a: a, initial)._replace(
@@ -343,7 +344,7 @@ def recover_problem(recover_config):
     return inference.Problem(recover_config, obs, RECOVER)
 
 
-@pytest.mark.slow  # compile-bound (~45 s on 2 cores); the noisy fit below runs in the fast suite
+@pytest.mark.slow  # compile-bound (~45 s on 2 cores); so is the noisy fit below
 def test_fit_recovers_parameters_from_noiseless_data(recover_problem):
     """Each parameter to within 1%, from starts a factor 1.6-2 away from the truth."""
     result = inference.fit(problem=recover_problem, max_iterations=60)
@@ -353,6 +354,7 @@ def test_fit_recovers_parameters_from_noiseless_data(recover_problem):
     assert result.loss_history[-1, 0] < 1e-3 * result.loss_history[0, 0]
 
 
+@pytest.mark.slow  # ~50 s; in the fast suite a plasma fit lands within its standard errors (test_drugs.py)
 def test_fit_from_noisy_data_lands_within_its_uncertainty(recover_config, recover_problem, tmp_path):
     """5% noise, two starts batched with vmap: each parameter within 2 reported standard errors of the truth."""
     obs = inference.synthesize(recover_config, map_times=[8.0], noise=0.05, seed=11)

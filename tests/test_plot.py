@@ -97,7 +97,15 @@ def test_plot_run_2d_writes_every_figure_at_its_size(run2d, tmp_path):
     dpi = 40  # figure sizes are multiples of 0.25 in: exact pixel counts
     written = _plot.plot_run(run2d, tmp_path / "figs", dpi=dpi)
     names = [p.name for p in written]
-    assert names == ["map_tnf.png", "map_il1.png", "map_leukocytes.png", "map_cartilage.png", "map_drug.png", "timecourses.png"]
+    assert names == [
+        "map_tnf.png",
+        "map_il1.png",
+        "map_leukocytes.png",
+        "map_cartilage.png",
+        "map_drug.png",
+        "map_complex.png",
+        "timecourses.png",
+    ]
     with RunFile.open(run2d) as run:
         n_times = len(_plot.default_frames(run.time, run.summary["synovial_fluid_tnf"]))
         assert n_times == 4

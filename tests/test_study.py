@@ -112,6 +112,10 @@ def test_scenario_from_a_file_and_set_overrides_reach_every_point(tmp_path):
     )
     assert [(c.run.t_end_h, c.run.output_interval_h, c.geometry.preset) for c in sweep.configs] == [(6.0, 3.0, "mcp")] * 2
     assert sweep.base_dir == str(tmp_path.resolve())
+    # a [set] table changes the base of every point; --set wins over it
+    raw = {"scenario": "base.toml", "set": {"run.t_end_h": 12.0, "drug": {"enabled": True}}, "vary": {"injury.rate": [1.0]}}
+    sweep = _study.sweep_from_dict(raw, tmp_path, ["run.t_end_h=9"])
+    assert [(c.run.t_end_h, c.drug.enabled, c.geometry.preset) for c in sweep.configs] == [(9.0, True, "mcp")]
 
 
 @pytest.mark.parametrize(
@@ -132,6 +136,8 @@ def test_scenario_from_a_file_and_set_overrides_reach_every_point(tmp_path):
         ({"scenario": "missing.toml", "vary": {"injury.rate": [1.0]}}, "the run config"),
         ({"scenario": {"run": {"t_end_h": -1.0}}, "vary": {"injury.rate": [1.0]}}, "config key 'run.t_end_h' = -1.0"),
         ({"vary": {"parameters": {}}}, "sweep key 'vary.parameters' is an empty table"),
+        ({"set": {"run.t_end": 5.0}, "vary": {"injury.rate": [1.0]}}, "unknown config key 'run.t_end' (did you mean 't_end_h'?)"),
+        ({"set": 5, "vary": {"injury.rate": [1.0]}}, "sweep key 'set' = 5: must be a table"),
         ({"vary": {"injury.rate": {"from": 1, "count": 3}}}, "'vary.injury.rate': the range table has no 'to'"),
         ({"vary": {"injury.rate": {"to": 1, "count": 3}}}, "'vary.injury.rate': the range table has no 'from'"),
         ({"vary": {"injury.rate": {"from": 1, "to": 2, "count": 1}}}, "count = 1 with from != to"),
@@ -294,7 +300,10 @@ def test_jobs_run_points_in_worker_processes_with_the_same_results(study, tmp_pa
     assert (out / "summary.csv").read_text() == (study / "summary.csv").read_text()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGTERM (a cluster's time limit) in the fast suite, Ctrl-C's SIGINT (~11 s) with the slow validation
+@pytest.mark.parametrize(
+    "signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGINT", "SIGTERM"]
+)
 def test_ctrl_c_stops_every_worker_and_the_study_continues_later(tmp_path, signum):
     """SIGINT (Ctrl-C) or SIGTERM (kill, a job manager) to the parent of --jobs 2: exit 130 at once,
     no worker left writing, and a rerun finishes."""

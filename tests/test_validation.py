@@ -73,6 +73,7 @@ def test_temporal_order_of_the_steppers_on_the_full_model(stepper, order, shape)
         "leukocytes": 1000 * rng.uniform(size=grid.shape),
         "cartilage": rng.uniform(0.5, 1.0, grid.shape),
         "drug": rng.uniform(size=grid.shape),
+        "complex": 10 * rng.uniform(size=grid.shape),
     }
     options, params, domain, state = setup(grid, labels, init, drug=True, injury_rate=0.0, drug_dose=0.0, chemotaxis=0.5)
     t_end, n_sub = 1.0, 10
@@ -206,7 +207,7 @@ def test_leukocytes_stay_non_negative_under_strong_chemotaxis(ndim, scheme, step
 def test_split_loss_update_is_second_order_for_state_dependent_rates():
     """The loss sub-step of the split stepper on dT/dt = -k A T, dA/dt = -k T A with T = A:
     T(t) = T0 / (1 + k T0 t) exactly; the midpoint rate makes the update second order."""
-    from solver._steppers import _exponential_losses
+    from solver._steppers import exponential_losses
 
     k, y0, t_end = 2.0, 3.0, 1.0
 
@@ -218,7 +219,7 @@ def test_split_loss_update_is_second_order_for_state_dependent_rates():
     for n in (16, 32, 64):
         y = {"tnf": jnp.asarray(y0), "drug": jnp.asarray(y0)}
         for _ in range(n):
-            y = _exponential_losses(rates, y, t_end / n)
+            y = exponential_losses(rates, y, t_end / n)
         errors.append(abs(float(y["tnf"]) - exact) / exact)
     slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert np.all(np.abs(slopes - 2) < 0.15), (errors, slopes)
@@ -228,24 +229,27 @@ def test_merged_split_steps_are_the_split_step_for_one_step():
     """StrangSSPRK3.steps (what the solver runs) merges each closing loss half-step with the next
     opening one; for one step it is exactly StrangSSPRK3.step. (Its order over many steps is the
     temporal-order test above, which runs through the solver.)"""
-    from solver._model import coefficients, loss_rates, rhs
+    from solver._model import coefficients, rhs, split_losses
     from solver._steppers import StrangSSPRK3
 
     grid = Grid((8, 10), (0.5, 0.5))
     rng = np.random.default_rng(2)
-    init = {s: c * rng.uniform(size=grid.shape) for s, c in (("tnf", 50), ("il1", 20), ("leukocytes", 1000), ("drug", 2))}
+    init = {
+        s: c * rng.uniform(size=grid.shape)
+        for s, c in (("tnf", 50), ("il1", 20), ("leukocytes", 1000), ("drug", 2), ("complex", 9))
+    }
     options, params, domain, state = setup(grid, layered_labels(grid.shape), init, drug=True, injury_rate=0.0, drug_dose=0.0)
     coeffs = coefficients(params, domain)
 
     def f(y, t):
         return rhs(y, t, params, coeffs, domain, options, losses=False)
 
-    def rates(y):
-        return loss_rates(y, params, domain, options)
+    def decay(y, tau):
+        return split_losses(y, tau, params, domain, options)
 
     stepper = StrangSSPRK3()
-    merged = jax.jit(lambda y: stepper.steps(f, rates, y, 0.0, 0.05, 1))(state)
-    single = jax.jit(lambda y: stepper.step(f, y, 0.0, 0.05, rates))(state)
+    merged = jax.jit(lambda y: stepper.steps(f, decay, y, 0.0, 0.05, 1))(state)
+    single = jax.jit(lambda y: stepper.step(f, y, 0.0, 0.05, decay))(state)
     for a, b in zip(merged, single):
         assert_close(a, b, rtol=0, atol=0)
     assert float(jnp.max(jnp.abs(merged.tnf - state.tnf))) > 1.0  # the step did something
@@ -283,7 +287,7 @@ def test_rkl2_super_step_is_second_order_against_the_exact_discrete_decay():
     mode, lam = _neumann_mode(grid, 3)
     dt_euler = 1.0 / (2.0 / grid.spacing[-1] ** 2)  # forward-Euler limit of the operator (D = 1)
     zeros = jnp.zeros(grid.shape)
-    y0 = State(jnp.asarray(mode), zeros, zeros, zeros, None)
+    y0 = State(jnp.asarray(mode), zeros, zeros, zeros, None, None)
     t_end = 64 * dt_euler
     errors, stages = [], []
     for n_steps in (4, 8, 16):
@@ -310,7 +314,7 @@ def test_rkl2_stage_count_is_the_stability_boundary():
     rng = np.random.default_rng(3)
     checker = (np.indices(grid.shape).sum(axis=0) % 2) * 2.0 - 1.0
     zeros = jnp.zeros(grid.shape)
-    y0 = State(jnp.asarray(checker + 2.0 + 0.1 * rng.uniform(size=grid.shape)), zeros, zeros, zeros, None)
+    y0 = State(jnp.asarray(checker + 2.0 + 0.1 * rng.uniform(size=grid.shape)), zeros, zeros, zeros, None, None)
     dt_euler = 1.0 / (2.0 / 0.01 + 2.0 / 0.01)
     tau = 30.0 * dt_euler
     s = rkl2_stages(tau, dt_euler)
@@ -328,7 +332,8 @@ def test_rkl2_stage_count_is_the_stability_boundary():
     assert_close(float(jnp.sum(stable)), float(jnp.sum(y0.tnf)), rtol=1e-13)
 
 
-@pytest.mark.parametrize("shape", [(8, 10), (4, 5, 10)])
+# the 3D case (~15 s) runs with the slow validation
+@pytest.mark.parametrize("shape", [(8, 10), pytest.param((4, 5, 10), marks=pytest.mark.slow)])
 def test_strang_rkl2_is_second_order_with_many_stage_super_steps(shape):
     """The full model at 0.1 mm, where a step of 1/16 h is 10-15 forward-Euler diffusion limits
     (7-8 RKL2 stages): error against a fine SSP-RK3 reference falls at order 2, and smooth
@@ -374,7 +379,7 @@ def test_rkl2_leaves_a_field_without_diffusion_exactly_as_it_is_in_float32():
     diffuse = _diffusion_only(grid, jnp.float32)
     rng = np.random.default_rng(5)
     f32 = {s: jnp.asarray(rng.uniform(0.5, 1.0, grid.shape), jnp.float32) for s in ("tnf", "il1", "leukocytes", "cartilage")}
-    y = State(f32["tnf"], f32["il1"], f32["leukocytes"], f32["cartilage"], None)
+    y = State(f32["tnf"], f32["il1"], f32["leukocytes"], f32["cartilage"], None, None)
     for _ in range(50):
         y = rkl2(diffuse, y, 0.02, 6)
     assert y.cartilage.dtype == jnp.float32

@@ -1,7 +1,7 @@
 """Make the README's figures of the joint's biology (docs/figures/*.png) from the shipped configs.
 
-    python docs/figures/make_figures.py            # all (about 10 minutes on 2 CPU cores)
-    python docs/figures/make_figures.py rest oa    # some: rest, injury, oa, cartilage, study
+    python docs/figures/make_figures.py            # all (about 30 minutes on 2 CPU cores)
+    python docs/figures/make_figures.py rest oa    # some: rest, injury, oa, cartilage, study, therapies, dose
 
 Each figure is computed here with the Python API; the slow tests (tests/test_joint.py,
 tests/test_calibration.py) check the claims the figures illustrate.
@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 
 from solver import build_scenario, get_solver, load_config
+from solver._drugs import plasma_concentration
 from solver._model import summaries
 from solver._plot import CLINICAL_RANGES, GROUP_COLOUR, RC, _new_figure, shade_range
 
@@ -35,11 +36,12 @@ def run(scenario, state=None, hours=None, t0=0.0):
     solver = get_solver(scenario.options, scenario.config.run.stepper, scenario.n_substeps, scenario.stages)
     state = scenario.initial if state is None else state
     hours = scenario.config.run.t_end_h if hours is None else hours
-    first = {k: float(v) for k, v in summaries(state, scenario.domain, scenario.options).items()}
+    first = {k: float(v) for k, v in summaries(state, scenario.domain, scenario.options, scenario.params, t0).items()}
     times, series = [t0], {k: [v] for k, v in first.items()}
     for k in range(round(hours / scenario.interval)):
         state = solver.advance(state, t0 + k * scenario.interval, scenario.dt, scenario.params, scenario.domain)
-        for name, value in summaries(state, scenario.domain, scenario.options).items():
+        t = t0 + (k + 1) * scenario.interval
+        for name, value in summaries(state, scenario.domain, scenario.options, scenario.params, t).items():
             series[name].append(float(value))
         times.append(t0 + (k + 1) * scenario.interval)
     return np.array(times), {k: np.array(v) for k, v in series.items()}, state
@@ -162,7 +164,118 @@ def study():
     print(OUT / "study_ra.png")
 
 
-FIGURES = {"rest": rest, "injury": injury, "oa": oa, "cartilage": cartilage, "study": study}
+def _sweep(config: str, folder: Path):
+    """Run a shipped sweep (continuing it if the folder holds it) and return its summary.csv rows and runs."""
+    import csv
+
+    subprocess.run([sys.executable, "-m", "solver._cli", "sweep", str(ROOT / "configs" / config), "-o", str(folder),
+                    "--jobs", "2", "-q"], check=True)  # fmt: skip
+    return list(csv.DictReader((folder / "summary.csv").open())), sorted((folder / "runs").glob("point_*.h5"))
+
+
+def _series(path: Path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r", swmr=True) as f:
+        out = {name: f["summary"][name][: len(f["time"])] for name in f["summary"].attrs["names"]}
+        out["time"] = f["time"][:]
+    return out
+
+
+#: Published plasma levels (ug/mL) each drug's panel is drawn against (docs/model.md, "Drugs").
+PUBLISHED = {
+    "etanercept": [("steady-state Cmax 2.4 ± 1.5 (Table 3, Expert Rev Clin Pharmacol 2017)", 0.9, 3.9)],
+    "adalimumab": [("steady-state trough 4-8 (Humira label)", 4.0, 8.0)],
+    "infliximab": [("Cmax, median 77 (Remicade label)", 70.0, 84.0),
+                   ("trough at week 14, medians 0.5-3.6 (Wolbink 2005)", 0.5, 3.6)],
+    "anakinra": [("average 0.4-0.65 (Yang 2003 CL/F; Urien 2013)", 0.4, 0.65)],
+}  # fmt: skip
+#: configs/sweep_therapies.toml's [set], for the plasma levels drawn from the closed form
+THERAPY_SETS = ["run.t_end_h=2448", "drug.enabled=true", "drug.first_dose_h=432"]
+THERAPY_COLOUR = {"none": "0.3", "etanercept": "#1b9e77", "adalimumab": "#d95f02", "infliximab": "#7570b3", "anakinra": "#e7298a"}
+
+
+def therapies():
+    rows, runs = _sweep("sweep_therapies.toml", Path("/tmp/synovia_study_therapies"))
+    data = {row["drug.name"]: _series(path) for row, path in zip(rows, runs)}
+    start = 432.0
+    # plasma and synovial-fluid drug of each drug against its published plasma levels
+    fig = _new_figure((11.0, 5.6))
+    axes = fig.subplots(2, 2).ravel()
+    for ax, name in zip(axes, ("etanercept", "adalimumab", "infliximab", "anakinra")):
+        d = data[name]
+        weeks = (d["time"] - start) / 168.0
+        # the plasma level is a closed form: drawn every half hour, the fluid at the run's daily frames
+        sc = build_scenario(load_config(ROOT / "configs/ra.toml", [*THERAPY_SETS, f"drug.name={name}"]))
+        fine = np.arange(start, d["time"][-1], 0.5)
+        plasma = [float(plasma_concentration(sc.params, sc.options.drug_route, sc.options.dose_times, t)) for t in fine]
+        ax.plot((fine - start) / 168.0, plasma, color=THERAPY_COLOUR[name], lw=1.2, label="plasma")
+        ax.plot(weeks, d["synovial_fluid_drug"], color=THERAPY_COLOUR[name], lw=1.4, ls="--", label="synovial fluid (daily)")
+        for i, (label, lo, hi) in enumerate(PUBLISHED[name]):
+            ax.axhspan(lo, hi, color=("0.6", "#fdae61")[i], alpha=0.25, lw=0, label=label)
+        ax.set_yscale("log")
+        ax.set_xlim(0, 12)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("drug (µg/mL)")
+        ax.legend(fontsize=6.5, loc="lower right")
+        ax.grid(True, lw=0.4, alpha=0.4)
+    for ax in axes[2:]:
+        ax.set_xlabel("weeks of treatment")
+    fig.suptitle("Drug levels at the label schedules, from the RA joint (2D knee, 0.25 mm)", fontsize=10)
+    _save(fig, "therapy_levels.png")
+
+    # the joint after 12 weeks of each
+    fig = _new_figure((11.0, 3.4))
+    axes = fig.subplots(1, 4)
+    names = list(data)
+    panels = (
+        ("synovial_fluid_tnf", "fluid TNF (pg/mL)"),
+        ("synovial_fluid_il1", "fluid IL-1β (pg/mL)"),
+        ("synovial_fluid_leukocytes", "fluid white cells (/µL)"),
+        ("cartilage_integrity", "cartilage lost in 12 weeks (%)"),
+    )
+    for ax, (key, label) in zip(axes, panels):
+        d0 = {n: data[n][key][np.searchsorted(data[n]["time"], start)] for n in names}
+        values = [100 * (d0[n] - data[n][key][-1]) if key == "cartilage_integrity" else data[n][key][-1] for n in names]
+        ax.bar(range(len(names)), values, color=[THERAPY_COLOUR[n] for n in names])
+        ax.set_xticks(range(len(names)), ["untreated" if n == "none" else n for n in names], rotation=40, fontsize=7)
+        ax.set_title(label, fontsize=9)
+        if key != "cartilage_integrity":
+            ax.set_yscale("log")
+        ax.grid(True, axis="y", lw=0.4, alpha=0.4)
+    fig.suptitle("Rheumatoid arthritis after 12 weeks untreated or on each drug at its label schedule", fontsize=10)
+    _save(fig, "therapy_outcomes.png")
+
+
+def dose():
+    rows, _ = _sweep("sweep_etanercept_dose.toml", Path("/tmp/synovia_study_dose"))
+    doses = np.array([float(r["drug.dose_mg"]) for r in rows])
+    fig = _new_figure((7.5, 3.2))
+    ax = fig.subplots()
+    lines = (("final_fluid_il1", "fluid IL-1β (pg/mL)", "#ef8a62"), ("final_fluid_tnf", "fluid TNF (pg/mL)", "#b2182b"))
+    for key, label, colour in lines:
+        column = next(c for c in rows[0] if c.startswith(key))
+        ax.plot(np.maximum(doses, 1.0), [float(r[column]) for r in rows], "o-", color=colour, lw=1.4, label=label)
+    ax.axvline(50.0, color="0.5", lw=0.8, ls=":", label="label dose, 50 mg")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("etanercept, mg s.c. weekly (untreated drawn at 1)")
+    ax.set_ylabel("after 12 weeks")
+    ax.legend(fontsize=7)
+    ax.grid(True, lw=0.4, alpha=0.4)
+    ax.set_title("Dose-response in rheumatoid arthritis (2D knee, 0.25 mm)")
+    _save(fig, "etanercept_dose_response.png")
+
+
+FIGURES = {
+    "rest": rest,
+    "injury": injury,
+    "oa": oa,
+    "cartilage": cartilage,
+    "study": study,
+    "therapies": therapies,
+    "dose": dose,
+}
 
 if __name__ == "__main__":
     with matplotlib.rc_context(RC):
