@@ -160,8 +160,9 @@ def _scales(ax, xlog: bool, names: list[str] | None, y: np.ndarray, m: Measure, 
     ax.grid(True, lw=0.4, alpha=0.4)
     if xlog:
         ax.set_xscale("log")
-    if names is not None:
-        ax.set_xticks(range(len(names)), names)
+    if names is not None:  # long category names are turned so that they do not run into each other
+        turned = sum(len(str(n)) for n in names) > 24
+        ax.set_xticks(range(len(names)), names, rotation=35 if turned else 0, ha="right" if turned else "center")
     if _use_log(y, m, log):
         ax.set_yscale("log")
 
