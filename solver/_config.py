@@ -144,8 +144,13 @@ class DrugSection:
         return self.dose_mg_per_kg * self.body_weight_kg if self.dose_mg_per_kg > 0 else self.dose_mg
 
     @property
+    def catalogued(self) -> str:
+        """The drug whose values the config takes: its name, or the default drug's for "none"."""
+        return self.name if self.name in DRUGS else DEFAULT_DRUG
+
+    @property
     def target(self) -> str:
-        return DRUGS[self.name].target if self.name in DRUGS else DRUGS[DEFAULT_DRUG].target
+        return DRUGS[self.catalogued].target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,8 +424,8 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Conf
         geometry=geometry,
         injury=_section(InjurySection, raw.get("injury", {}), "injury."),
         drug=drug,
-        parameters=_parameters(raw.get("parameters", {}), drug.name if drug.name in DRUGS else DEFAULT_DRUG),
-        tissues=_tissues(raw.get("tissues", {}), drug.name if drug.name in DRUGS else DEFAULT_DRUG),
+        parameters=_parameters(raw.get("parameters", {}), drug.catalogued),
+        tissues=_tissues(raw.get("tissues", {}), drug.catalogued),
         initial=_initial(raw.get("initial", {})),
         boundary=_boundary(raw.get("boundary", {}), geometry.ndim),
         base_dir=str(base_dir),

@@ -130,7 +130,8 @@ def drug_reference() -> str:
         schedule = ", ".join(f"`{k}` = {_fmt(tuple(v) if isinstance(v, list) else v)}" for k, v in drug.schedule.items())
         out += [f"**{name}** (target: {drug.target}, {drug.molar_mass_kda:g} kDa): {schedule}.", ""]
         out += ["| key | value | unit | source |", "|---|---|---|---|"]
-        for key in drug.parameters:
+        binding = ["drug_tnf_binding", "drug_tnf_unbinding"] if drug.target == "tnf" else []
+        for key in [*drug.parameters, *binding]:
             out.append(f"| `{key}` | {values[key]:.4g} | {PARAMETERS[key].unit} | {sources[key]} |")
         out += ["", f"Published levels: {drug.levels}.", ""]
     return "\n".join(out).rstrip()

@@ -39,7 +39,8 @@ TNF_KDA = 52.0
 class Drug:
     """A drug's label schedule, pharmacokinetics and target, each value with its source.
 
-    ``schedule`` holds ``[drug]`` config keys, ``parameters`` ``[parameters]`` keys (fittable);
+    ``schedule`` holds ``[drug]`` config keys, ``parameters`` ``[parameters]`` keys (fittable; an
+    anti-TNF's binding rates follow from ``kd_molar`` and its molar mass, :func:`drug_parameters`);
     ``sources`` maps a key of either to where its value comes from.
     """
 
@@ -50,6 +51,7 @@ class Drug:
     parameters: dict
     sources: dict
     levels: str  # published plasma and synovial-fluid levels the model is compared with
+    kd_molar: float = 0.0  # an anti-TNF's dissociation constant for TNF (M): k_off = K_D k_on
 
 
 def per_ug_ml_per_h(k_on_per_molar_second: float, molar_mass_kda: float) -> float:
@@ -90,8 +92,6 @@ DRUGS: dict[str, Drug] = {
             "drug_absorption": math.log(2.0) / 20.9,
             "drug_elimination": _half_life(102.0),
             "drug_volume": 0.58 * 0.160 / _half_life(102.0),
-            "drug_tnf_binding": per_ug_ml_per_h(_K_ON, 150.0),
-            "drug_tnf_unbinding": 8.6e-12 * _K_ON * 3600.0,
             **_JOINT,
         },
         sources={
@@ -99,7 +99,6 @@ DRUGS: dict[str, Drug] = {
             "drug_absorption": "absorption t1/2 20.9 h (RA population PK, Lee et al., PAGE abstract 350)",
             "drug_elimination": "t1/2 102 h after 25 mg s.c. in RA (Enbrel label)",
             "drug_volume": "CL/F 160 mL/h in RA (Enbrel label): V = F CL/F / k_e",
-            "drug_tnf_binding": _K_ON_SOURCE,
             "drug_tnf_unbinding": "K_D not found: taken as adalimumab's (8.6 pM), the anti-TNFs being equally effective in RA "
             "(Nixon et al. 2007); etanercept's complexes are less stable (Scallon et al. 2002, J "
             "Pharmacol Exp Ther 301:418): an estimate, fittable",
@@ -109,6 +108,7 @@ DRUGS: dict[str, Drug] = {
             "plasma, 50 mg weekly at steady state: Cmax 2.4 +- 1.5 ug/mL (Expert Rev Clin Pharmacol 2017, Table 3); "
             "3.0 (1.7-5.6) ug/mL; synovial fluid: not found"
         ),
+        kd_molar=8.6e-12,
     ),
     "adalimumab": Drug(
         name="adalimumab",
@@ -120,8 +120,6 @@ DRUGS: dict[str, Drug] = {
             "drug_absorption": 0.28 / 24.0,
             "drug_elimination": _half_life(14.0 * 24.0),
             "drug_volume": 0.012 / _half_life(14.0 * 24.0),
-            "drug_tnf_binding": per_ug_ml_per_h(_K_ON, 148.0),
-            "drug_tnf_unbinding": 8.6e-12 * _K_ON * 3600.0,
             **_JOINT,
         },
         sources={
@@ -129,7 +127,6 @@ DRUGS: dict[str, Drug] = {
             "drug_absorption": "k_a 0.28 /day (RA population PK, Ternant et al. 2015, Br J Clin Pharmacol)",
             "drug_elimination": "t1/2 ~2 weeks (Humira label)",
             "drug_volume": "CL ~12 mL/h (Humira label): V = CL / k_e = 5.8 L (label: 4.7-6.0 L)",
-            "drug_tnf_binding": _K_ON_SOURCE,
             "drug_tnf_unbinding": "K_D 8.6 pM (Kaymakcalan et al. 2009, Clin Immunol): k_off = K_D k_on",
             **_JOINT_SOURCES,
         },
@@ -137,6 +134,7 @@ DRUGS: dict[str, Drug] = {
             "plasma, 40 mg every other week at steady state: trough ~5 ug/mL without methotrexate, 8-9 with (Humira label); "
             "synovial fluid 31-96% of serum (Humira label)"
         ),
+        kd_molar=8.6e-12,
     ),
     "infliximab": Drug(
         name="infliximab",
@@ -154,8 +152,6 @@ DRUGS: dict[str, Drug] = {
             "drug_absorption": 1.0,
             "drug_elimination": _half_life(8.5 * 24.0),
             "drug_volume": 3.0,
-            "drug_tnf_binding": per_ug_ml_per_h(_K_ON, 149.1),
-            "drug_tnf_unbinding": 4.2e-12 * _K_ON * 3600.0,
             **_JOINT,
         },
         sources={
@@ -163,7 +159,6 @@ DRUGS: dict[str, Drug] = {
             "drug_absorption": "intravenous (not used)",
             "drug_elimination": "t1/2 8-9.5 days (Remicade label)",
             "drug_volume": "Vss 3.0-4.1 L (Remicade label)",
-            "drug_tnf_binding": _K_ON_SOURCE,
             "drug_tnf_unbinding": "K_D 4.2 pM (Kaymakcalan et al. 2009, Clin Immunol): k_off = K_D k_on",
             **_JOINT_SOURCES,
         },
@@ -171,6 +166,7 @@ DRUGS: dict[str, Drug] = {
             "plasma, 3 mg/kg: median Cmax 77 ug/mL (Remicade label); trough 8 weeks after the week-6 dose: median 3.6 "
             "(IQR 1.4-8.2) ug/mL in responders (Wolbink et al. 2005, Ann Rheum Dis 64:704); synovial fluid: not found"
         ),
+        kd_molar=4.2e-12,
     ),
     "anakinra": Drug(
         name="anakinra",
@@ -259,6 +255,9 @@ def drug_parameters(name: str) -> dict[str, float]:
     anakinra's IL-1 receptor block, unused), and the drug bound per TNF bound from molar masses."""
     drug = DRUGS[name]
     out = {"drug_tnf_binding": 0.0, "drug_tnf_unbinding": 0.0, "drug_il1_block": DRUGS["anakinra"].parameters["drug_il1_block"]}
+    if drug.target == "tnf":
+        out["drug_tnf_binding"] = per_ug_ml_per_h(_K_ON, drug.molar_mass_kda)
+        out["drug_tnf_unbinding"] = drug.kd_molar * _K_ON * 3600.0
     out.update(drug.parameters)
     out["drug_per_tnf_bound"] = drug.molar_mass_kda / TNF_KDA * 1e-6
     return out
@@ -270,6 +269,7 @@ def drug_sources(name: str) -> dict[str, str]:
     out = {"drug_per_tnf_bound": f"1:1 binding, molar masses {drug.molar_mass_kda:g} kDa (drug) and {TNF_KDA:g} kDa (TNF trimer)"}
     if drug.target == "tnf":
         out["drug_il1_block"] = "not used by an anti-TNF drug (anakinra's value)"
+        out["drug_tnf_binding"] = _K_ON_SOURCE
     else:
         out["drug_tnf_binding"] = out["drug_tnf_unbinding"] = "not used: anakinra does not bind TNF"
     return {**out, **drug.sources}

@@ -296,6 +296,12 @@ def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptio
     )
 
 
+def without_drug(state: State) -> State:
+    """``state`` with the drug's fields (:data:`DRUG_FIELDS`) left out (None): what a stepper carries
+    when the drug is off."""
+    return state._replace(**dict.fromkeys(DRUG_FIELDS))
+
+
 def binding_pair(T, B, a, b, c, d, tau):
     """(T, B) after ``tau`` of dT/dt = -a T + c B, dB/dt = b T - d B (frozen rates >= 0, a >= b, d >= c):
     the exact matrix exponential of the pair. TNF bound by an anti-TNF (b = k_on A) and released

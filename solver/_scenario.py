@@ -29,7 +29,7 @@ from fields import joint as joint_geometry
 
 from ._config import RESTING_SPECIES, WALLS, Config, ConfigError, config_from_dict, frame_count
 from ._drugs import dose_times
-from ._model import Domain, ModelOptions, make_domain
+from ._model import Domain, ModelOptions, make_domain, without_drug
 from ._operators import NO_FLUX, WallCondition
 from ._params import DIFFUSIVITIES, Params, default_params
 from ._simulate import StepTooLarge, binding_limits, choose_substeps, get_solver, super_step_stages
@@ -92,7 +92,7 @@ class Scenario:
                 n_sub, dt, _ = choose_substeps(run.output_interval_h, self.params, self.baseline, options, stepper, run.safety)
             solver = get_solver(options, self.config.run.stepper, n_sub, stages)
             seed = initial_state(_seed_config(self.config), self.geometry, self.domain, self.dtype)
-            result = relax(solver, seed._replace(drug=None, complex=None), resting_params(self.params), self.domain, dt)
+            result = relax(solver, without_drug(seed), resting_params(self.params), self.domain, dt)
         if not math.isfinite(result.change):
             raise ConfigError(
                 "the resting state could not be found: the model diverged while relaxing (no injury, no drug); "

@@ -30,6 +30,7 @@ from ._model import (
     split_losses,
     stable_dt,
     summaries,
+    without_drug,
 )
 from ._params import Params
 from ._steppers import Stepper, get_stepper, rkl2_stages
@@ -152,7 +153,7 @@ class Solver:
                 return steps(state)
             # without the drug its fields stay as they are: keep them out of the loop (arrays fewer
             # to carry, update and copy per stage)
-            return steps(state._replace(drug=None, complex=None))._replace(drug=state.drug, complex=state.complex)
+            return steps(without_drug(state))._replace(drug=state.drug, complex=state.complex)
 
     def _advance_with_summary(self, state, t0, dt, params, domain):
         new = self._advance(state, t0, dt, params, domain)
@@ -196,7 +197,7 @@ class Solver:
 
     def checkpoint_for(self, state: State, n_frames: int) -> str:
         """What ``trajectory(..., checkpoint="auto")`` does for this state and number of frames."""
-        carried = state if self.options.drug else state._replace(drug=None, complex=None)
+        carried = state if self.options.drug else without_drug(state)
         per_state = sum(math.prod(jnp.shape(x)) * jnp.result_type(x).itemsize for x in jax.tree.leaves(carried))
         # a split stepper also keeps the input of each frame's opening half-step; the compiled
         # program holds one frame's steps twice (stored per frame, then copied into the stack)
