@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solver._model import coefficients, rhs
-from solver._operators import advection, diffusion, gradient_on_faces
-from solver._simulate import Solver, _host_memory_bytes, binding_limits, get_solver
-from solver._steppers import get_stepper
+from solver import Solver, build_scenario, checkpoint_budget_bytes, load_config
+from solver.physics import advection, coefficients, diffusion, gradient_on_faces, rhs
+from solver.setup import host_memory_bytes
+from solver.time import LAYOUTS, PLATFORM_LAYOUTS, binding_limits
 
 from ._harness import Memory, blocking, compiled_memory, now, on_gpu, time_calls
 from ._problem import Problem, box_problem, bytes_per_cell_update, cells_label, steps_per_call
@@ -49,7 +49,7 @@ def _scalars(pb: Problem):
 
 
 def _free_host_bytes() -> int:
-    return _host_memory_bytes()  # what the solver's checkpointing budgets from too
+    return host_memory_bytes()  # what the solver's checkpointing budgets from too
 
 
 def _free_device_bytes() -> int:
@@ -174,10 +174,8 @@ def layout(st: Settings) -> list[dict]:
 
     Forward steps of ssp_rk3 and strang_rkl2 and value+grad of ssp_rk3 through ``Solver.trajectory``,
     each layout compiled apart and the timed calls alternating (medians), so the choice in
-    ``solver._steppers.run_stages`` can be checked on any machine.
+    ``solver.time.run_stages`` can be checked on any machine.
     """
-    import solver._steppers as steppers
-
     gpu = on_gpu()
     shape = (256,) * 3 if gpu else ((32,) * 3 if st.quick else (64,) * 3)
     grad_shape = (2048, 2048) if gpu else ((64, 64) if st.quick else (128, 128))
@@ -187,55 +185,51 @@ def layout(st: Settings) -> list[dict]:
     gp = box_problem(grad_shape, jnp.float32)
     _, gdt = _scalars(gp)
     n_steps = 8
-    names = steppers.LAYOUTS
-    chosen = steppers.PLATFORM_LAYOUTS["default" if gpu else "cpu"]
+    names = LAYOUTS
+    chosen = PLATFORM_LAYOUTS["default" if gpu else "cpu"]
+    budget = checkpoint_budget_bytes()
     out = []
-    saved = steppers.STAGE_LAYOUT
-    try:
 
-        def forward_program(solver):
-            return solver.advance.lower(*args).compile()
+    def forward_program(solver):
+        return solver.advance.lower(*args).compile()
 
-        plans = [
-            ("ssp_rk3 forward", pb, forward_program, args, "ssp_rk3", 0),
-            ("strang_rkl2 forward", pb, forward_program, args, "strang_rkl2", 4),
-        ]
+    plans = [
+        ("ssp_rk3 forward", pb, forward_program, args, "ssp_rk3", 0),
+        ("strang_rkl2 forward", pb, forward_program, args, "strang_rkl2", 4),
+    ]
 
-        def grad_program(solver):
-            def loss(p):
-                final, frames = solver.trajectory(gp.state, p, gp.domain, gdt, 4)
-                return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
+    def grad_program(solver):
+        def loss(p):
+            final, frames = solver.trajectory(gp.state, p, gp.domain, gdt, 4, memory_budget=budget)
+            return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
 
-            return jax.jit(jax.value_and_grad(loss)).lower(gp.params).compile()
+        return jax.jit(jax.value_and_grad(loss)).lower(gp.params).compile()
 
-        plans.append(("ssp_rk3 value+grad", gp, grad_program, (gp.params,), "ssp_rk3", 0))
-        for what, problem, build, call_args, stepper, stages in plans:
-            compiled, compile_s = {}, {}
-            for name in names:
-                steppers.STAGE_LAYOUT = name
-                t = now()
-                solver = Solver(problem.options, stepper, n_steps, stages)
-                compiled[name] = build(solver)
-                compile_s[name] = now() - t
-            medians = _alternating_medians(compiled, call_args, st.repeats)
-            rec = {
-                "case": "layout",
-                "what": what,
-                "grid": cells_label(problem.grid.shape),
-                "precision": "float32",
-                "steps_per_call": n_steps * (4 if "grad" in what else 1),
-                "median_s": medians,
-                "speedup_over_loop": {name: medians["loop"] / medians[name] for name in names},
-                "compile_s": compile_s,
-                "chosen_here": chosen,
-            }
-            if "grad" in what:  # the trajectory's default checkpointing: what it kept
-                rec["checkpoint"] = solver.checkpoint_for(problem.state, 4)
-            ms = ", ".join(f"{name} {medians[name] * 1e3:.2f} ms" for name in names)
-            st.log(f"layout {what} {rec['grid']}: {ms} ({chosen} chosen here)")
-            out.append(rec)
-    finally:
-        steppers.STAGE_LAYOUT = saved
+    plans.append(("ssp_rk3 value+grad", gp, grad_program, (gp.params,), "ssp_rk3", 0))
+    for what, problem, build, call_args, stepper, stages in plans:
+        compiled, compile_s = {}, {}
+        for name in names:
+            t = now()
+            solver = Solver(problem.options, stepper, n_steps, stages, layout=name)
+            compiled[name] = build(solver)
+            compile_s[name] = now() - t
+        medians = _alternating_medians(compiled, call_args, st.repeats)
+        rec = {
+            "case": "layout",
+            "what": what,
+            "grid": cells_label(problem.grid.shape),
+            "precision": "float32",
+            "steps_per_call": n_steps * (4 if "grad" in what else 1),
+            "median_s": medians,
+            "speedup_over_loop": {name: medians["loop"] / medians[name] for name in names},
+            "compile_s": compile_s,
+            "chosen_here": chosen,
+        }
+        if "grad" in what:  # the trajectory's default checkpointing: what it kept
+            rec["checkpoint"] = solver.checkpoint_for(problem.state, 4, 1, budget)
+        ms = ", ".join(f"{name} {medians[name] * 1e3:.2f} ms" for name in names)
+        st.log(f"layout {what} {rec['grid']}: {ms} ({chosen} chosen here)")
+        out.append(rec)
     return out
 
 
@@ -258,16 +252,15 @@ def _alternating_medians(compiled: dict, args: tuple, repeats: int) -> dict[str,
 
 def adjoint(st: Settings) -> list[dict]:
     """Reverse mode through the right-hand side: JAX's own against the hand-written stencil adjoints
-    (``solver._model.rhs_with_adjoint``), side by side on this device.
+    (``solver.physics.rhs_with_adjoint``), side by side on this device.
 
     value+grad over all parameters through ``Solver.trajectory`` (4 frames x 8 steps) of ssp_rk3 and
     strang_rkl2, and the forward pass for the ratio; each program compiled apart and the timed calls
     alternating. The two gradients are compared (largest difference relative to each leaf's largest
     magnitude).
     """
-    import solver._model as model
-
     gpu = on_gpu()
+    budget = checkpoint_budget_bytes()
     n = 2048 if gpu else (64 if st.quick else 128)
     precisions = ("float32", "float64") if gpu else ("float64",)
     modes = ("autodiff", "adjoint")
@@ -278,15 +271,14 @@ def adjoint(st: Settings) -> list[dict]:
         for stepper, stages in (("ssp_rk3", 0), ("strang_rkl2", 4)):
             compiled, compile_s, grads = {}, {}, {}
             for mode in ("forward",) + modes:
-                solver = Solver(pb.options, stepper, 8, stages)
+                solver = Solver(pb.options, stepper, 8, stages, gradient="autodiff" if mode == "forward" else mode)
 
                 def loss(p, solver=solver, pb=pb, dt=dt):
-                    final, frames = solver.trajectory(pb.state, p, pb.domain, dt, 4)
+                    final, frames = solver.trajectory(pb.state, p, pb.domain, dt, 4, memory_budget=budget)
                     return jnp.mean(frames.tnf) + 1e-3 * jnp.mean(final.leukocytes)
 
                 t = now()
-                with model.gradient_mode("autodiff" if mode == "forward" else mode):  # read when traced
-                    compiled[mode] = jax.jit(loss if mode == "forward" else jax.value_and_grad(loss)).lower(pb.params).compile()
+                compiled[mode] = jax.jit(loss if mode == "forward" else jax.value_and_grad(loss)).lower(pb.params).compile()
                 compile_s[mode] = now() - t
                 if mode != "forward":
                     grads[mode] = compiled[mode](pb.params)[1]
@@ -307,7 +299,7 @@ def adjoint(st: Settings) -> list[dict]:
                 "speedup": medians["autodiff"] / medians["adjoint"],
                 "compile_s": compile_s,
                 "max_rel_grad_diff": diff,
-                "checkpoint": solver.checkpoint_for(pb.state, 4),  # trajectory's default: what it kept
+                "checkpoint": solver.checkpoint_for(pb.state, 4, 1, budget),  # trajectory's default: what it kept
             }
             st.log(
                 f"adjoint {stepper} {n}^2 {precision}: grad/forward autodiff "
@@ -380,16 +372,13 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
     """Time to solution of a weeks-long 2D knee run with weekly anti-TNF dosing: explicit SSP-RK3
     against the split steppers: strang_ssp_rk3 (decay and drug binding integrated exactly, the rest
     by SSP-RK3) and strang_rkl2 (diffusion split off too, by RKL2 super-steps)."""
-    from solver._config import load_config
-    from solver._scenario import build_scenario
-
     t_end = weeks * 168.0
     out, finals = [], {}
     for stepper in ("ssp_rk3", "strang_ssp_rk3", "strang_rkl2"):
         sets = [f"run.t_end_h={t_end:g}", "drug.enabled=true", f"run.stepper={stepper}"]
         sc = build_scenario(load_config(ROOT / "configs" / "knee2d.toml", sets))
-        solver = get_solver(sc.options, stepper, sc.n_substeps, sc.stages)
-        dt = jnp.asarray(sc.dt, sc.dtype)
+        solver = sc.solver
+        dt = jnp.asarray(sc.plan.dt, sc.dtype)
         interval = sc.interval
         frames = 8 if st.quick else sc.n_frames - 1
         st.log(
@@ -410,8 +399,8 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
         first_s, times = times[0], times[1:]
         finals[stepper] = {n: np.array([row[n] for row in series]) for n in series[0]}
         per_frame = statistics.median(times)
-        limits = sc.stability_limits
-        binding = binding_limits(limits, get_stepper(stepper))
+        limits = sc.plan.limits
+        binding = binding_limits(limits, stepper)
         reaction_steps = math.ceil(t_end / (sc.config.run.safety * limits["reaction"]))
         transport_free_steps = math.ceil(t_end / (sc.config.run.safety * min(limits["reaction"], limits["chemotaxis"])))
         rec = {
@@ -422,16 +411,16 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
             "precision": sc.config.run.precision,
             "stepper": stepper,
             "simulated_h": t_end,
-            "dt_h": sc.dt,
+            "dt_h": sc.plan.dt,
             "stability_limits_h": limits,
-            "steps_total": sc.n_frames * sc.n_substeps,
-            "rkl2_stages_per_step": sc.stages,
+            "steps_total": sc.n_frames * sc.plan.substeps,
+            "rkl2_stages_per_step": sc.plan.rkl2_stages,
             "frames_timed": frames + 1,
             "first_interval_s_incl_compile": first_s,
             "s_per_simulated_h": per_frame / interval,
             "time_to_solution_s": first_s + sum(times) if not st.quick else per_frame / interval * t_end + (first_s - per_frame),
             "time_to_solution_measured": not st.quick,
-            "cell_updates_per_s": sc.options.grid.size * sc.n_substeps / per_frame,
+            "cell_updates_per_s": sc.options.grid.size * sc.plan.substeps / per_frame,
             "steps_if_step_set_by_reactions_and_chemotaxis": transport_free_steps,
             "steps_if_step_set_by_reactions_only": reaction_steps,
             # a stepper that super-steps diffusion is not bound by its limit
@@ -473,6 +462,7 @@ def gradient(st: Settings) -> list[dict]:
     fixed = [(f, 8) for f in (([1, 4, 8] if on_gpu() else [1, 2, 4, 8]) if st.quick else [1, 2, 4, 8, 16, 32])]
     balanced = [(k, k) for k in ([4, 8, 16] if st.quick else [4, 8, 16, 32])]
     out = []
+    budget = checkpoint_budget_bytes()
     for precision, schedule, checkpoint, plan in (
         ("float64", "8 steps/frame", "auto", fixed),
         ("float32", "8 steps/frame", "auto", fixed),
@@ -488,7 +478,9 @@ def gradient(st: Settings) -> list[dict]:
             solver = Solver(pb.options, "ssp_rk3", n_sub)
 
             def loss(params, pb=pb, solver=solver, dt=dt, n_frames=n_frames, checkpoint=checkpoint):
-                _, frames = solver.trajectory(pb.state, params, pb.domain, dt, n_frames, checkpoint=checkpoint)
+                _, frames = solver.trajectory(
+                    pb.state, params, pb.domain, dt, n_frames, checkpoint=checkpoint, memory_budget=budget
+                )
                 fluid = pb.domain.fluid
                 series = jnp.sum(frames.tnf * fluid, axis=(1, 2)) / jnp.sum(fluid)
                 return jnp.mean(series) + 1e-3 * jnp.mean(frames.leukocytes[-1])
@@ -526,7 +518,7 @@ def gradient(st: Settings) -> list[dict]:
                     **{f"forward_xla_{k}": v for k, v in compiled_memory(fwd).items()},
                     **{f"grad_xla_{k}": v for k, v in compiled_memory(vg).items()},
                     "finite": finite,
-                    "checkpoint": solver.checkpoint_for(pb.state, n_frames) if checkpoint == "auto" else checkpoint,
+                    "checkpoint": solver.checkpoint_for(pb.state, n_frames, 1, budget) if checkpoint == "auto" else checkpoint,
                     "main": n_frames == main_frames and schedule == "8 steps/frame",
                     "note": f"Solver.trajectory(checkpoint={checkpoint!r})",
                 }
@@ -543,25 +535,22 @@ def gradient(st: Settings) -> list[dict]:
 
 
 def knee3d_compile(st: Settings) -> list[dict]:
-    """Compile time of configs/knee3d.toml: build_scenario + get_solver + first advance."""
-    from solver._config import load_config
-    from solver._scenario import build_scenario
-
+    """Compile time of configs/knee3d.toml: build_scenario + its solver + first advance."""
     st.log("knee3d compile")
     t = now()
     sc = build_scenario(load_config(ROOT / "configs" / "knee3d.toml"))
     build_s = now() - t
-    dt = jnp.asarray(sc.dt, sc.dtype)
+    dt = jnp.asarray(sc.plan.dt, sc.dtype)
     t0 = jnp.asarray(0.0, sc.dtype)
     args = (sc.initial, t0, dt, sc.params, sc.domain)
     with Memory() as mem:
         t = now()
-        solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps, sc.stages)
+        solver = sc.solver
         first = jax.block_until_ready(solver.advance(*args))
         first_s = now() - t
         run = time_calls(blocking(solver.advance, *args), max(2, st.repeats - 1), warmup=0)
     # the same split with ahead-of-time lowering on a fresh (uncached) solver
-    fresh = Solver(sc.options, sc.config.run.stepper, sc.n_substeps, sc.stages)
+    fresh = Solver(sc.options, sc.plan.stepper, sc.plan.substeps, sc.plan.rkl2_stages)
     t = now()
     lowered = fresh.advance.lower(*args)
     lower_s = now() - t
@@ -574,7 +563,7 @@ def knee3d_compile(st: Settings) -> list[dict]:
         "grid": "x".join(map(str, sc.options.grid.shape)),
         "cells": sc.options.grid.size,
         "precision": sc.config.run.precision,
-        "substeps_per_interval": sc.n_substeps,
+        "substeps_per_interval": sc.plan.substeps,
         "build_scenario_s": build_s,
         "first_advance_s": first_s,
         "interval_run_s": run["median_s"],
@@ -863,7 +852,7 @@ def _hlo_scopes(hlo_text: str) -> dict[str, list[str]]:
     """
     import re
 
-    # the named scopes of solver._model: diffusion_<species>, reactions, chemotaxis
+    # the named scopes of solver.physics: diffusion_<species>, reactions, chemotaxis
     scope = re.compile(r"/(diffusion_\w+?|reactions|chemotaxis)/")
     per_computation: dict[str, set] = {}
     calls: dict[str, str] = {}

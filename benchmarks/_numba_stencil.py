@@ -3,7 +3,7 @@
 Cell-centred finite volumes, harmonic face diffusivities computed on the fly from per-cell
 diffusivities (zero against a cell a species cannot enter), first-order upwind chemotaxis
 with face velocity chi * (f(T_R) - f(T_L)) / h on faces open to leukocytes, no-flux walls,
-all reaction terms of synovia's model without the drug (solver/_model.py: basal secretion in
+all reaction terms of synovia's model without the drug (solver/physics/_rhs.py: basal secretion in
 synovium and fluid, recruitment into the synovium and entry into the fluid driven by the
 cytokines and the fragment signal Phi, fluid mixing, cartilage exposed to w(x) x the fluid
 means), and SSP-RK3 in Shu-Osher form.
@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from fields import Tissue
-from solver._model import layer_thickness
+from solver.physics import layer_thickness
 
 from ._harness import time_calls
 

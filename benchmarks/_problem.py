@@ -17,11 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fields import Grid, State, Tissue
-from solver import ModelOptions, default_params, make_domain
-from solver._model import Domain
-from solver._params import Params
-from solver._simulate import choose_substeps
-from solver._steppers import get_stepper
+from solver import Domain, ModelOptions, Params, StepPlan, default_params, make_domain
 
 #: Cell size (mm) of the throughput problems: the 2D knee's spacing.
 SPACING_MM = 0.25
@@ -83,7 +79,7 @@ def box_problem(
     domain = make_domain(labels, injury, dtype, grid.spacing)
     zeros = np.zeros(shape)
     state = State(*(jnp.asarray(a, dtype) for a in (tnf, il1, leuk, zeros, zeros, zeros)))
-    _, dt, _ = choose_substeps(1.0, params, state, options, get_stepper("ssp_rk3"), 0.9)
+    dt = StepPlan.choose("ssp_rk3", 1.0, params, state, options, 0.9).dt  # the step of a 1 h interval
     return Problem(options, params, domain, state, dt, dtype, labels, injury)
 
 

@@ -1,5 +1,12 @@
 """Space: the grid, tissue labels, joint geometry, state and initial conditions."""
 
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("synovia")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 from ._geometry import PRESETS as PRESETS
 from ._geometry import Geometry as Geometry
 from ._geometry import JointDimensions as JointDimensions
@@ -17,5 +24,6 @@ from ._state import SPECIES as SPECIES
 from ._state import SPECIES_UNITS as SPECIES_UNITS
 from ._state import State as State
 from ._tissues import N_TISSUES as N_TISSUES
+from ._tissues import SPECIES_TISSUES as SPECIES_TISSUES
 from ._tissues import TISSUE_NAMES as TISSUE_NAMES
 from ._tissues import Tissue as Tissue

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from fields._grid import Grid
-from fields._tissues import N_TISSUES, TISSUE_NAMES, Tissue
+from ._grid import Grid
+from ._tissues import N_TISSUES, TISSUE_NAMES, Tissue
 
 __all__ = [
     "Geometry",

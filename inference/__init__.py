@@ -1,16 +1,21 @@
-"""Observations, losses and fitting: optax through the differentiable solver.
+"""Observations, losses and fitting: optax through the differentiable solver; the ``fit`` and
+``synth`` commands (``inference.cli``, added to ``synovia`` through entry points).
 
-import inference, solver
-obs = inference.load_observations("data.h5")
-result = inference.fit(solver.load_config("configs/fit_small.toml"), obs,
-                       {"tnf_per_leukocyte": (1e-4, 1.0), "recruitment_rate": (1.0, 1e4)})
-print(result.summary())
+Above ``solver`` in the stack: it uses solver's public API only. Examples: README.md ("Fitting
+parameters to data") and docs/fitting.md.
 """
 
+from fields import __version__ as __version__
+
 from ._fit import FitResult as FitResult
+from ._fit import FitSettings as FitSettings
+from ._fit import Progress as Progress
 from ._fit import fit as fit
+from ._fit import fit_result as fit_result
 from ._fit import fitted_config as fitted_config
+from ._fit import optimise as optimise
 from ._fit import read_report as read_report
+from ._fit import write_report as write_report
 from ._observations import COLUMNS as COLUMNS
 from ._observations import KINDS as KINDS
 from ._observations import FieldMap as FieldMap

@@ -20,8 +20,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from solver import Config, ConfigError
-from solver._config import _opt, _section, _unknown, apply_overrides, config_from_dict, load_config, read_toml
+from solver.setup import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    did_you_mean,
+    load_config,
+    option,
+    parse_section,
+    read_toml,
+    unknown_key,
+)
 
 from ._observations import Observations, load_observations
 from ._problem import FitError, FitParameter, fittable_names
@@ -31,17 +41,17 @@ from ._problem import FitError, FitParameter, fittable_names
 class FitSection:
     """``[fit]``: optimiser and stopping."""
 
-    optimizer: str = _opt(
+    optimizer: str = option(
         "lbfgs", "optax optimiser: L-BFGS with a zoom line search, or Adam with a halving step", choices=("lbfgs", "adam")
     )
-    max_iterations: int = _opt(100, "iteration budget (all starts advance together)", lower=0)
-    tolerance: float = _opt(1e-9, "a start stops when its loss changes by less than this x max(1, loss) twice", lower=0)
-    learning_rate: float = _opt(0.05, "Adam's initial step in the unconstrained space", lower=0, strict_lower=True)
-    learning_rate_half_life: float = _opt(100.0, "Adam's step halves every this many iterations", lower=0, strict_lower=True)
-    starts: int = _opt(1, "initial guesses batched with jax.vmap: the given values, then log-uniform draws", lower=1)
-    spread: float = _opt(3.0, "multi-start draws lie within initial/spread .. initial*spread", lower=1, strict_lower=True)
-    seed: int = _opt(0, "seed of the multi-start draws", lower=0)
-    log_residuals: bool = _opt(False, "compare log-concentrations (relative errors) instead of values")
+    max_iterations: int = option(100, "iteration budget (all starts advance together)", lower=0)
+    tolerance: float = option(1e-9, "a start stops when its loss changes by less than this x max(1, loss) twice", lower=0)
+    learning_rate: float = option(0.05, "Adam's initial step in the unconstrained space", lower=0, strict_lower=True)
+    learning_rate_half_life: float = option(100.0, "Adam's step halves every this many iterations", lower=0, strict_lower=True)
+    starts: int = option(1, "initial guesses batched with jax.vmap: the given values, then log-uniform draws", lower=1)
+    spread: float = option(3.0, "multi-start draws lie within initial/spread .. initial*spread", lower=1, strict_lower=True)
+    seed: int = option(0, "seed of the multi-start draws", lower=0)
+    log_residuals: bool = option(False, "compare log-concentrations (relative errors) instead of values")
 
 
 TOP_KEYS = ("scenario", "observations", "fit", "parameters")
@@ -64,16 +74,13 @@ class FitConfig:
 def _parameter(name: str, raw) -> FitParameter:
     where = f"parameters.{name}"
     if name not in fittable_names():
-        import difflib
-
-        close = difflib.get_close_matches(name, fittable_names(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else "; see docs/fitting.md for what can be fitted"
+        hint = did_you_mean(name, fittable_names(), otherwise="; see docs/fitting.md for what can be fitted")
         raise ConfigError(f"unknown parameter '{where}'{hint}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config key '{where}' must be a table with keys {list(PARAMETER_KEYS)}")
     for key in raw:
         if key not in PARAMETER_KEYS:
-            raise _unknown(key, where + ".", PARAMETER_KEYS)
+            raise unknown_key(key, where + ".", PARAMETER_KEYS)
     values = {}
     for key in ("lower", "upper", "initial"):
         if key in raw:
@@ -89,7 +96,7 @@ def _parameter(name: str, raw) -> FitParameter:
 def fit_config_from_dict(raw: dict, base_dir: Path, text: str = "") -> FitConfig:
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown(key, "", TOP_KEYS)
+            raise unknown_key(key, "", TOP_KEYS)
     scenario = raw.get("scenario")
     if isinstance(scenario, str):
         path = Path(scenario) if Path(scenario).is_absolute() else base_dir / scenario
@@ -103,7 +110,7 @@ def fit_config_from_dict(raw: dict, base_dir: Path, text: str = "") -> FitConfig
         raise ConfigError("config key 'observations' is missing: give the path of an .h5 or .csv observation file")
     path = Path(obs_path) if Path(obs_path).is_absolute() else base_dir / obs_path
     observations = load_observations(path)
-    fit = _section(FitSection, raw.get("fit", {}), "fit.")
+    fit = parse_section(FitSection, raw.get("fit", {}), "fit.")
     params = raw.get("parameters", {})
     if not isinstance(params, dict) or not params:
         raise ConfigError("config key 'parameters' is missing: add a [parameters.<name>] table per parameter to fit")

@@ -9,20 +9,22 @@ falls below that; the fit stops when every start has, or at ``max_iterations``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
-from solver import Config, vmapped_members
-from solver._config import config_from_dict
+from solver import Config, __version__, config_from_dict, default_params
 
 from ._observations import Observations
 from ._problem import FitError, Problem, gauss_newton, get_value, plasma_levels
@@ -133,29 +135,31 @@ def _initial_guesses(problem: Problem, starts: int, spread: float, seed: int) ->
     return np.stack(out)
 
 
-def _over_starts(fn, in_axes):
-    """``jax.vmap(fn)`` over the starts (the first argument's leading axis), traced with the
-    trajectory's checkpointing told how many starts run at once (solver._simulate.vmapped_members)."""
-    batched = jax.vmap(fn, in_axes=in_axes)
+def _over_starts(make, in_axes):
+    """``jax.vmap(make(n))`` over the n starts (the first argument's leading axis): ``make(n)`` is the
+    function of one start that tells the trajectory's checkpointing n run at once."""
 
     def over_starts(u, *args):
-        with vmapped_members(u.shape[0]):
-            return batched(u, *args)
+        return jax.vmap(make(u.shape[0]), in_axes=in_axes)(u, *args)
 
     return over_starts
 
 
-class _Stepper:
+class _OptimiserStep:
     """The compiled, start-batched optimiser step: (u, state, value, grad, done) -> same, next iterate."""
 
     def __init__(self, problem: Problem, opt, name: str):
-        vg = jax.value_and_grad(problem.loss)
-        self._value_and_grad = jax.jit(_over_starts(vg, in_axes=(0, None, None)))
+        def value_and_grad(members):
+            return jax.value_and_grad(functools.partial(problem.loss, members=members))
+
+        self._value_and_grad = jax.jit(_over_starts(value_and_grad, in_axes=(0, None, None)))
         self.init = jax.jit(jax.vmap(opt.init))
 
-        def one(u, state, value, grad, done, data, sigma):
+        def one(u, state, value, grad, done, data, sigma, members):
+            vg = value_and_grad(members)
+
             def loss(v):
-                return problem.loss(v, data, sigma)
+                return problem.loss(v, data, sigma, members)
 
             if name == "lbfgs":
                 updates, new_state = opt.update(grad, state, u, value=value, grad=grad, value_fn=loss)
@@ -176,7 +180,10 @@ class _Stepper:
                 keep(grad, new_grad),
             )
 
-        self._step = jax.jit(_over_starts(one, in_axes=(0, 0, 0, 0, 0, None, None)))
+        def step_of(members):
+            return functools.partial(one, members=members)
+
+        self._step = jax.jit(_over_starts(step_of, in_axes=(0, 0, 0, 0, 0, None, None)))
         self.problem = problem
 
     def value_and_grad(self, u, problem: Problem):
@@ -184,6 +191,177 @@ class _Stepper:
 
     def step(self, u, state, value, grad, done, problem: Problem):
         return self._step(u, state, value, grad, done, problem.data, problem.sigma)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSettings:
+    """How :func:`fit` optimises (the ``[fit]`` table; see :func:`fit` for each)."""
+
+    optimizer: str = "lbfgs"
+    max_iterations: int = 100
+    tolerance: float = 1e-9
+    learning_rate: float = 0.05
+    learning_rate_half_life: float = 100.0
+    starts: int = 1
+    spread: float = 3.0
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise FitError(f"optimizer '{self.optimizer}' is not one of {list(OPTIMIZERS)}")
+        if self.max_iterations < 0:
+            raise FitError(f"max_iterations = {self.max_iterations} must be >= 0")
+        if not self.spread > 1:
+            raise FitError(f"spread = {self.spread} must be > 1")
+
+    def compiled_step(self, problem: Problem) -> _OptimiserStep:
+        """The optimiser step for ``problem`` (compiled once per problem and optimiser settings)."""
+        key = ("optimiser step", self.optimizer, float(self.learning_rate), float(self.learning_rate_half_life))
+        opt = make_optimizer(self.optimizer, self.learning_rate, self.learning_rate_half_life)
+        return problem.compiled(key, lambda: _OptimiserStep(problem, opt, self.optimizer))
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a fit stands: every start's iterate, optimiser state, loss and gradient, which starts are
+    done, and the histories. What the report saves and ``resume`` restores."""
+
+    theta_init: np.ndarray
+    u: jax.Array
+    state: Any
+    value: jax.Array
+    grad: jax.Array
+    done: np.ndarray
+    stall: np.ndarray
+    history: dict[str, list]
+    elapsed0: float = 0.0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, problem: Problem, step: _OptimiserStep, theta_init: np.ndarray, started: float | None = None) -> Progress:
+        """The starts at ``theta_init`` (starts x parameters); ``started``: ``time.perf_counter()`` when the fit began."""
+        if theta_init.ndim != 2 or theta_init.shape[1] != problem.n:
+            raise FitError(f"initial must have shape (starts, {problem.n}), got {theta_init.shape}")
+        u = jnp.asarray(problem.transform.u(theta_init), problem.scenario.dtype)
+        value, grad = step.value_and_grad(u, problem)
+        history = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
+        n = len(theta_init)
+        progress = cls(theta_init, u, step.init(u), value, grad, np.zeros(n, bool), np.zeros(n, int), history)
+        progress.started = time.perf_counter() if started is None else started
+        progress.record(problem)
+        return progress
+
+    @classmethod
+    def resume(cls, problem: Problem, step: _OptimiserStep, report, optimizer: str, started: float | None = None) -> Progress:
+        """The progress saved in ``report`` (from :func:`write_report`), for the same parameters and optimiser."""
+        saved = read_report(report)
+        if tuple(saved["names"]) != problem.names:
+            raise FitError(f"cannot resume '{report}': it fits {list(saved['names'])}, this fit {list(problem.names)}")
+        if saved["optimizer"] != optimizer:
+            raise FitError(f"cannot resume '{report}': it used fit.optimizer = '{saved['optimizer']}', not '{optimizer}'")
+        u = jnp.asarray(saved["u"], problem.scenario.dtype)
+        leaves, treedef = jax.tree.flatten(step.init(u))
+        state = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=t.dtype) for v, t in zip(saved["state"], leaves)])
+        value, grad = step.value_and_grad(u, problem)
+        history = {k: list(saved[k]) for k in ("loss_history", "grad_norm_history", "theta_history", "time_history")}
+        done, stall = np.asarray(saved["done"], bool), np.asarray(saved["stall"], int)
+        out = cls(saved["initial"], u, state, value, grad, done, stall, history, float(saved["wall_s"]))
+        out.started = time.perf_counter() if started is None else started
+        return out
+
+    @property
+    def iteration(self) -> int:
+        return len(self.history["loss_history"]) - 1
+
+    @property
+    def wall_s(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.started
+
+    def record(self, problem: Problem) -> None:
+        self.history["loss_history"].append(np.asarray(self.value, float))
+        self.history["grad_norm_history"].append(np.max(np.abs(np.asarray(self.grad, float)), axis=-1))
+        self.history["theta_history"].append(np.asarray(problem.transform.theta(self.u), float))
+        self.history["time_history"].append(self.wall_s)
+
+
+def optimise(
+    problem: Problem,
+    step: _OptimiserStep,
+    progress: Progress,
+    settings: FitSettings,
+    on_iteration: Callable[[int, np.ndarray], None] | None = None,
+    checkpoint: Callable[[str], None] | None = None,
+    bar=None,
+) -> str:
+    """Iterate every start until it converges or ``settings.max_iterations`` is reached: "converged"
+    or "budget". A start is done when its loss changed by at most ``tolerance`` (relative) twice in a
+    row or its gradient is that small. ``checkpoint(status)`` is called every 2 s and on Ctrl-C
+    (then re-raised); ``bar`` is a tqdm bar to update."""
+    tolerance, last_save = settings.tolerance, time.perf_counter()
+    p = progress
+    try:
+        while p.iteration < settings.max_iterations and not p.done.all():
+            prev = np.asarray(p.value, float)
+            p.u, p.state, p.value, p.grad = step.step(p.u, p.state, p.value, p.grad, jnp.asarray(p.done), problem)
+            v = np.asarray(p.value, float)
+            if not np.all(np.isfinite(v) | p.done):
+                # a failed line search leaves no finite value in the state: evaluate afresh
+                p.value, p.grad = step.value_and_grad(p.u, problem)
+                v = np.asarray(p.value, float)
+            p.record(problem)
+            scale = np.maximum(1.0, np.abs(v))
+            p.stall = np.where(np.abs(prev - v) <= tolerance * scale, p.stall + 1, 0)
+            gnorm = p.history["grad_norm_history"][-1]
+            p.done = p.done | (p.stall >= 2) | (gnorm <= tolerance * scale)
+            if on_iteration is not None:
+                on_iteration(p.iteration, v)
+            if bar is not None:
+                best = int(np.nanargmin(np.where(np.isfinite(v), v, np.inf)))
+                bar.set_postfix(loss=f"{v[best]:.6g}", grad=f"{gnorm[best]:.2g}", running=int((~p.done).sum()))
+                bar.update(1)
+            if checkpoint is not None and time.perf_counter() - last_save > 2.0:
+                checkpoint("running")
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            checkpoint("interrupted")
+        raise
+    return "converged" if p.done.all() else "budget"
+
+
+def fit_result(problem: Problem, progress: Progress, status: str, optimizer: str) -> tuple[FitResult, dict]:
+    """The best start's result with its uncertainty (:func:`~inference.gauss_newton`), and that
+    uncertainty's full output."""
+    p = progress
+    final_values = np.asarray(p.value, float)
+    best = int(np.argmin(np.where(np.isfinite(final_values), final_values, np.inf)))
+    theta_best = np.asarray(problem.transform.theta(p.u), float)[best]
+    uq = gauss_newton(problem, theta_best)
+    predict = problem.compiled("predict", lambda: jax.jit(problem.predict_params))
+    predicted = np.asarray(predict(problem.params_of(jnp.asarray(p.u[best]))), float)
+    names = problem.names
+    result = FitResult(
+        names=names,
+        parameters=dict(zip(names, map(float, theta_best))),
+        stderr=dict(zip(names, map(float, uq["stderr"]))),
+        relative_stderr=dict(zip(names, map(float, uq["relative_stderr"]))),
+        identifiable=dict(zip(names, map(bool, uq["identifiable"]))),
+        correlation=uq["correlation"],
+        loss=float(final_values[best]),
+        loss_history=np.stack(p.history["loss_history"]),
+        grad_norm_history=np.stack(p.history["grad_norm_history"]),
+        theta_history=np.stack(p.history["theta_history"]),
+        initial=np.asarray(p.theta_init, float),
+        best_start=best,
+        status=status,
+        iterations=p.iteration,
+        wall_s=p.wall_s,
+        predicted=predicted,
+        problem=problem,
+        optimizer=optimizer,
+        truth=truth_values(problem.observations, names),
+    )
+    return result, uq
 
 
 def fit(
@@ -222,151 +400,37 @@ def fit(
             (starts x n parameter values).
         report: HDF5 report path, rewritten (atomically) as the fit goes, so an interrupted fit loses
             nothing and ``resume=True`` continues it (optimiser state included) to ``max_iterations``.
+
+    The pieces, for a loop of your own: :class:`FitSettings`, :class:`Progress` (start or resume),
+    :func:`optimise`, :func:`fit_result` and :func:`write_report`.
     """
-    if optimizer not in OPTIMIZERS:
-        raise FitError(f"optimizer '{optimizer}' is not one of {list(OPTIMIZERS)}")
-    if max_iterations < 0:
-        raise FitError(f"max_iterations = {max_iterations} must be >= 0")
-    if not spread > 1:
-        raise FitError(f"spread = {spread} must be > 1")
-    t_start = time.perf_counter()
+    started = time.perf_counter()
+    settings = FitSettings(optimizer, max_iterations, tolerance, learning_rate, learning_rate_half_life, starts, spread, seed)
+    settings.check()
     if problem is None:
         if config is None or observations is None or parameters is None:
             raise FitError("fit needs config, observations and parameters, or problem=")
         problem = Problem(config, observations, parameters, log_residuals=log_residuals)
-    observations = problem.observations
-    key = ("stepper", optimizer, float(learning_rate), float(learning_rate_half_life))
-    stepper = problem.compiled(
-        key, lambda: _Stepper(problem, make_optimizer(optimizer, learning_rate, learning_rate_half_life), optimizer)
-    )
-    dtype = problem.scenario.dtype
-
+    step = settings.compiled_step(problem)
     if resume:
-        saved = read_report(report)
-        if tuple(saved["names"]) != problem.names:
-            raise FitError(f"cannot resume '{report}': it fits {list(saved['names'])}, this fit {list(problem.names)}")
-        if saved["optimizer"] != optimizer:
-            raise FitError(f"cannot resume '{report}': it used fit.optimizer = '{saved['optimizer']}', not '{optimizer}'")
-        theta_init = saved["initial"]
-        u = jnp.asarray(saved["u"], dtype)
-        template = stepper.init(u)
-        leaves, treedef = jax.tree.flatten(template)
-        state = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=t.dtype) for v, t in zip(saved["state"], leaves)])
-        value, grad = stepper.value_and_grad(u, problem)
-        done = np.asarray(saved["done"], bool)
-        history = {k: list(saved[k]) for k in ("loss_history", "grad_norm_history", "theta_history", "time_history")}
-        stall = np.asarray(saved["stall"], int)
-        elapsed0 = float(saved["wall_s"])
+        state = Progress.resume(problem, step, report, optimizer, started)
     else:
         theta_init = np.asarray(initial, float) if initial is not None else _initial_guesses(problem, starts, spread, seed)
-        if theta_init.ndim != 2 or theta_init.shape[1] != problem.n:
-            raise FitError(f"initial must have shape (starts, {problem.n}), got {theta_init.shape}")
-        u = jnp.asarray(problem.transform.u(theta_init), dtype)
-        state = stepper.init(u)
-        value, grad = stepper.value_and_grad(u, problem)
-        done = np.zeros(len(theta_init), bool)
-        history = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
-        stall = np.zeros(len(theta_init), int)
-        elapsed0 = 0.0
+        state = Progress.start(problem, step, theta_init, started)
 
-    def record(u, value, grad):
-        history["loss_history"].append(np.asarray(value, float))
-        history["grad_norm_history"].append(np.max(np.abs(np.asarray(grad, float)), axis=-1))
-        history["theta_history"].append(np.asarray(problem.transform.theta(u), float))
-        history["time_history"].append(elapsed0 + time.perf_counter() - t_start)
+    def save(status: str, final=None) -> None:
+        if report is not None:
+            write_report(report, problem, state, optimizer=optimizer, status=status, settings_toml=settings_toml, final=final)
 
-    if not history["loss_history"]:
-        record(u, value, grad)
-    iteration = len(history["loss_history"]) - 1
-    status = "budget"
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_iterations, initial=min(iteration, max_iterations), unit="it", desc="fit", dynamic_ncols=True)
-    last_save = 0.0
-
-    def save(status_now: str, final: dict | None = None):
-        if report is not None:
-            write_report(
-                report,
-                problem,
-                optimizer=optimizer,
-                status=status_now,
-                theta_init=theta_init,
-                u=u,
-                state=state,
-                done=done,
-                stall=stall,
-                history=history,
-                wall_s=elapsed0 + time.perf_counter() - t_start,
-                settings_toml=settings_toml,
-                final=final,
-            )
-
+        bar = tqdm(total=max_iterations, initial=min(state.iteration, max_iterations), unit="it", desc="fit", dynamic_ncols=True)
     try:
-        while iteration < max_iterations and not done.all():
-            prev = np.asarray(value, float)
-            u, state, value, grad = stepper.step(u, state, value, grad, jnp.asarray(done), problem)
-            v = np.asarray(value, float)
-            if not np.all(np.isfinite(v) | done):
-                # a failed line search leaves no finite value in the state: evaluate afresh
-                value, grad = stepper.value_and_grad(u, problem)
-                v = np.asarray(value, float)
-            iteration += 1
-            record(u, value, grad)
-            scale = np.maximum(1.0, np.abs(v))
-            small_change = np.abs(prev - v) <= tolerance * scale
-            stall = np.where(small_change, stall + 1, 0)
-            gnorm = history["grad_norm_history"][-1]
-            done = done | (stall >= 2) | (gnorm <= tolerance * scale)
-            if on_iteration is not None:
-                on_iteration(iteration, v)
-            if bar is not None:
-                best = int(np.nanargmin(np.where(np.isfinite(v), v, np.inf)))
-                bar.set_postfix(loss=f"{v[best]:.6g}", grad=f"{gnorm[best]:.2g}", running=int((~done).sum()))
-                bar.update(1)
-            if time.perf_counter() - last_save > 2.0:
-                save("running")
-                last_save = time.perf_counter()
-        status = "converged" if done.all() else "budget"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        save(status)
-        raise
+        status = optimise(problem, step, state, settings, on_iteration, checkpoint=save, bar=bar)
     finally:
         if bar is not None:
             bar.close()
-
-    final_values = np.asarray(value, float)
-    best = int(np.argmin(np.where(np.isfinite(final_values), final_values, np.inf)))
-    theta_all = np.asarray(problem.transform.theta(u), float)
-    theta_best = theta_all[best]
-    uq = gauss_newton(problem, theta_best)
-    predict = problem.compiled("predict", lambda: jax.jit(problem.predict_params))
-    predicted = np.asarray(predict(problem.params_of(jnp.asarray(u[best]))), float)
-    truth = truth_values(observations, problem.names)
-    result = FitResult(
-        names=problem.names,
-        parameters=dict(zip(problem.names, map(float, theta_best))),
-        stderr=dict(zip(problem.names, map(float, uq["stderr"]))),
-        relative_stderr=dict(zip(problem.names, map(float, uq["relative_stderr"]))),
-        identifiable=dict(zip(problem.names, map(bool, uq["identifiable"]))),
-        correlation=uq["correlation"],
-        loss=float(final_values[best]),
-        loss_history=np.stack(history["loss_history"]),
-        grad_norm_history=np.stack(history["grad_norm_history"]),
-        theta_history=np.stack(history["theta_history"]),
-        initial=np.asarray(theta_init, float),
-        best_start=best,
-        status=status,
-        iterations=iteration,
-        wall_s=elapsed0 + time.perf_counter() - t_start,
-        predicted=predicted,
-        problem=problem,
-        optimizer=optimizer,
-        truth=truth,
-    )
+    result, uq = fit_result(problem, state, status, optimizer)
     save(status, final={"result": result, "uq": uq})
     return result
 
@@ -376,8 +440,6 @@ def truth_values(observations: Observations, names) -> dict[str, float]:
     raw = observations.attrs.get("truth_parameters")
     if not raw:
         return {}
-    from solver import default_params
-
     values = json.loads(raw)
     known = set(default_params(np.float64)._fields)  # a file from an older model may name others
     params = default_params(np.float64, **{k: np.asarray(v) for k, v in values.items() if k in known})
@@ -393,20 +455,18 @@ def _strings(values) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=object)
 
 
-def write_report(
-    path, problem: Problem, *, optimizer, status, theta_init, u, state, done, stall, history, wall_s, settings_toml, final
-):
-    """Write the fit report atomically (a temporary file renamed over the old one)."""
-    from solver._run import version
-
+def write_report(path, problem: Problem, progress: Progress, *, optimizer: str, status: str, settings_toml: str = "", final=None):
+    """Write the fit report atomically (a temporary file renamed over the old one): ``progress`` (what
+    ``resume`` restores) and, with ``final`` (``{"result", "uq"}``), the result and its uncertainty."""
     path = Path(path)
+    history, wall_s = progress.history, progress.wall_s
     tmp = path.with_name(path.name + ".tmp")
     obs = problem.observations
     with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
         f.attrs.update(
             {
                 "format": REPORT_FORMAT,
-                "synovia_version": version(),
+                "synovia_version": __version__,
                 "status": status,
                 "optimizer": optimizer,
                 "iterations": len(history["loss_history"]) - 1,
@@ -425,7 +485,7 @@ def write_report(
         g.create_dataset("transform", data=_strings(problem.transform.kind), dtype=h5py.string_dtype())
         g["lower"] = problem.transform.lower
         g["upper"] = problem.transform.upper
-        g["initial"] = np.asarray(theta_init, float)
+        g["initial"] = np.asarray(progress.theta_init, float)
         truth = truth_values(obs, problem.names)
         g["truth"] = np.array([truth.get(n, np.nan) for n in problem.names])
         h = f.create_group("history")
@@ -434,11 +494,11 @@ def write_report(
         h["theta"] = np.stack(history["theta_history"])
         h["time_s"] = np.asarray(history["time_history"], float)
         o = f.create_group("optimizer")
-        o["u"] = np.asarray(u)
-        o["done"] = np.asarray(done, bool)
-        o["stall"] = np.asarray(stall, int)
+        o["u"] = np.asarray(progress.u)
+        o["done"] = np.asarray(progress.done, bool)
+        o["stall"] = np.asarray(progress.stall, int)
         s = o.create_group("state")
-        for i, leaf in enumerate(jax.tree.leaves(state)):
+        for i, leaf in enumerate(jax.tree.leaves(progress.state)):
             s[f"{i:03d}"] = np.asarray(leaf)
         d = f.create_group("observations")
         d["time_h"] = np.asarray(obs.time_h, float)
@@ -475,14 +535,14 @@ def write_report(
             # model curves at the fitted parameters, every frame, for each observed region
             op = problem.operator
             if len(op.plasma_rows):  # the plasma level, finely in time
-                best = problem.params_of(jnp.asarray(np.asarray(u)[result.best_start]))
+                best = problem.params_of(jnp.asarray(np.asarray(progress.u)[result.best_start]))
                 t = np.linspace(0.0, op.n_frames * problem.scenario.interval, 1000)
                 p = f.create_group("model_plasma")
                 p["time_h"] = t
                 p["drug"] = np.asarray(plasma_levels(best, problem.scenario.options)(jnp.asarray(t)), float)
             if op.regions:
                 frames = problem.compiled("frames", lambda: jax.jit(problem.frames))(
-                    problem.params_of(jnp.asarray(np.asarray(u)[result.best_start]))
+                    problem.params_of(jnp.asarray(np.asarray(progress.u)[result.best_start]))
                 )
                 means = np.asarray(op.region_means(frames), float)
                 m = f.create_group("model")

@@ -37,20 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fields import SPECIES, TISSUE_NAMES, Geometry, Grid, State, Tissue
+from fields import SPECIES, SPECIES_TISSUES, TISSUE_NAMES, Geometry, Grid, State, Tissue
 
 KINDS = ("fluid", "tissue", "point", "box", "plasma")
 COLUMNS = ("time_h", "species", "kind", "where", "value", "sigma")
-
-#: Tissues each species lives in (its means run over these cells).
-REGION_OF = {
-    "tnf": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
-    "il1": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
-    "drug": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
-    "complex": (Tissue.CARTILAGE, Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
-    "leukocytes": (Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE),
-    "cartilage": (Tissue.CARTILAGE,),
-}
 
 
 class ObservationError(ValueError):
@@ -264,7 +254,7 @@ def _region_mask(kind: str, where: str, species: str, geometry: Geometry, what: 
     """Cells (bool, grid shape) an observation averages over, within the species' region."""
     labels = np.asarray(geometry.labels)
     grid = geometry.grid
-    lives = np.isin(labels, [int(t) for t in REGION_OF[species]])
+    lives = np.isin(labels, [int(t) for t in SPECIES_TISSUES[species]])
     if kind == "fluid":
         cells = labels == Tissue.SYNOVIAL_FLUID
     elif kind == "tissue":
@@ -381,7 +371,7 @@ class ObservationOperator:
         labels = np.asarray(geometry.labels)
         for m in obs.maps:
             k, a = locate(m.time_h, f"map '{m.name}'")
-            lives = np.isin(labels, [int(t) for t in REGION_OF[m.species]])
+            lives = np.isin(labels, [int(t) for t in SPECIES_TISSUES[m.species]])
             seen = np.isfinite(m.value)
             if np.any(seen & ~lives):
                 raise ObservationError(f"map '{m.name}': values given in cells where {m.species} does not live; set them to NaN")

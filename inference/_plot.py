@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from solver._plot import RC, _new_figure, _save, species_style
+from solver.plot import RC, new_figure, save_figure, species_style
 
 from ._fit import read_report
 
@@ -56,7 +56,7 @@ def fit_figure(report: dict):
     n_panels = len(keys)
     cols = min(3, max(1, n_panels))
     rows = 1 + math.ceil(n_panels / cols)
-    fig = _new_figure((3.2 * max(cols, 2), 2.6 * rows))
+    fig = new_figure((3.2 * max(cols, 2), 2.6 * rows))
     grid = fig.add_gridspec(rows, max(cols, 2))
     loss = np.asarray(report["loss_history"], float)
     best = int(report.get("best_start", 0))
@@ -135,7 +135,7 @@ def fit_figure(report: dict):
 
 def maps_figure(report: dict):
     maps = report["maps"]
-    fig = _new_figure((8.4, 2.6 * len(maps)))
+    fig = new_figure((8.4, 2.6 * len(maps)))
     axes = fig.subplots(len(maps), 3, squeeze=False)
     for row, (_name, m) in enumerate(sorted(maps.items())):
         value, pred, sigma = (np.asarray(m[k], float) for k in ("value", "predicted", "sigma"))
@@ -168,7 +168,7 @@ def plot_fit(path, out_dir, *, stem: str | None = None, dpi: int = 120) -> list[
     report = read_report(path)
     written = []
     with matplotlib.rc_context(RC):
-        written.append(_save(fit_figure(report), out_dir / f"{stem}.png", dpi))
+        written.append(save_figure(fit_figure(report), out_dir / f"{stem}.png", dpi))
         if report["maps"] and all("predicted" in m for m in report["maps"].values()):
-            written.append(_save(maps_figure(report), out_dir / f"{stem}_maps.png", dpi))
+            written.append(save_figure(maps_figure(report), out_dir / f"{stem}_maps.png", dpi))
     return written

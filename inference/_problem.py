@@ -29,10 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from fields import TISSUE_NAMES
-from solver import DIFFUSIVITIES, PARAMETERS, Config, Params, autodiff_rhs, build_scenario, choose_substeps, get_solver
-from solver._model import plasma_drug
-from solver._simulate import super_step_stages
-from solver._steppers import get_stepper
+from solver import (
+    DIFFUSIVITIES,
+    PARAMETERS,
+    REST_INDEPENDENT,
+    Config,
+    Params,
+    StepPlan,
+    build_scenario,
+    checkpoint_budget_bytes,
+    plasma_drug,
+)
+from solver.setup import did_you_mean
+from solver.time import super_step_stages
 
 from ._observations import ObservationError, ObservationOperator, Observations, observed
 
@@ -70,13 +79,6 @@ def fittable_names() -> list[str]:
     return [p for p in PARAMETERS if p not in EVENT_TIMES] + [f"{d}.{t}" for d in DIFFUSIVITIES for t in tissues]
 
 
-def _suggest(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, fittable_names(), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 @dataclasses.dataclass(frozen=True)
 class FitParameter:
     """One parameter to fit: bounds in its own unit, an initial value (None: the scenario's) and a prior.
@@ -110,9 +112,8 @@ def _locate(name: str) -> tuple[str, int | None]:
     field, _, tissue = name.partition(".")
     if field in DIFFUSIVITIES and tissue in TISSUE_NAMES and tissue not in ("excluded", "bone"):
         return field, TISSUE_NAMES.index(tissue)
-    raise FitError(
-        f"unknown parameter '{name}'{_suggest(name)}; fittable: scalar [parameters] keys and diffusivity_<species>.<tissue>"
-    )
+    hint = did_you_mean(name, fittable_names(), otherwise="")
+    raise FitError(f"unknown parameter '{name}'{hint}; fittable: scalar [parameters] keys and diffusivity_<species>.<tissue>")
 
 
 def get_value(params: Params, name: str):
@@ -235,14 +236,6 @@ class Transform:
         return out
 
 
-#: Parameters the resting joint (``initial.start = "rest"``) does not depend on: it has no injury,
-#: no drug, intact cartilage held still (so no fragments).
-REST_INDEPENDENT = frozenset(
-    {"injury_rate", "injury_decay", "cartilage_repair", "repair_inhibition_half_saturation", "cartilage_damage_tnf",
-     "cartilage_damage_il1", "recruitment_from_fragments", *(p for p in PARAMETERS if p.startswith("drug_"))}
-)  # fmt: skip
-
-
 class Problem:
     """A scenario, observations and free parameters, with a differentiable loss of ``u``.
 
@@ -252,7 +245,15 @@ class Problem:
     scenario's initial state to the last observation.
     """
 
-    def __init__(self, config: Config, observations: Observations, parameters, *, log_residuals: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        observations: Observations,
+        parameters,
+        *,
+        log_residuals: bool = False,
+        memory_budget: int | None = None,
+    ):
         self.config = config
         self.observations = observations
         scenario = build_scenario(config)
@@ -286,14 +287,13 @@ class Problem:
         # upper bounds (or 4x the initial value where unbounded) are the tightest it can meet.
         extreme = [p.upper if math.isfinite(p.upper) else 4.0 * p.initial for p in self.parameters]
         params_hi = set_values(scenario.params, self.names, jnp.asarray(extreme, scenario.dtype))
-        stepper = get_stepper(config.run.stepper)
-        n_sub, dt, limits = choose_substeps(
-            scenario.interval, params_hi, scenario.initial, scenario.options, stepper, config.run.safety, config.run.dt_h
-        )
-        self.n_substeps = max(n_sub, scenario.n_substeps)
-        self.dt = scenario.interval / self.n_substeps
-        stages = max(super_step_stages(stepper, self.dt, limits, config.run.safety), scenario.stages)
-        self.solver = get_solver(scenario.options, config.run.stepper, self.n_substeps, stages)
+        run = config.run
+        hi = StepPlan.choose(run.stepper, scenario.interval, params_hi, scenario.initial, scenario.options, run.safety, run.dt_h)
+        substeps = max(hi.substeps, scenario.plan.substeps)
+        dt = scenario.interval / substeps
+        stages = max(super_step_stages(run.stepper, dt, hi.limits, run.safety), scenario.plan.rkl2_stages)
+        self.plan = StepPlan(run.stepper, dt, substeps, stages, hi.limits)
+        self.memory_budget = checkpoint_budget_bytes() if memory_budget is None else int(memory_budget)
         self.u0 = self.transform.u(np.array([p.initial for p in self.parameters]))
 
     def start_note(self) -> str | None:
@@ -358,15 +358,24 @@ class Problem:
     def params_of(self, u) -> Params:
         return set_values(self.scenario.params, self.names, self.transform.theta(u))
 
-    def frames(self, params: Params, initial=None):
-        """Initial state and one state per interval up to the last observation, stacked."""
+    def frames(self, params: Params, initial=None, members: int = 1, gradient: str = "adjoint"):
+        """Initial state and one state per interval up to the last observation, stacked.
+
+        ``members``: how many parameter sets ``jax.vmap`` runs this over (the trajectory's
+        checkpointing counts them all); ``gradient``: ``"autodiff"`` where forward mode must go
+        through it (solver.Solver).
+        """
         sc = self.scenario
         initial = sc.initial if initial is None else initial
-        _, frames = self.solver.trajectory(initial, params, sc.domain, self.dt, self.operator.n_frames)
+        solver = self.plan.solver(sc.options, gradient=gradient)
+        _, frames = solver.trajectory(
+            initial, params, sc.domain, self.plan.dt, self.operator.n_frames, members=members, memory_budget=self.memory_budget
+        )
         return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), initial, frames)
 
-    def predict_params(self, params: Params, initial=None):
-        return self.operator.predict(self.frames(params, initial), plasma_levels(params, self.scenario.options))
+    def predict_params(self, params: Params, initial=None, members: int = 1, gradient: str = "adjoint"):
+        frames = self.frames(params, initial, members, gradient)
+        return self.operator.predict(frames, plasma_levels(params, self.scenario.options))
 
     @property
     def log_floor(self) -> float:
@@ -386,15 +395,18 @@ class Problem:
             return jnp.zeros(0, theta.dtype)
         return (jnp.log(theta[self.prior_index]) - self.prior_median) / self.prior_width
 
-    def residuals(self, u, data=None, sigma=None):
+    def residuals(self, u, data=None, sigma=None, members: int = 1):
         """Whitened data residuals followed by prior residuals (1/2 their squared sum is the loss)."""
         theta = self.transform.theta(u)
         params = set_values(self.scenario.params, self.names, theta)
-        return jnp.concatenate([self.whiten(self.predict_params(params), data, sigma), self.prior_residuals(theta)])
+        return jnp.concatenate(
+            [self.whiten(self.predict_params(params, members=members), data, sigma), self.prior_residuals(theta)]
+        )
 
-    def loss(self, u, data=None, sigma=None):
-        """The loss at ``u``; ``data``/``sigma`` default to this problem's (pass them to share compiled code)."""
-        r = self.residuals(u, data, sigma)
+    def loss(self, u, data=None, sigma=None, members: int = 1):
+        """The loss at ``u``; ``data``/``sigma`` default to this problem's (pass them to share compiled code);
+        ``members`` as for :meth:`frames`."""
+        r = self.residuals(u, data, sigma, members)
         return 0.5 * jnp.sum(r * r)
 
     def loss_of(self, params: Params, initial=None):
@@ -429,11 +441,12 @@ def gauss_newton(problem: Problem, theta: np.ndarray) -> dict[str, np.ndarray]:
     def r_of_z(z, data, sigma):
         th = jnp.exp(z)
         params = set_values(problem.scenario.params, problem.names, th)
-        return jnp.concatenate([problem.whiten(problem.predict_params(params), data, sigma), problem.prior_residuals(th)])
+        # forward mode: through JAX's derivatives of the right-hand side, not its hand-written adjoint
+        predicted = problem.predict_params(params, gradient="autodiff")
+        return jnp.concatenate([problem.whiten(predicted, data, sigma), problem.prior_residuals(th)])
 
     jacobian = problem.compiled("jacobian", lambda: jax.jit(jax.jacfwd(r_of_z)))
-    with autodiff_rhs():  # forward mode: traced with JAX's derivatives of the right-hand side
-        jac = np.asarray(jacobian(jnp.asarray(np.log(theta), dtype), problem.data, problem.sigma), float)
+    jac = np.asarray(jacobian(jnp.asarray(np.log(theta), dtype), problem.data, problem.sigma), float)
     fisher = jac.T @ jac
     evals, evecs = np.linalg.eigh(fisher)
     top = max(float(evals[-1]), 1e-300)

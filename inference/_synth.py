@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solver import Config, build_scenario, get_solver
-from solver._params import params_as_dict
+from fields import SPECIES_TISSUES
+from solver import Config, build_scenario
+from solver.physics import params_as_dict
 
 from ._observations import FieldMap, ObservationError, ObservationOperator, Observations, make_observations
 from ._problem import plasma_levels
@@ -63,17 +64,18 @@ def synthesize(
     ]
     template = make_observations(rows, maps)
     if maps:  # observe the map only where the species lives
-        from ._observations import REGION_OF
-
-        lives = np.isin(np.asarray(scenario.geometry.labels), [int(t) for t in REGION_OF[map_species]])
+        lives = np.isin(np.asarray(scenario.geometry.labels), [int(t) for t in SPECIES_TISSUES[map_species]])
         maps = [FieldMap(m.name, m.time_h, m.species, np.where(lives, 0.0, np.nan), m.sigma) for m in maps]
         template = make_observations(rows, maps)
     op = ObservationOperator.build(template, scenario.geometry, interval, species_in_run=scenario.options.species)
-    solver = get_solver(scenario.options, config.run.stepper, scenario.n_substeps, scenario.stages)
+    solver = scenario.solver
 
     @jax.jit
     def predict(params):
-        _, frames = solver.trajectory(scenario.initial, params, scenario.domain, scenario.dt, op.n_frames)
+        # forward only: what reverse mode would keep does not matter
+        _, frames = solver.trajectory(
+            scenario.initial, params, scenario.domain, scenario.plan.dt, op.n_frames, checkpoint="steps"
+        )
         frames = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), scenario.initial, frames)
         return op.predict(frames, plasma_levels(params, scenario.options))
 

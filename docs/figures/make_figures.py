@@ -3,8 +3,8 @@
     python docs/figures/make_figures.py            # all (about 30 minutes on 2 CPU cores)
     python docs/figures/make_figures.py rest oa    # some: rest, injury, oa, cartilage, study, therapies, dose
 
-Each figure is computed here with the Python API; the slow tests (tests/test_joint.py,
-tests/test_calibration.py) check the claims the figures illustrate.
+Each figure is computed here with the Python API; the slow tests (tests/physics/test_joint.py,
+tests/inference/test_calibration.py) check the claims the figures illustrate.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from solver import build_scenario, get_solver, load_config
-from solver._drugs import plasma_concentration
-from solver._model import summaries
-from solver._plot import CLINICAL_RANGES, GROUP_COLOUR, RC, _new_figure, shade_range
+from solver import build_scenario, enable_precision, load_config
+from solver import time_courses as run
+from solver.physics import plasma_concentration, summaries
+from solver.plot import CLINICAL_RANGES, GROUP_COLOUR, RC, new_figure, shade_range
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent
@@ -31,20 +31,11 @@ FLUID = (
 )
 
 
-def run(scenario, state=None, hours=None, t0=0.0):
-    """(times, {summary: series}, final state) of a scenario from ``state`` (default its start)."""
-    solver = get_solver(scenario.options, scenario.config.run.stepper, scenario.n_substeps, scenario.stages)
-    state = scenario.initial if state is None else state
-    hours = scenario.config.run.t_end_h if hours is None else hours
-    first = {k: float(v) for k, v in summaries(state, scenario.domain, scenario.options, scenario.params, t0).items()}
-    times, series = [t0], {k: [v] for k, v in first.items()}
-    for k in range(round(hours / scenario.interval)):
-        state = solver.advance(state, t0 + k * scenario.interval, scenario.dt, scenario.params, scenario.domain)
-        t = t0 + (k + 1) * scenario.interval
-        for name, value in summaries(state, scenario.domain, scenario.options, scenario.params, t).items():
-            series[name].append(float(value))
-        times.append(t0 + (k + 1) * scenario.interval)
-    return np.array(times), {k: np.array(v) for k, v in series.items()}, state
+def _scenario(path, overrides=()):
+    """The scenario of a config and overrides, JAX's 64-bit mode turned on first where it runs in float64."""
+    config = load_config(path, overrides)
+    enable_precision(config)
+    return build_scenario(config)
 
 
 def _save(fig, name):
@@ -54,9 +45,9 @@ def _save(fig, name):
 
 
 def rest():
-    sc = build_scenario(load_config(ROOT / "configs/knee2d.toml", ["injury.enabled=false"]))
+    sc = _scenario(ROOT / "configs/knee2d.toml", ["injury.enabled=false"])
     t, s, _ = run(sc)
-    fig = _new_figure((7.5, 3.2))
+    fig = new_figure((7.5, 3.2))
     ax = fig.subplots()
     for (name, label), colour in zip(FLUID, ("#b2182b", "#ef8a62", "#2166ac", "0.3")):
         ax.plot(t / 24, 100 * (s[name] / s[name][0] - 1), color=colour, lw=1.4, label=f"{label}: {s[name][0]:.4g}")
@@ -70,9 +61,9 @@ def rest():
 
 
 def injury():
-    sc = build_scenario(load_config(ROOT / "configs/knee2d.toml", ["run.t_end_h=240"]))
+    sc = _scenario(ROOT / "configs/knee2d.toml", ["run.t_end_h=240"])
     t, s, _ = run(sc)
-    fig = _new_figure((10.0, 3.2))
+    fig = new_figure((10.0, 3.2))
     axes = fig.subplots(1, 3)
     for ax, (name, label) in zip(axes, FLUID[:3]):
         ax.plot(t, s[name], color="black", lw=1.4, label="after the default injury")
@@ -104,11 +95,11 @@ def injury():
 
 def oa():
     days = 18.0 * 24
-    sc = build_scenario(load_config(ROOT / "configs/oa.toml"))
+    sc = _scenario(ROOT / "configs/oa.toml")
     t1, s1, state = run(sc)
     healed = state._replace(cartilage=sc.domain.cartilage * 1.0)
     t2, s2, _ = run(sc, healed, days, t0=days)
-    fig = _new_figure((10.0, 5.6))
+    fig = new_figure((10.0, 5.6))
     axes = fig.subplots(2, 2, sharex=True).ravel()
     for ax, (name, label) in zip(axes, FLUID):
         ax.plot(t1 / 24, s1[name], color=GROUP_COLOUR["OA"], lw=1.5, label="OA: healthy joint, damaged cartilage (0.6)")
@@ -132,17 +123,16 @@ def oa():
 
 
 def cartilage():
-    fig = _new_figure((7.5, 3.2))
+    fig = new_figure((7.5, 3.2))
     ax = fig.subplots()
     for h, style in ((0.5, "--"), (0.25, "-")):
-        sc = build_scenario(load_config(ROOT / "configs/knee2d.toml", [f"geometry.spacing_mm={h}", "injury.enabled=false",
+        sc = _scenario(ROOT / "configs/knee2d.toml", [f"geometry.spacing_mm={h}", "injury.enabled=false",
                                        "parameters.basal_il1=300", "run.t_end_h=168", "run.output_interval_h=12",
-                                       "run.precision='float64'"]))  # fmt: skip
-        solver = get_solver(sc.options, sc.config.run.stepper, sc.n_substeps, sc.stages)
+                                       "run.precision='float64'"])  # fmt: skip
         state, lost, times = sc.initial, [0.0], [0.0]
         area = float(np.prod(sc.geometry.grid.spacing))
         for k in range(sc.n_frames):
-            state = solver.advance(state, k * sc.interval, sc.dt, sc.params, sc.domain)
+            state = sc.solver.advance(state, k * sc.interval, sc.plan.dt, sc.params, sc.domain)
             lost.append(float(np.sum(np.asarray((sc.initial.cartilage - state.cartilage) * sc.domain.cartilage))) * area * 1e3)
             times.append((k + 1) * sc.interval)
         il1 = float(summaries(state, sc.domain, sc.options)["synovial_fluid_il1"])
@@ -157,9 +147,9 @@ def cartilage():
 
 def study():
     folder = Path("/tmp/synovia_study_ra")
-    subprocess.run([sys.executable, "-m", "solver._cli", "sweep", str(ROOT / "configs/sweep_ra.toml"), "-o", str(folder),
+    subprocess.run([sys.executable, "-m", "solver.cli", "sweep", str(ROOT / "configs/sweep_ra.toml"), "-o", str(folder),
                     "--jobs", "2", "-q", "--overwrite"], check=True)  # fmt: skip
-    subprocess.run([sys.executable, "-m", "solver._cli", "plot", str(folder), "-o", str(folder / "figs")], check=True)
+    subprocess.run([sys.executable, "-m", "solver.cli", "plot", str(folder), "-o", str(folder / "figs")], check=True)
     (OUT / "study_ra.png").write_bytes((folder / "figs" / "study.png").read_bytes())
     print(OUT / "study_ra.png")
 
@@ -168,7 +158,7 @@ def _sweep(config: str, folder: Path):
     """Run a shipped sweep (continuing it if the folder holds it) and return its summary.csv rows and runs."""
     import csv
 
-    subprocess.run([sys.executable, "-m", "solver._cli", "sweep", str(ROOT / "configs" / config), "-o", str(folder),
+    subprocess.run([sys.executable, "-m", "solver.cli", "sweep", str(ROOT / "configs" / config), "-o", str(folder),
                     "--jobs", "2", "-q"], check=True)  # fmt: skip
     return list(csv.DictReader((folder / "summary.csv").open())), sorted((folder / "runs").glob("point_*.h5"))
 
@@ -200,13 +190,13 @@ def therapies():
     data = {row["drug.name"]: _series(path) for row, path in zip(rows, runs)}
     start = 432.0
     # plasma and synovial-fluid drug of each drug against its published plasma levels
-    fig = _new_figure((11.0, 5.6))
+    fig = new_figure((11.0, 5.6))
     axes = fig.subplots(2, 2).ravel()
     for ax, name in zip(axes, ("etanercept", "adalimumab", "infliximab", "anakinra")):
         d = data[name]
         weeks = (d["time"] - start) / 168.0
         # the plasma level is a closed form: drawn every half hour, the fluid at the run's daily frames
-        sc = build_scenario(load_config(ROOT / "configs/ra.toml", [*THERAPY_SETS, f"drug.name={name}"]))
+        sc = _scenario(ROOT / "configs/ra.toml", [*THERAPY_SETS, f"drug.name={name}"])
         fine = np.arange(start, d["time"][-1], 0.5)
         plasma = [float(plasma_concentration(sc.params, sc.options.drug_route, sc.options.dose_times, t)) for t in fine]
         ax.plot((fine - start) / 168.0, plasma, color=THERAPY_COLOUR[name], lw=1.2, label="plasma")
@@ -225,7 +215,7 @@ def therapies():
     _save(fig, "therapy_levels.png")
 
     # the joint after 12 weeks of each
-    fig = _new_figure((11.0, 3.4))
+    fig = new_figure((11.0, 3.4))
     axes = fig.subplots(1, 4)
     names = list(data)
     panels = (
@@ -250,7 +240,7 @@ def therapies():
 def dose():
     rows, _ = _sweep("sweep_etanercept_dose.toml", Path("/tmp/synovia_study_dose"))
     doses = np.array([float(r["drug.dose_mg"]) for r in rows])
-    fig = _new_figure((7.5, 3.2))
+    fig = new_figure((7.5, 3.2))
     ax = fig.subplots()
     lines = (("final_fluid_il1", "fluid IL-1β (pg/mL)", "#ef8a62"), ("final_fluid_tnf", "fluid TNF (pg/mL)", "#b2182b"))
     for key, label, colour in lines:

@@ -1,0 +1,152 @@
+"""inference's ``synovia`` commands (``fit``, ``synth``) and its plotter for fit reports.
+
+The pyproject registers them in the entry-point groups ``synovia.commands`` and
+``synovia.plotters``, through which the command (solver.cli) finds them: ``solver`` never imports
+``inference``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import h5py
+
+from solver.cli import EXIT_INTERRUPTED, Command, error, info, missing_folder
+from solver.setup import ConfigError, enable_precision, load_config
+
+from ._config import load_fit_config
+from ._fit import REPORT_FORMAT, fit
+from ._observations import ObservationError, save_observations
+from ._plot import plot_fit
+from ._problem import FitError, Problem
+from ._synth import synthesize
+
+
+def _run_fit(args) -> int:
+    out = Path(args.output)
+    try:
+        fc = load_fit_config(args.config, args.set or [])
+        if out.exists() and not (args.overwrite or args.resume):
+            return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume to continue that fit")
+        if args.resume and not out.is_file():
+            return error(f"cannot resume: '{out}' does not exist")
+        if problem := missing_folder(out):
+            return error(problem)
+        kwargs = fc.fit_kwargs()
+        enable_precision(fc.scenario)
+        problem = Problem(
+            fc.scenario, fc.observations, {p.name: p for p in fc.parameters}, log_residuals=kwargs.pop("log_residuals")
+        )
+        if note := problem.start_note():
+            info(f"note: {note}")
+        problem_note = f"{problem.n} parameters, {fc.observations.count} observed values from '{fc.observations_path}'"
+        info(
+            f"{'resuming' if args.resume else 'fitting'} {problem_note}; {fc.fit.optimizer}, {fc.fit.starts} start(s), "
+            f"{problem.operator.n_frames} frames x {problem.plan.substeps} steps of {problem.plan.dt:.4g} h -> {out}"
+        )
+        result = fit(
+            problem=problem,
+            **kwargs,
+            progress=not args.quiet,
+            report=out,
+            resume=args.resume,
+            settings_toml=fc.toml,
+        )
+    except (ConfigError, ObservationError, FitError) as err:
+        return error(str(err))
+    except KeyboardInterrupt:
+        return error(
+            f"interrupted; the fit so far is in '{out}'; continue with: synovia fit {args.config} -o {out} --resume",
+            EXIT_INTERRUPTED,
+        )
+    toml_path = out.with_name(out.stem + "_fitted.toml")
+    toml_path.write_text(
+        f"# Fitted by `synovia fit {args.config}` ({result.status}, {result.iterations} iterations, loss {result.loss:.6g}); "
+        f"report: {out.name}\n" + result.fitted_config().to_toml()
+    )
+    figures = plot_fit(out, out.parent, stem=out.stem)
+    print(result.summary())
+    info(
+        f"{result.status} after {result.iterations} iterations in {result.wall_s:.1f} s, loss {result.loss:.6g}; "
+        f"wrote '{out}', '{toml_path}', " + ", ".join(f"'{f}'" for f in figures)
+    )
+    return 0
+
+
+def _run_synth(args) -> int:
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        return error(f"output file '{out}' exists; pass --overwrite to replace it")
+    if problem := missing_folder(out):
+        return error(problem)
+    try:
+        config = load_config(args.config, args.set or [])
+        enable_precision(config)
+        obs = synthesize(
+            config,
+            times=args.times,
+            species=args.species,
+            where=args.where,
+            map_times=args.maps or (),
+            map_species=args.map_species,
+            noise=args.noise,
+            seed=args.seed,
+        )
+        if out.suffix.lower() == ".csv" and obs.maps:
+            return error("maps need an HDF5 file: use -o NAME.h5, or leave out --maps")
+        save_observations(obs, out)
+    except (ConfigError, ObservationError) as err:
+        return error(str(err))
+    info(f"wrote {len(obs)} observations and {len(obs.maps)} map(s) ({obs.count} values, noise {args.noise:g}) to '{out}'")
+    return 0
+
+
+def _fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="fit config TOML (e.g. configs/fit_synthetic.toml)")
+    p.add_argument(
+        "-o", "--output", default="fit.h5", help="fit report (default fit.h5); also writes NAME.png and NAME_fitted.toml"
+    )
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a fit config value, e.g. fit.starts=4")
+    p.add_argument("--resume", action="store_true", help="continue the fit stored in the output file to fit.max_iterations")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config TOML whose parameters are the truth")
+    p.add_argument("-o", "--output", required=True, help="observation file (.h5, or .csv without maps)")
+    p.add_argument("--noise", type=float, default=0.0, help="relative standard deviation of the Gaussian noise (default 0)")
+    p.add_argument("--times", type=float, nargs="+", metavar="H", help="observation times, h (default: every output interval)")
+    p.add_argument(
+        "--species", nargs="+", default=["tnf", "il1", "leukocytes"], help="observed species (default: tnf il1 leukocytes)"
+    )
+    p.add_argument(
+        "--where",
+        nargs="+",
+        default=["fluid"],
+        metavar="KIND[:WHERE]",
+        help="fluid, tissue:NAME, point:'Z Y X', box:'Z0:Z1 Y0:Y1 X0:X1' in mm (default: fluid)",
+    )
+    p.add_argument("--maps", type=float, nargs="+", metavar="H", help="also whole-field maps at these times (HDF5 only)")
+    p.add_argument("--map-species", default="leukocytes", help="species of the maps (default: leukocytes)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a run config value")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+FIT = Command("fit", "fit model parameters to observations (optax through the solver)", _fit_arguments, _run_fit)
+SYNTH = Command(
+    "synth", "synthetic observations of a scenario, with noise (to check a fit recovers the truth)", _synth_arguments, _run_synth
+)
+
+
+def plot_fit_report(path: Path, out_dir, dpi: int = 120) -> list[Path] | None:
+    """The figures of a fit report (None if ``path`` is not one)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != REPORT_FORMAT:
+                return None
+    except OSError:
+        return None
+    return plot_fit(path, out_dir, dpi=dpi)

@@ -1,0 +1,349 @@
+"""The ``synovia`` command: ``run`` a scenario, ``sweep`` it over parameter values, ``info`` on a run
+file or study, ``plot`` their figures; other packages add commands (inference: ``synth`` synthetic
+observations and ``fit`` parameters to observations).
+
+The command sits at the top of the stack and composes everything below it; ``solver`` never imports
+``inference``. Another package adds a command through the entry-point group ``synovia.commands``
+(a :class:`Command`) and a plotter for its own files through ``synovia.plotters`` (a function
+``(path, out_dir, dpi=) -> list of written paths``, or None for a file that is not its kind);
+the pyproject registers inference's.
+
+Exit codes: 0 done; 1 a sweep point failed with an unexpected error or is busy in another
+process (run again); 2 bad input (config, arguments, refusing to overwrite); 3 the solution
+diverged (frames so far are kept); 130 interrupted (frames so far are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .io import RunFile, describe
+from .physics import summaries
+from .plot import plot_run, plot_study
+from .setup import ConfigError, build_scenario, config_from_toml, enable_precision, load_config
+from .study import Diverged, is_study, load_sweep, open_run, prepare_folder, read_study, run, run_study, write_summary
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+COMMANDS, PLOTTERS = "synovia.commands", "synovia.plotters"
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand another package adds (entry-point group ``synovia.commands``)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _plugins(group: str) -> dict:
+    """The objects registered under an entry-point group, by name."""
+    return {ep.name: ep.load() for ep in sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)}
+
+
+def error(message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``synovia: error: message`` and return the exit code."""
+    print(f"synovia: error: {message}", file=sys.stderr)
+    return code
+
+
+def info(message: str) -> None:
+    """Print ``synovia: message`` (progress and notes go to stderr)."""
+    print(f"synovia: {message}", file=sys.stderr)
+
+
+def missing_folder(out: Path) -> str | None:
+    """Why ``out`` cannot be created, checked before any work is done (None if it can)."""
+    folder = out.parent
+    if not folder.is_dir():
+        return f"cannot write '{out}': folder '{folder}' does not exist (create it first)"
+    return None
+
+
+def _no_file(path: Path) -> str:
+    if path.is_dir():
+        return f"'{path}' is a folder but not a study folder (it has no study.toml; make one with synovia sweep)"
+    return f"'{path}' does not exist"
+
+
+def _cmd_run(args) -> int:
+    try:
+        if args.resume:
+            if args.config or args.set:
+                return error("--resume continues a file with the config stored in it: give no CONFIG and no --set")
+            path = Path(args.resume)
+            if not path.is_file():
+                return error(f"cannot resume: '{path}' does not exist")
+            with RunFile.open(path) as f:
+                config = config_from_toml(f.attrs["config_toml"], base_dir=f.attrs.get("config_dir", "."))
+            enable_precision(config)
+            scenario = build_scenario(config)
+            writer, start_frame, state = open_run(scenario, path, resume=True)
+            out = path
+        else:
+            config = load_config(args.config, args.set or [])
+            enable_precision(config)
+            scenario = build_scenario(config)
+            out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+            if out.exists() and not args.overwrite:
+                return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
+            if problem := missing_folder(out):
+                return error(problem)
+            if scenario.config.initial["start"] == "rest":
+                _report_rest(scenario)
+            config_dir = Path(args.config).resolve().parent if args.config else Path.cwd()
+            writer, start_frame, state = open_run(scenario, out, config_dir=config_dir, overwrite=args.overwrite)
+    except ConfigError as err:
+        return error(str(err))
+    except (FileExistsError, OSError, ValueError) as err:
+        return error(str(err))
+    except KeyboardInterrupt:
+        return error("interrupted before the run started; nothing was written", EXIT_INTERRUPTED)
+
+    grid = scenario.geometry.grid
+    if start_frame >= scenario.n_frames:
+        writer.close()
+        info(f"'{out}' already holds every frame to t = {scenario.n_frames * scenario.interval:g} h; nothing to do")
+        return 0
+    info(
+        f"{'resuming' if args.resume else 'running'} {grid.ndim}D grid {'x'.join(map(str, grid.shape))} "
+        f"({grid.size} cells, {grid.spacing[0]:g} mm), {scenario.config.run.precision}, "
+        f"dt = {scenario.plan.dt:.4g} h x {scenario.plan.substeps} steps per {scenario.interval:g} h frame, "
+        f"to t = {scenario.n_frames * scenario.interval:g} h -> {out}"
+    )
+    try:
+        with writer:
+            result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet)
+    except Diverged as err:
+        hint = (
+            " or run.stepper = 'ssp_rk3' (RKL2 super-steps can undershoot at sharp features)" if scenario.plan.rkl2_stages else ""
+        )
+        return error(f"{err}; frames up to that time are in '{out}'; try a smaller run.safety or run.dt_h{hint}", EXIT_DIVERGED)
+    except KeyboardInterrupt:
+        return error(f"interrupted; finished frames are in '{out}'; continue with: synovia run --resume {out}", EXIT_INTERRUPTED)
+    info(
+        f"done: {result.steps} steps in {result.wall_s:.1f} s "
+        f"({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'"
+    )
+    return 0
+
+
+def _report_rest(scenario) -> None:
+    """Find the scenario's resting state (the run's start), saying what it is and how long it took."""
+    info("finding the resting joint (no injury, no drug): relaxing to a steady state ...")
+    rest = scenario.rest
+    fluid = {k: float(v) for k, v in summaries(rest.state, scenario.domain, scenario.options, scenario.params).items()}
+    settled = "steady" if rest.converged else f"NOT settled (still changing {rest.change:.1e} per day)"
+    info(
+        f"resting joint {settled} after {rest.time_h:g} h simulated ({rest.wall_s:.1f} s): synovial fluid TNF "
+        f"{fluid['synovial_fluid_tnf']:.3g} pg/mL, IL-1 {fluid['synovial_fluid_il1']:.3g} pg/mL, white cells "
+        f"{fluid['synovial_fluid_leukocytes']:.4g} /uL"
+    )
+
+
+def _cmd_sweep(args) -> int:
+    out = Path(args.output)
+    try:
+        sweep = load_sweep(args.config, args.set or [])
+        chosen = sorted(set(args.point)) if args.point else None
+        if chosen and (bad := [k for k in chosen if not 0 <= k < len(sweep)]):
+            return error(f"--point {bad[0]}: this sweep has points 0..{len(sweep) - 1}")
+        if args.jobs < 1:
+            return error(f"--jobs {args.jobs}: must be at least 1")
+        prepare_folder(sweep, out, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
+        return error(str(err))
+    count = len(chosen) if chosen else len(sweep)
+    info(
+        f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points"
+        + (f", running {count} of them" if chosen else "")
+        + (f" in {args.jobs} processes" if args.jobs > 1 and count > 1 else "")
+        + f" -> {out}/"
+    )
+    bar = tqdm(total=count, unit="point", disable=args.quiet, desc="synovia sweep", dynamic_ncols=True)
+    failed: dict[str, list[int]] = {"refused": [], "failed": [], "diverged": [], "busy": []}
+
+    def on_result(result) -> None:
+        values = ", ".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                           for k, v in zip(sweep.keys, sweep.values[result.index]))  # fmt: skip
+        if result.status in failed:
+            failed[result.status].append(result.index)
+            bar.write(f"synovia: point {result.index} ({values}) {result.status}: {result.message}", file=sys.stderr)
+        bar.set_postfix_str(f"point {result.index} {result.status} ({values})", refresh=False)
+        bar.update()
+
+    # A job manager's SIGTERM (kill, timeout, a cluster's time limit) stops the workers like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with bar:
+            run_study(sweep, out, points=chosen, jobs=args.jobs, on_result=on_result)
+    except KeyboardInterrupt:
+        _summary_or_none(out)
+        return error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
+        return error(str(err))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    table = _summary_or_none(out)
+    if table is not None:
+        print(table.text(), end="")
+        info(
+            f"{int(table.complete.sum())} of {len(sweep)} points complete; wrote '{out / 'summary.csv'}'; "
+            f"plot with: synovia plot {out} -o FIGS"
+        )
+    points = {k: ", ".join(map(str, v)) for k, v in failed.items()}
+    if failed["refused"]:
+        return error(f"the config of point(s) {points['refused']} was refused (messages above)")
+    if failed["failed"]:
+        return error(f"point(s) {points['failed']} failed (messages above); run the same command again to retry", 1)
+    if failed["diverged"]:
+        return error(f"point(s) {points['diverged']} diverged (messages in {out / 'runs'}/point_*.diverged)", EXIT_DIVERGED)
+    if failed["busy"]:
+        return error(f"point(s) {points['busy']} are being run by another process; run this command again when it is done", 1)
+    return 0
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _summary_or_none(out: Path):
+    """Write the study's summary.csv; on a file-system error, say so and go on (None)."""
+    try:
+        return write_summary(out)
+    except (OSError, ValueError) as err:
+        info(f"could not write '{out / 'summary.csv'}': {err}")
+        return None
+
+
+def _cmd_info(args) -> int:
+    path = Path(args.file)
+    if is_study(path):
+        try:
+            print(read_study(path).text(), end="")
+        except (OSError, ValueError) as err:
+            return error(str(err))
+        return 0
+    if not path.is_file():
+        return error(_no_file(path))
+    try:
+        print(describe(path))
+    except OSError as err:
+        return error(f"cannot read '{path}': {err}")
+    return 0
+
+
+def _slice_point(text: str) -> tuple[float, float, float]:
+    """``Z,Y,X`` in mm, for ``plot --slice``."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X in mm (three numbers), got {text!r}")
+    return values
+
+
+def _cmd_plot(args) -> int:
+    path = Path(args.file)
+    if is_study(path):
+        if given := [o for o, v in (("--times", args.times), ("--slice", args.slice), ("--movie", args.movie)) if v]:
+            return error(f"{given[0]} applies to a run file; plot one point with: synovia plot {path}/runs/point_000.h5 -o DIR")
+        try:
+            written = plot_study(path, args.output, dpi=args.dpi, log=args.log)
+        except (OSError, ValueError) as err:
+            return error(str(err))
+        for out in written:
+            print(out)
+        return 0
+    if not path.is_file():
+        return error(_no_file(path))
+    for plotter in _plugins(PLOTTERS).values():  # other packages' files (inference: fit reports)
+        try:
+            written = plotter(path, args.output, dpi=args.dpi)
+        except (OSError, ValueError) as err:
+            return error(str(err))
+        if written is not None:
+            for out in written:
+                print(out)
+            return 0
+    try:
+        written = plot_run(
+            path,
+            args.output,
+            times=args.times,
+            log=args.log,
+            slice_point_mm=args.slice,
+            movie=args.movie,
+            movie_species=args.species,
+            dpi=args.dpi,
+        )
+    except (OSError, ValueError) as err:
+        return error(str(err))
+    for out in written:
+        print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synovia", description="Simulate inflammation in a synovial joint (JAX PDE solver).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a scenario and write an HDF5 file")
+    p.add_argument("config", nargs="?", help="TOML scenario (e.g. configs/knee2d.toml); omitted: all defaults (2D knee)")
+    p.add_argument("-o", "--output", help="output HDF5 file (default: CONFIG's name with .h5)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--resume", metavar="FILE", help="continue an interrupted run file to its end")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("sweep", help="run a scenario at every combination of chosen config values (a study folder)")
+    p.add_argument("config", help="sweep config TOML (e.g. configs/sweep_knee2d.toml)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="study folder (created; run again to continue it)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key of the base scenario (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="run points in N worker processes (default 1)")
+    p.add_argument(
+        "--point", type=int, nargs="+", metavar="K", help="run only these points (0-based), e.g. one per cluster array task"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a different sweep's runs in the output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("info", help="print what a run file or a study folder holds")
+    p.add_argument("file", help="run file (.h5) or study folder")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("plot", help="draw the figures of a run file, a fit report or a study folder")
+    p.add_argument("file", help="run file (.h5), fit report (.h5) or study folder (from synovia sweep)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the figures (created if needed)")
+    p.add_argument(
+        "--times", type=float, nargs="+", metavar="H", help="times to map, h (nearest frame; default: 4 spread over the run)"
+    )
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--log", dest="log", action="store_const", const=True, help="log colour scale (default: automatic)")
+    scale.add_argument("--linear", dest="log", action="store_const", const=False, help="linear colour scale")
+    p.add_argument("--slice", type=_slice_point, metavar="Z,Y,X", help="3D: point (mm) the slices pass through (default: centre)")
+    p.add_argument("--movie", action="store_true", help="also animate one species over all frames (MP4 with ffmpeg, else GIF)")
+    p.add_argument("--species", default="tnf", help="species of the movie (default: tnf)")
+    p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default: 120)")
+    p.set_defaults(func=_cmd_plot, log=None)
+    for command in _plugins(COMMANDS).values():  # other packages' commands (inference: fit, synth)
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

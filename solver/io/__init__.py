@@ -1,0 +1,11 @@
+"""Run files: the HDF5 layout (one file per run, appended frame by frame, readable while written and
+after a crash), its XDMF sidecar for ParaView, resuming a file, and ``synovia info``'s description.
+The layout is documented in ``_runfile``'s docstring and docs/hdf5.md.
+"""
+
+from ._runfile import LAYOUT_VERSION as LAYOUT_VERSION
+from ._runfile import RunFile as RunFile
+from ._runfile import RunWriter as RunWriter
+from ._runfile import describe as describe
+from ._runfile import resume_writer as resume_writer
+from ._runfile import write_xdmf as write_xdmf

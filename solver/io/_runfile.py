@@ -1,0 +1,780 @@
+"""HDF5 run files: one file per run, appended frame by frame, readable while written.
+
+Layout (``layout_version = 1``)
+-------------------------------
+All arrays are stored slowest axis first: spatial shape ``(ny, nx)`` in 2D and
+``(nz, ny, nx)`` in 3D; lengths in mm, times in hours.
+
+``/time``
+    ``(frames,)`` float64, hours, ``maxshape=(None,)``. ``len(/time)`` is the number of
+    *committed* frames: it is written last in every frame, so a reader that trusts it
+    never sees a half-written frame.
+``/fields/<species>``
+    ``(frames, *spatial)`` in the run's precision (float32 or float64),
+    ``maxshape=(None, *spatial)``, one frame per chunk (frames over 4 MiB are split
+    along the slowest spatial axis), gzip level 4 with shuffle. Attribute ``units``.
+    May hold one frame more than ``/time`` after a crash: ignore it.
+``/summary/<name>``
+    ``(frames,)`` float64, ``maxshape=(None,)``, one scalar diagnostic per frame.
+    Attribute ``units``. The group's attribute ``names`` lists the names in run order.
+``/geometry/labels``
+    ``(*spatial)`` uint8 tissue code per cell. Attributes ``tissue_names`` (name of
+    code ``i`` at index ``i``) and ``tissue_codes`` (``0 .. len-1``).
+``/grid``
+    Attributes ``shape``, ``spacing`` (mm), ``origin`` (mm, lower corner of the first
+    cell), ``axes`` (``["y", "x"]`` or ``["z", "y", "x"]``); datasets ``/grid/z``,
+    ``/grid/y``, ``/grid/x``: 1D cell-centre coordinates, mm (2D has only y and x).
+Root attributes
+    Everything the caller passes as ``attrs`` (for example ``config_toml``,
+    ``version``, ``precision``, ``units``: a JSON object mapping species and summary
+    names to unit strings), plus ``layout_version = 1`` and ``species`` (list, in
+    run order).
+
+Compatibility and crash safety
+------------------------------
+Files use ``libver=("v110", "v110")``: the oldest format that allows SWMR, and one that
+HDF5 1.10 tools (h5ls, h5dump) and VTK/ParaView read. The writer creates every group,
+dataset and attribute first, then switches to SWMR mode; each frame is written as
+fields, summary, flush, ``/time``, flush. Readers open with ``swmr=True``, which works
+while the run is writing and also after the writer was killed (``kill -9``), when a
+normal open fails until the file is repaired. :func:`resume_writer` does that repair
+without external tools.
+
+An XDMF sidecar (same stem, ``.xdmf``) next to the file lets ParaView open the run as a
+time series (cell data; a 2D run appears as a sheet one cell thick); the writer rewrites
+it atomically after every frame, listing the committed frames only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from fields import TISSUE_NAMES, Grid
+
+__all__ = ["RunFile", "RunWriter", "describe", "resume_writer", "write_xdmf"]
+
+LAYOUT_VERSION = 1
+
+# Oldest format with SWMR; "latest" files were unreadable by HDF5 1.10 tools and VTK.
+_LIBVER = ("v110", "v110")
+# HDF5 reads a chunk whole; bigger chunks make single-frame reads of large 3D runs slow.
+_MAX_CHUNK_BYTES = 4 * 2**20
+# Growth step of the 1D per-frame datasets; small because frames arrive one at a time.
+_SERIES_CHUNK = 256
+_GZIP_LEVEL = 4
+# Root attributes written by the layer itself; the caller may not set them.
+_RESERVED_ATTRS = ("layout_version", "species")
+
+AttrValue = str | int | float
+
+
+def _axis_names(ndim: int) -> tuple[str, ...]:
+    return ("z", "y", "x")[3 - ndim :]
+
+
+def _sidecar_path(h5_path: Path) -> Path:
+    return h5_path.with_suffix(".xdmf")
+
+
+def _frame_chunks(spatial: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk shape for a ``(frames, *spatial)`` dataset: one frame, split if large."""
+    frame_bytes = itemsize * math.prod(spatial)
+    if frame_bytes <= _MAX_CHUNK_BYTES:
+        return (1, *spatial)
+    slice_bytes = itemsize * math.prod(spatial[1:])
+    rows = max(1, _MAX_CHUNK_BYTES // slice_bytes)
+    return (1, min(rows, spatial[0]), *spatial[1:])
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute value as plain Python (str, int, float, bool or list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return value
+
+
+def _parse_units(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """The ``units`` root attribute (JSON object name -> unit), or {} when absent."""
+    raw = attrs.get("units")
+    if raw is None:
+        return {}
+    try:
+        units = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"attrs['units'] must be a JSON object string, got {raw!r}") from err
+    if not isinstance(units, dict):
+        raise ValueError(f"attrs['units'] must be a JSON object, got {raw!r}")
+    return {str(k): str(v) for k, v in units.items()}
+
+
+def _check_names(kind: str, names: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(str(n) for n in names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{kind} names must be unique, got {names}")
+    for name in names:
+        # '/' would create nested groups and '.' breaks nothing in HDF5 but does in XDMF paths.
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid {kind} name {name!r}")
+    return names
+
+
+def _check_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key in _RESERVED_ATTRS:
+            raise ValueError(f"attribute {key!r} is written by the output layer itself")
+        value = _plain(value)
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(f"attribute {key!r} must be str, int or float, got {type(value).__name__}")
+        checked[str(key)] = value
+    return checked
+
+
+class RunWriter:
+    """Appends frames to an HDF5 run file, SWMR, flushed per frame.
+
+    Args:
+        path: the ``.h5`` file to create. The XDMF sidecar goes next to it.
+        grid: the simulation grid (shape slowest axis first, mm).
+        labels: tissue code per cell, shape ``grid.shape``, values in
+            ``0 .. len(TISSUE_NAMES) - 1``.
+        species: names of the fields stored per frame, in run order.
+        summary_names: names of the scalar diagnostics stored per frame.
+        dtype: storage precision of the fields (float32 or float64).
+        attrs: root attributes (str, int or float). ``units``, if present, is a JSON
+            object mapping species/summary names to unit strings.
+        overwrite: replace an existing file (and its sidecar) instead of refusing.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+
+    Use as a context manager, or call :meth:`close`. Only one writer may have a file
+    open; any number of :class:`RunFile` readers may read it meanwhile.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        grid: Grid,
+        labels: np.ndarray,
+        species: Sequence[str],
+        summary_names: Sequence[str],
+        dtype: npt.DTypeLike,
+        attrs: Mapping[str, AttrValue],
+        overwrite: bool = False,
+    ) -> None:
+        path = Path(path)
+        species = _check_names("species", species)
+        summary_names = _check_names("summary", summary_names)
+        if not species:
+            raise ValueError("a run needs at least one species")
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"field dtype must be floating point, got {dtype}")
+        labels = np.asarray(labels)
+        if labels.shape != grid.shape:
+            raise ValueError(f"labels have shape {labels.shape}, grid has {grid.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(TISSUE_NAMES)):
+            raise ValueError(f"labels must be tissue codes 0..{len(TISSUE_NAMES) - 1}")
+        attrs = _check_attrs(attrs)
+        units = _parse_units(attrs)
+
+        existed = path.exists()
+        if existed and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it (or resume the run)")
+        # "x" still guards against a file appearing between the check and the create.
+        f = h5py.File(path, "w" if overwrite else "x", libver=_LIBVER)
+        try:
+            _create_layout(f, grid, labels.astype(np.uint8), species, summary_names, dtype, attrs, units)
+            # After this no object or attribute may be added: SWMR forbids it.
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            path.unlink(missing_ok=True)
+            raise
+        if existed:
+            # The old sidecar would describe frames this file does not have.
+            _sidecar_path(path).unlink(missing_ok=True)
+        self._init_open(f, path, grid, species, summary_names, dtype, times=[])
+
+    def _init_open(
+        self,
+        f: h5py.File,
+        path: Path,
+        grid: Grid,
+        species: tuple[str, ...],
+        summary_names: tuple[str, ...],
+        dtype: np.dtype,
+        times: list[float],
+    ) -> None:
+        self._f: h5py.File | None = f
+        self._path = path
+        self._grid = grid
+        self._species = species
+        self._summary_names = summary_names
+        self._dtype = dtype
+        self._times = times
+        self._write_sidecar = True
+
+    @classmethod
+    def _reopen(cls, path: Path) -> RunWriter:
+        """Append to a cleanly closed, consistent run file (committed frames only)."""
+        f = h5py.File(path, "r+", libver=_LIBVER)
+        try:
+            grid = _read_grid(f)
+            species = tuple(_plain(f.attrs["species"]))
+            summary_names = tuple(_plain(f["summary"].attrs["names"]))
+            dtype = f["fields"][species[0]].dtype
+            times = [float(t) for t in f["time"][:]]
+            # A writer that failed mid-frame and then closed leaves the extra frame behind.
+            n = len(times)
+            for name in species:
+                f["fields"][name].resize(n, axis=0)
+            for name in summary_names:
+                f["summary"][name].resize(n, axis=0)
+            f.flush()
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            raise
+        writer = cls.__new__(cls)
+        writer._init_open(f, path, grid, species, summary_names, dtype, times)
+        writer._update_sidecar()
+        return writer
+
+    @property
+    def path(self) -> Path:
+        """The ``.h5`` file being written."""
+        return self._path
+
+    @property
+    def xdmf_path(self) -> Path:
+        """The XDMF sidecar (same stem, ``.xdmf``)."""
+        return _sidecar_path(self._path)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of committed frames."""
+        return len(self._times)
+
+    def append(
+        self,
+        time_h: float,
+        fields: Mapping[str, npt.ArrayLike],
+        summary: Mapping[str, float],
+    ) -> None:
+        """Write one frame and commit it.
+
+        Args:
+            time_h: simulated time of the frame, hours; must exceed the previous frame's.
+            fields: one array of shape ``grid.shape`` per species (converted to the
+                file's dtype; JAX arrays are fine).
+            summary: one scalar per summary name.
+
+        The frame is committed (visible to readers, kept after a crash) when this returns.
+        """
+        if self._f is None:
+            raise ValueError(f"{self._path} is closed")
+        time_h = float(time_h)
+        if not math.isfinite(time_h):
+            raise ValueError(f"frame time must be finite, got {time_h}")
+        if self._times and time_h <= self._times[-1]:
+            raise ValueError(f"frame time {time_h} h is not after the last frame's {self._times[-1]} h")
+        if set(fields) != set(self._species):
+            raise ValueError(f"fields must be exactly {list(self._species)}, got {sorted(fields)}")
+        if set(summary) != set(self._summary_names):
+            raise ValueError(f"summary must be exactly {list(self._summary_names)}, got {sorted(summary)}")
+        # Convert everything before touching the file so a bad input cannot leave a partial frame.
+        arrays = {}
+        for name in self._species:
+            arr = np.asarray(fields[name]).astype(self._dtype, copy=False)
+            if arr.shape != self._grid.shape:
+                raise ValueError(f"field {name!r} has shape {arr.shape}, grid has {self._grid.shape}")
+            arrays[name] = arr
+        scalars = {name: float(summary[name]) for name in self._summary_names}
+
+        n = len(self._times)
+        f = self._f
+        for name, arr in arrays.items():
+            ds = f["fields"][name]
+            ds.resize(n + 1, axis=0)
+            ds[n] = arr
+        for name, value in scalars.items():
+            ds = f["summary"][name]
+            ds.resize(n + 1, axis=0)
+            ds[n] = value
+        f.flush()
+        # /time last: its length is what readers take as the committed frame count.
+        ds = f["time"]
+        ds.resize(n + 1, axis=0)
+        ds[n] = time_h
+        f.flush()
+        self._times.append(time_h)
+        self._update_sidecar()
+
+    def _update_sidecar(self) -> None:
+        if self._write_sidecar and self._times:
+            write_xdmf(
+                self._path,
+                grid=self._grid,
+                species=self._species,
+                times=self._times,
+                dtype=self._dtype,
+            )
+
+    def close(self) -> None:
+        """Close the file; further appends raise. Safe to call twice."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _create_layout(
+    f: h5py.File,
+    grid: Grid,
+    labels: np.ndarray,
+    species: tuple[str, ...],
+    summary_names: tuple[str, ...],
+    dtype: np.dtype,
+    attrs: dict[str, Any],
+    units: dict[str, str],
+) -> None:
+    """Create every group, dataset and attribute of an empty run file (see module doc)."""
+    for key, value in attrs.items():
+        f.attrs[key] = value
+    f.attrs["layout_version"] = LAYOUT_VERSION
+    f.attrs["species"] = list(species)
+
+    t = f.create_dataset("time", shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,), dtype="f8")
+    t.attrs["units"] = "h"
+
+    spatial = grid.shape
+    chunks = _frame_chunks(spatial, dtype.itemsize)
+    g = f.create_group("fields")
+    for name in species:
+        ds = g.create_dataset(
+            name,
+            shape=(0, *spatial),
+            maxshape=(None, *spatial),
+            chunks=chunks,
+            dtype=dtype,
+            compression="gzip",
+            compression_opts=_GZIP_LEVEL,
+            shuffle=True,
+        )
+        ds.attrs["units"] = units.get(name, "")
+
+    g = f.create_group("summary")
+    g.attrs["names"] = list(summary_names)
+    for name in summary_names:
+        ds = g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,), dtype="f8")
+        ds.attrs["units"] = units.get(name, "")
+
+    g = f.create_group("geometry")
+    ds = g.create_dataset(
+        "labels",
+        data=labels,
+        chunks=_frame_chunks(spatial, 1)[1:],
+        compression="gzip",
+        compression_opts=_GZIP_LEVEL,
+        shuffle=True,
+    )
+    ds.attrs["tissue_names"] = list(TISSUE_NAMES)
+    ds.attrs["tissue_codes"] = np.arange(len(TISSUE_NAMES), dtype=np.uint8)
+
+    g = f.create_group("grid")
+    g.attrs["shape"] = np.asarray(grid.shape, dtype=np.int64)
+    g.attrs["spacing"] = np.asarray(grid.spacing, dtype=np.float64)
+    g.attrs["origin"] = np.asarray(grid.origin, dtype=np.float64)
+    g.attrs["axes"] = list(_axis_names(grid.ndim))
+    g.attrs["units"] = "mm"
+    for axis, axis_name in enumerate(_axis_names(grid.ndim)):
+        ds = g.create_dataset(axis_name, data=grid.axis_centres(axis).astype(np.float64))
+        ds.attrs["units"] = "mm"
+
+
+def _read_grid(f: h5py.File) -> Grid:
+    g = f["grid"]
+    return Grid(
+        shape=tuple(int(n) for n in g.attrs["shape"]),
+        spacing=tuple(float(h) for h in g.attrs["spacing"]),
+        origin=tuple(float(o) for o in g.attrs["origin"]),
+    )
+
+
+class RunFile:
+    """Read side of a run file; works while the run is writing and after a crash.
+
+    Open with :meth:`RunFile.open`. Static content (grid, labels, species, attrs) is read
+    once; :attr:`time`, :attr:`summary` and :meth:`field` re-read the file on every
+    call, so a reader kept open follows a live run. Only committed frames
+    (``len(/time)``) are ever returned.
+    """
+
+    def __init__(self, f: h5py.File, path: Path) -> None:
+        self._f: h5py.File | None = f
+        self.path = path
+        self.grid: Grid = _read_grid(f)
+        self.species: list[str] = list(_plain(f.attrs["species"]))
+        self.summary_names: list[str] = list(_plain(f["summary"].attrs["names"]))
+        self.layout_version: int = int(f.attrs["layout_version"])
+        #: Root attributes as given to the writer (without ``layout_version``/``species``).
+        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in f.attrs.items() if k not in _RESERVED_ATTRS}
+        self.labels: np.ndarray = f["geometry"]["labels"][()]
+        self.tissue_names: list[str] = list(_plain(f["geometry"]["labels"].attrs["tissue_names"]))
+        self.dtype: np.dtype = f["fields"][self.species[0]].dtype
+        #: Unit of each species and summary name ("" where unknown), plus "time": "h".
+        self.units: dict[str, str] = {"time": "h"}
+        for group in ("fields", "summary"):
+            for name, ds in f[group].items():
+                self.units[name] = str(_plain(ds.attrs.get("units", "")))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RunFile:
+        """Open a run file read-only (SWMR read: safe during a run and after ``kill -9``)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        return cls(h5py.File(path, "r", swmr=True), path)
+
+    def _file(self) -> h5py.File:
+        if self._f is None:
+            raise ValueError(f"{self.path} is closed")
+        return self._f
+
+    @property
+    def config_toml(self) -> str:
+        """The run's configuration as TOML text ("" if the writer gave none)."""
+        return str(self.attrs.get("config_toml", ""))
+
+    @property
+    def time(self) -> np.ndarray:
+        """Times of the committed frames, hours, shape ``(n_frames,)``."""
+        ds = self._file()["time"]
+        ds.refresh()
+        return ds[()]
+
+    @property
+    def n_frames(self) -> int:
+        """Number of committed frames."""
+        ds = self._file()["time"]
+        ds.refresh()
+        return int(ds.shape[0])
+
+    @property
+    def summary(self) -> dict[str, np.ndarray]:
+        """Each summary series over the committed frames, shape ``(n_frames,)``."""
+        n = self.n_frames
+        out = {}
+        for name in self.summary_names:
+            ds = self._file()["summary"][name]
+            ds.refresh()
+            out[name] = ds[:n]
+        return out
+
+    def field(self, species: str, frame: int) -> np.ndarray:
+        """One species at one committed frame (negative counts from the end), shape ``grid.shape``."""
+        if species not in self.species:
+            raise KeyError(f"no species {species!r} in {self.path}; it has {self.species}")
+        n = self.n_frames
+        index = frame + n if frame < 0 else frame
+        if not 0 <= index < n:
+            raise IndexError(f"frame {frame} out of range: {self.path} has {n} committed frames")
+        ds = self._file()["fields"][species]
+        ds.refresh()
+        return ds[index]
+
+    def fields(self, frame: int) -> dict[str, np.ndarray]:
+        """Every species at one committed frame, ``{species: array of grid.shape}``."""
+        return {name: self.field(name, frame) for name in self.species}
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> RunFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def resume_writer(path: str | os.PathLike[str]) -> tuple[RunWriter, float, dict[str, np.ndarray]]:
+    """Reopen a run file, possibly left by ``kill -9``, to append more frames.
+
+    A cleanly closed file is reopened in place. A file whose writer died cannot be
+    opened for writing (HDF5 marks it as still open), so its committed frames are read
+    with SWMR read, copied into a fresh file next to it, and that file replaces the
+    original (attrs, grid and labels are kept; a half-written frame is dropped).
+
+    Do not call this on a run that is still being written.
+
+    Returns:
+        The writer (appending after the last committed frame), the time of that frame
+        in hours, and its fields ``{species: array of grid.shape}``.
+
+    Raises:
+        ValueError: the file has no committed frame to resume from.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        writer = RunWriter._reopen(path)
+    except OSError:
+        # HDF5 refuses a file whose writer never closed it; rebuild it from what is committed.
+        writer = _rebuild(path)
+    if writer.n_frames == 0:
+        writer.close()
+        raise ValueError(f"{path} has no committed frame to resume from")
+    with RunFile.open(path) as run:
+        last = run.fields(-1)
+    return writer, writer._times[-1], last
+
+
+def _rebuild(path: Path) -> RunWriter:
+    """Copy the committed frames of ``path`` into a fresh file, replace it, reopen it."""
+    tmp = path.with_name(f".{path.name}.resume.tmp")
+    with RunFile.open(path) as old:
+        times = old.time
+        summary = old.summary
+        fresh = RunWriter(
+            tmp,
+            grid=old.grid,
+            labels=old.labels,
+            species=old.species,
+            summary_names=old.summary_names,
+            dtype=old.dtype,
+            attrs=old.attrs,
+            overwrite=True,
+        )
+        fresh._write_sidecar = False
+        try:
+            for k, t in enumerate(times):
+                fresh.append(
+                    float(t),
+                    old.fields(k),
+                    {name: values[k] for name, values in summary.items()},
+                )
+        except BaseException:
+            fresh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fresh.close()
+    os.replace(tmp, path)
+    return RunWriter._reopen(path)
+
+
+def _number_type(dtype: np.dtype) -> tuple[str, str]:
+    """XDMF ``NumberType`` and ``Precision`` (bytes) of a numpy dtype."""
+    kinds = {"f": "Float", "i": "Int", "u": "UInt"}
+    if dtype == np.uint8:
+        return "UChar", "1"
+    return kinds[dtype.kind], str(dtype.itemsize)
+
+
+def write_xdmf(
+    h5_path: str | os.PathLike[str],
+    *,
+    grid: Grid | None = None,
+    species: Sequence[str] | None = None,
+    times: Sequence[float] | None = None,
+    dtype: npt.DTypeLike | None = None,
+) -> Path:
+    """Write the XDMF sidecar of a run file (same stem, ``.xdmf``) so ParaView can open it.
+
+    A temporal collection with one uniform grid per frame: a 3DCoRectMesh whose cells
+    are the simulation cells (origin and spacing in mm, slowest axis first; a 2D grid is
+    shown as a sheet one cell thick in z), each species as a cell attribute read through
+    a HyperSlab of ``/fields/<species>``, and the tissue labels as a cell attribute. Any
+    argument left out is read from the file (``times``: its committed frames).
+
+    The file is written under a temporary name and then renamed, so readers never see
+    a partial sidecar.
+
+    Returns:
+        The path of the sidecar.
+    """
+    h5_path = Path(h5_path)
+    if grid is None or species is None or times is None or dtype is None:
+        with RunFile.open(h5_path) as run:
+            grid = run.grid if grid is None else grid
+            species = run.species if species is None else species
+            times = run.time.tolist() if times is None else times
+            dtype = run.dtype if dtype is None else dtype
+    dtype = np.dtype(dtype)
+    text = _xdmf_text(h5_path.name, grid, list(species), [float(t) for t in times], dtype)
+
+    out = _sidecar_path(h5_path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _xdmf_mesh(grid: Grid) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """Cells per axis, origin and spacing (mm) of the XDMF mesh, always 3D, slowest first.
+
+    vtkXdmfReader puts a 2DCoRectMesh in VTK's y-z plane (seen edge-on in ParaView's 2D
+    view) and fails to read attributes on a mesh one point thick, so a 2D grid becomes a
+    sheet one cell thick in z, its cells cubes of the smallest spacing.
+    """
+    if grid.ndim == 3:
+        return grid.shape, grid.origin, grid.spacing
+    return (1, *grid.shape), (0.0, *grid.origin), (min(grid.spacing), *grid.spacing)
+
+
+def _xdmf_text(h5_name: str, grid: Grid, species: list[str], times: list[float], dtype: np.dtype) -> str:
+    nd = grid.ndim
+    cells, origin, spacing = _xdmf_mesh(grid)
+    cell_dims = " ".join(str(n) for n in cells)
+    spatial = " ".join(str(n) for n in grid.shape)
+    field_type, field_precision = _number_type(dtype)
+    label_type, label_precision = _number_type(np.dtype(np.uint8))
+
+    def vector(values: Sequence[float]) -> ET.Element:
+        item = ET.Element("DataItem", Format="XML", Dimensions="3", NumberType="Float", Precision="8")
+        item.text = " ".join(repr(float(v)) for v in values)
+        return item
+
+    def hyperslab(parent: ET.Element, start: list[int], count: list[int]) -> ET.Element:
+        """A HyperSlab DataItem of shape ``cells``; its source DataItem is for the caller to add."""
+        slab = ET.SubElement(parent, "DataItem", ItemType="HyperSlab", Type="HyperSlab", Dimensions=cell_dims)
+        # Rows: start, stride, count, over the source dataset's axes.
+        selection = ET.SubElement(slab, "DataItem", Format="XML", NumberType="Int", Dimensions=f"3 {len(start)}")
+        selection.text = " ".join(str(v) for v in [*start, *[1] * len(start), *count])
+        return slab
+
+    root = ET.Element("Xdmf", Version="2.0")
+    domain = ET.SubElement(root, "Domain")
+    series = ET.SubElement(domain, "Grid", Name="run", GridType="Collection", CollectionType="Temporal")
+    for k, t in enumerate(times):
+        frame = ET.SubElement(series, "Grid", Name=f"frame_{k:06d}", GridType="Uniform")
+        ET.SubElement(frame, "Time", Value=repr(t))
+        # Mesh points are cell corners: one more than cells per axis.
+        ET.SubElement(
+            frame,
+            "Topology",
+            TopologyType="3DCoRectMesh",
+            Dimensions=" ".join(str(n + 1) for n in cells),
+        )
+        geometry = ET.SubElement(frame, "Geometry", GeometryType="ORIGIN_DXDYDZ")
+        geometry.append(vector(origin))
+        geometry.append(vector(spacing))
+
+        labels = ET.SubElement(frame, "Attribute", Name="labels", AttributeType="Scalar", Center="Cell")
+        if nd == 3:
+            parent = labels
+        else:
+            # The 2D labels need a (1, ny, nx) view to fit the sheet's cells.
+            parent = hyperslab(labels, [0] * nd, list(grid.shape))
+        item = ET.SubElement(
+            parent,
+            "DataItem",
+            Format="HDF",
+            Dimensions=spatial,
+            NumberType=label_type,
+            Precision=label_precision,
+        )
+        item.text = f"{h5_name}:/geometry/labels"
+
+        for name in species:
+            attribute = ET.SubElement(frame, "Attribute", Name=name, AttributeType="Scalar", Center="Cell")
+            slab = hyperslab(attribute, [k, *[0] * nd], [1, *grid.shape])
+            source = ET.SubElement(
+                slab,
+                "DataItem",
+                Format="HDF",
+                Dimensions=f"{len(times)} {spatial}",
+                NumberType=field_type,
+                Precision=field_precision,
+            )
+            source.text = f"{h5_name}:/fields/{name}"
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def describe(path: str | os.PathLike[str]) -> str:
+    """A human-readable summary of a run file, for ``synovia info FILE``.
+
+    Lists the file, version, precision, grid, tissues present with cell counts, species
+    (with units), frame count and time range (hours), every summary value at the last
+    committed frame (with units), and finally the run's config TOML.
+    """
+    with RunFile.open(path) as run:
+        grid = run.grid
+        times = run.time
+        summary = run.summary
+        attrs = run.attrs
+        axes = _axis_names(grid.ndim)
+
+        def joined(values: Sequence[Any]) -> str:
+            return " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+        lines = [
+            f"file: {Path(path)}",
+            f"version: {attrs.get('version', 'unknown')}",
+            f"precision: {attrs.get('precision', run.dtype.name)}",
+            f"layout: {run.layout_version}",
+            f"grid: {joined(grid.shape)} cells ({', '.join(axes)}), "
+            f"spacing {joined(grid.spacing)} mm, origin {joined(grid.origin)} mm",
+            "tissues:",
+        ]
+        counts = np.bincount(run.labels.ravel(), minlength=len(run.tissue_names))
+        width = max(len(n) for n in run.tissue_names)
+        for code, count in enumerate(counts):
+            if count:
+                name = run.tissue_names[code] if code < len(run.tissue_names) else f"code {code}"
+                lines.append(f"  {name:<{width}}  {count} cells")
+
+        def with_unit(name: str) -> str:
+            unit = run.units.get(name, "")
+            return f"{name} [{unit}]" if unit else name
+
+        lines.append(f"species: {', '.join(with_unit(s) for s in run.species)}")
+        if len(times):
+            lines.append(f"frames: {len(times)}, t = {times[0]:g} .. {times[-1]:g} h")
+            lines.append(f"summary at t = {times[-1]:g} h:")
+            for name, values in summary.items():
+                unit = run.units.get(name, "")
+                lines.append(f"  {name} = {values[-1]:.6g}{' ' + unit if unit else ''}")
+        else:
+            lines.append("frames: 0")
+        config = run.config_toml
+        lines.append("config:" if config else "config: (none)")
+        if config:
+            lines.append(config.rstrip("\n"))
+    return "\n".join(lines) + "\n"

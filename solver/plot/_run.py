@@ -1,0 +1,616 @@
+"""Figures of a run file: species maps, clinical time courses, a movie.
+
+:func:`plot_run` writes, into one folder:
+
+``map_<species>.png``
+    One figure per species (``tnf``, ``il1``, ``leukocytes``, ``cartilage``, ``drug`` and ``complex`` when the run
+    has it), one column per chosen time, sharing one colour scale and colour bar. A 2D run is one
+    row; a 3D run has three rows, orthogonal slices through one point (default: the domain centre,
+    which is the joint centre): the vertical x-z plane (the 2D section), the vertical y-z plane and
+    the horizontal x-y plane. Cells where the species does not live are left out (bone is grey,
+    other tissues without the species light grey, excluded cells white); thin dark lines are the
+    boundaries between tissues.
+``timecourses.png``
+    The four clinical summaries (synovial-fluid TNF, IL-1 beta and white-cell count, mean cartilage
+    integrity) against time, with the clinical ranges of :data:`CLINICAL_RANGES` shaded.
+``movie_<species>.mp4`` (or ``.gif``)
+    With ``movie=True``: one species over all frames (at most 100), MP4 through ffmpeg when it is
+    on the PATH, else an animated GIF.
+
+Matplotlib is used without pyplot: every figure is a :class:`~matplotlib.figure.Figure` on an Agg
+canvas, styled inside :func:`matplotlib.rc_context`, so nothing leaks into a caller's pyplot state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib import animation
+from matplotlib import colors as mcolors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+from fields import SPECIES_TISSUES, Tissue
+
+from ..io import RunFile
+
+__all__ = ["CLINICAL_RANGES", "ClinicalRange", "plot_run"]
+
+# --------------------------------------------------------------------------------------------
+# Style: the one place for fonts, colours and sizes.
+# --------------------------------------------------------------------------------------------
+
+#: Matplotlib rc settings used for every figure (applied with rc_context, never globally).
+RC = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 11,
+    "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "image.interpolation": "nearest",
+}
+BONE_RGB = (0.62, 0.62, 0.62)  # bone
+OTHER_TISSUE_RGB = (0.88, 0.88, 0.88)  # a tissue the plotted species does not enter
+EXCLUDED_RGB = (1.0, 1.0, 1.0)  # outside the body
+OUTLINE = {"colors": "#1f1f1f", "linewidths": 0.4, "alpha": 0.6}  # tissue boundaries
+PANEL_WIDTH_IN = 2.5  # width of one map panel, inches
+COLORBAR_IN = 1.0  # room for the colour bar and the y labels, inches
+TIMECOURSE_SIZE_IN = (9.0, 6.5)
+MOVIE_MAX_FRAMES = 100
+MOVIE_FPS = 8
+#: Colormaps whose dark low end is cut off (fraction of the map skipped).
+CMAP_START = {"magma": 0.12}
+#: Smallest colour-bar value of a log scale, as a fraction of its largest (4 decades).
+LOG_FLOOR = 1e-4
+#: Positive data spanning more than this ratio gets a log scale when ``log=None``.
+LOG_SPAN = 100.0
+
+_CYTOKINE_TISSUES = SPECIES_TISSUES["tnf"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeciesStyle:
+    """How one species is drawn: display name, colormap, tissues it lives in, fixed range."""
+
+    label: str
+    cmap: str
+    tissues: tuple[Tissue, ...]
+    fixed_range: tuple[float, float] | None = None  # always linear over this range
+
+
+SPECIES_STYLE: dict[str, SpeciesStyle] = {
+    "tnf": SpeciesStyle("TNF", "magma", SPECIES_TISSUES["tnf"]),
+    "il1": SpeciesStyle("IL-1β", "magma", SPECIES_TISSUES["il1"]),
+    "leukocytes": SpeciesStyle("Leukocytes", "viridis", SPECIES_TISSUES["leukocytes"]),
+    "cartilage": SpeciesStyle("Cartilage integrity", "cividis", SPECIES_TISSUES["cartilage"], fixed_range=(0.0, 1.0)),
+    "drug": SpeciesStyle("Drug", "YlGnBu_r", SPECIES_TISSUES["drug"]),
+    "complex": SpeciesStyle("TNF bound by drug", "PuRd", SPECIES_TISSUES["complex"]),
+}
+
+
+def species_style(name: str) -> SpeciesStyle:
+    """The style of a species; an unknown one is drawn like a cytokine."""
+    return SPECIES_STYLE.get(name, SpeciesStyle(name, "magma", _CYTOKINE_TISSUES))
+
+
+# --------------------------------------------------------------------------------------------
+# Clinical ranges (docs/model.md, "Clinical ranges").
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClinicalRange:
+    """A measured range of a synovial-fluid quantity, in the unit of the summary it applies to."""
+
+    summary: str  # summary name in the run file
+    group: str  # "healthy", "OA" or "RA"
+    low: float
+    high: float
+    label: str
+    source: str
+    centre: float | None = None  # mean or median, drawn as a dotted line
+
+
+_KOKEBIE = "Kokebie et al. 2011, Arthritis Res Ther 13:R50"
+_WESTACOTT = "Westacott et al. 1990, Ann Rheum Dis 49:676"
+_SOHN = "Sohn et al. 2012, Arthritis Res Ther 14:R7"
+_KOLBA = "Kolba 1984, Prim Care 11:211"
+
+#: Synovial-fluid ranges of healthy joints, osteoarthritis (OA) and rheumatoid arthritis (RA), from docs/model.md.
+CLINICAL_RANGES: tuple[ClinicalRange, ...] = (
+    ClinicalRange("synovial_fluid_leukocytes", "healthy", 0.0, 200.0, "normal < 200 cells/µL", _KOLBA),
+    ClinicalRange("synovial_fluid_leukocytes", "OA", 0.0, 2000.0, "OA < 2000 cells/µL", _KOKEBIE),
+    ClinicalRange("synovial_fluid_leukocytes", "RA", 7000.0, 25000.0, "RA 7000-25000 cells/µL", _KOKEBIE),
+    ClinicalRange("synovial_fluid_il1", "OA", 27.8 - 4.5, 27.8 + 4.5, "OA 27.8 ± 4.5 pg/mL (Westacott)", _WESTACOTT, 27.8),
+    ClinicalRange("synovial_fluid_il1", "RA", 130.0 - 22.0, 130.0 + 22.0, "RA 130 ± 22 pg/mL (Westacott)", _WESTACOTT, 130.0),
+    ClinicalRange("synovial_fluid_il1", "OA", 1.0, 1.7, "OA median 1.1, IQR 1.0-1.7 pg/mL (Sohn)", _SOHN, 1.1),
+    ClinicalRange("synovial_fluid_tnf", "OA", 0.0, 13.0, "OA median 2.9, IQR 0-13 pg/mL (Sohn)", _SOHN, 2.9),
+    # docs/model.md: "of order 10-400 pg/mL (Westacott's abstract is self-contradictory)".
+    ClinicalRange("synovial_fluid_tnf", "RA", 10.0, 400.0, "RA ~10-400 pg/mL", f"order of magnitude; {_WESTACOTT}"),
+)
+GROUP_COLOUR = {"healthy": "#3a9a4a", "OA": "#3b7dd8", "RA": "#d8453b"}
+
+#: The four panels of the time-course figure: summary name, title, log y axis.
+TIMECOURSE_PANELS = (
+    ("synovial_fluid_tnf", "Synovial-fluid TNF", True),
+    ("synovial_fluid_il1", "Synovial-fluid IL-1β", True),
+    ("synovial_fluid_leukocytes", "Synovial-fluid white cells", True),
+    ("cartilage_integrity", "Cartilage integrity (mean)", False),
+)
+
+_UNIT_TEXT = {"1": "fraction", "cells/uL": "cells/µL", "": ""}
+
+
+def _unit(run: RunFile, name: str) -> str:
+    unit = run.units.get(name, "")
+    return _UNIT_TEXT.get(unit, unit)
+
+
+def new_figure(size_in: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=size_in, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _quarter(x: float) -> float:
+    """Round a size up to a multiple of 0.25 in, so size x integer dpi is an exact pixel count."""
+    return math.ceil(x * 4 - 1e-9) / 4
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing frames and slices.
+# --------------------------------------------------------------------------------------------
+
+
+def _frames_for_times(time: np.ndarray, times: Sequence[float], run_name: str) -> list[int]:
+    """Nearest frame of each requested time (hours); ValueError for a time outside the run."""
+    if len(time) == 0:
+        raise ValueError(f"{run_name} has no committed frames to plot")
+    t0, t1 = float(time[0]), float(time[-1])
+    tol = 1e-9 * max(1.0, abs(t0), abs(t1))
+    frames: list[int] = []
+    for t in times:
+        t = float(t)
+        if not (math.isfinite(t) and t0 - tol <= t <= t1 + tol):
+            raise ValueError(f"time {t:g} h is outside the run {run_name}, whose frames span t = {t0:g} .. {t1:g} h")
+        k = int(np.argmin(np.abs(time - t)))
+        if k not in frames:
+            frames.append(k)
+    return sorted(frames)
+
+
+def default_frames(time: np.ndarray, peak_series: np.ndarray | None, n: int = 4) -> list[int]:
+    """``n`` frames spread over the run: first, peak of ``peak_series`` after the first, middle, last (then quartiles)."""
+    count = len(time)
+    if count <= n:
+        return list(range(count))
+    wanted = [0, count - 1]
+    later = None if peak_series is None else np.asarray(peak_series, dtype=float)[1:count]
+    if later is not None and np.isfinite(later).any():
+        # The peak after the first frame: the initial state may hold the series' maximum (a
+        # baseline decaying while a local injury barely moves the mean), which shows nothing new.
+        wanted.append(1 + int(np.nanargmax(later)))
+    t0, t1 = float(time[0]), float(time[-1])
+    for fraction in (0.5, 0.25, 0.75, 0.125, 0.375, 0.625, 0.875):
+        wanted.append(int(np.argmin(np.abs(time - (t0 + fraction * (t1 - t0))))))
+    chosen: list[int] = []
+    for k in wanted:
+        if k not in chosen:
+            chosen.append(k)
+        if len(chosen) == n:
+            break
+    return sorted(chosen)
+
+
+def movie_frames(count: int, max_frames: int = MOVIE_MAX_FRAMES) -> list[int]:
+    """All frames, or ``max_frames`` of them evenly spread (first and last included)."""
+    if count <= max_frames:
+        return list(range(count))
+    return sorted({int(round(k)) for k in np.linspace(0, count - 1, max_frames)})
+
+
+@dataclasses.dataclass(frozen=True)
+class _View:
+    """A 2D picture of the grid: the whole 2D grid, or one slice of a 3D grid."""
+
+    index: tuple  # applied to a spatial array
+    extent: tuple[float, float, float, float]  # left, right, bottom, top, mm
+    xc: np.ndarray  # cell centres along the horizontal axis, mm
+    yc: np.ndarray  # cell centres along the vertical axis, mm
+    xlabel: str
+    ylabel: str
+    name: str  # "" in 2D, e.g. "y = 22.0 mm" in 3D
+
+
+def _views(run: RunFile, slice_point_mm: Sequence[float] | None) -> list[_View]:
+    grid = run.grid
+    centres = [grid.axis_centres(a) for a in range(grid.ndim)]
+    lo = [o for o in grid.origin]
+    hi = [o + e for o, e in zip(grid.origin, grid.extent)]
+
+    def view(index, h_axis, v_axis, names, name=""):
+        return _View(
+            index=index,
+            extent=(lo[h_axis], hi[h_axis], lo[v_axis], hi[v_axis]),
+            xc=centres[h_axis],
+            yc=centres[v_axis],
+            xlabel=f"{names[h_axis]} (mm)",
+            ylabel=f"{names[v_axis]} (mm)",
+            name=name,
+        )
+
+    if grid.ndim == 2:
+        if slice_point_mm is not None:
+            raise ValueError(f"slice_point_mm applies to 3D runs only; {run.path.name} is 2D")
+        return [view((slice(None), slice(None)), 1, 0, ("y", "x"))]
+    if slice_point_mm is None:
+        point = [(a + b) / 2 for a, b in zip(lo, hi)]
+    else:
+        point = [float(v) for v in slice_point_mm]
+        if len(point) != 3:
+            raise ValueError(f"slice_point_mm needs 3 values (z, y, x in mm), got {list(slice_point_mm)}")
+        for axis, (p, a, b) in enumerate(zip(point, lo, hi)):
+            if not a <= p <= b:
+                raise ValueError(
+                    f"slice_point_mm {'zyx'[axis]} = {p:g} mm is outside the domain ({'zyx'[axis]} = {a:g} .. {b:g} mm)"
+                )
+    k, j, i = (int(np.argmin(np.abs(c - p))) for c, p in zip(centres, point))
+    names = ("z", "y", "x")
+    s = slice(None)
+    return [
+        view((s, j, s), 2, 0, names, f"y = {centres[1][j]:.4g} mm"),  # vertical x-z plane, as the 2D section
+        view((s, s, i), 1, 0, names, f"x = {centres[2][i]:.4g} mm"),  # vertical y-z plane
+        view((k, s, s), 2, 1, names, f"z = {centres[0][k]:.4g} mm"),  # horizontal x-y plane
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Colour scales and drawing.
+# --------------------------------------------------------------------------------------------
+
+
+def _habitat(labels: np.ndarray, style: SpeciesStyle) -> np.ndarray:
+    return np.isin(labels, [int(t) for t in style.tissues])
+
+
+def _norm(values: np.ndarray, style: SpeciesStyle, log: bool | None) -> mcolors.Normalize:
+    """One colour scale for all the given values (the species' cells, every chosen frame)."""
+    if style.fixed_range is not None:
+        return mcolors.Normalize(*style.fixed_range)
+    finite = values[np.isfinite(values)]
+    vmax = float(finite.max()) if finite.size else 0.0
+    if vmax <= 0.0:
+        return mcolors.Normalize(0.0, 1.0)
+    positive = finite[finite > 0]
+    floor = max(vmax * LOG_FLOOR, float(positive.min()))
+    if log is None:
+        # The 1st percentile, so a few round-off-sized cells do not decide the scale.
+        log = vmax / float(np.percentile(positive, 1)) > LOG_SPAN
+    if log:
+        return mcolors.LogNorm(vmin=min(floor, vmax / 10), vmax=vmax, clip=False)
+    return mcolors.Normalize(0.0, vmax)
+
+
+def _cmap(style: SpeciesStyle) -> mcolors.Colormap:
+    cmap = matplotlib.colormaps[style.cmap]
+    if style.cmap in CMAP_START:
+        # Start above the black end, so the dark tissue outlines stay visible over low values.
+        cmap = mcolors.ListedColormap(cmap(np.linspace(CMAP_START[style.cmap], 1.0, 256)), name=f"{style.cmap}_lifted")
+    return cmap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0), under=cmap(0.0), over=cmap(1.0))
+
+
+def _backdrop(labels: np.ndarray, habitat: np.ndarray) -> np.ndarray:
+    """RGB picture of the tissues under the data: bone grey, excluded white, other tissues light grey."""
+    rgb = np.empty((*labels.shape, 3))
+    rgb[...] = OTHER_TISSUE_RGB
+    rgb[labels == Tissue.BONE] = BONE_RGB
+    rgb[labels == Tissue.EXCLUDED] = EXCLUDED_RGB
+    rgb[habitat] = EXCLUDED_RGB
+    return rgb
+
+
+def _outlines(ax, labels: np.ndarray, view: _View) -> None:
+    """Boundaries between tissues: the 0.5 contour of each tissue's indicator (cell-centre grid)."""
+    for code in np.unique(labels):
+        inside = (labels == code).astype(float)
+        if inside.all() or min(labels.shape) < 2:
+            continue
+        ax.contour(view.xc, view.yc, inside, levels=[0.5], **OUTLINE)
+
+
+def _masked(field2d: np.ndarray, habitat2d: np.ndarray, norm: mcolors.Normalize) -> np.ma.MaskedArray:
+    """The field where the species lives; on a log scale zeros get the lowest colour, not a hole."""
+    field2d = np.asarray(field2d, dtype=float)
+    if isinstance(norm, mcolors.LogNorm):
+        field2d = np.where(field2d <= 0, 0.5 * norm.vmin, field2d)
+    return np.ma.masked_where(~habitat2d | ~np.isfinite(field2d), field2d)
+
+
+def _draw_map(ax, field2d, labels2d, habitat2d, view: _View, cmap, norm) -> AxesImage:
+    common = {"extent": view.extent, "origin": "lower", "interpolation": "nearest"}
+    ax.imshow(_backdrop(labels2d, habitat2d), **common)
+    image = ax.imshow(_masked(field2d, habitat2d, norm), cmap=cmap, norm=norm, **common)
+    _outlines(ax, labels2d, view)
+    ax.set_xlim(view.extent[:2])
+    ax.set_ylim(view.extent[2:])
+    ax.set_aspect("equal")
+    return image
+
+
+def _colorbar(fig: Figure, image: AxesImage, axes, label: str, norm: mcolors.Normalize, rows: int = 1):
+    extend = "min" if isinstance(norm, mcolors.LogNorm) else "neither"
+    bar = fig.colorbar(image, ax=axes, label=label, extend=extend, shrink=0.9, aspect=20 * rows, pad=0.02, extendfrac=0.03)
+    bar.ax.tick_params(labelsize=RC["ytick.labelsize"])
+    return bar
+
+
+def _species_label(run: RunFile, species: str) -> str:
+    unit = _unit(run, species)
+    return f"{species_style(species).label} ({unit})" if unit else species_style(species).label
+
+
+def _map_layout(views: Sequence[_View], n_cols: int) -> tuple[tuple[float, float], list[float]]:
+    """Figure size (inches, multiples of 0.25) and row height ratios of a map figure."""
+    ratios = [(v.extent[3] - v.extent[2]) / (v.extent[1] - v.extent[0]) for v in views]
+    width = n_cols * PANEL_WIDTH_IN + COLORBAR_IN
+    # Panels end up narrower than PANEL_WIDTH_IN (labels, colour bar): 0.9 of it, plus title and labels.
+    height = sum(0.9 * PANEL_WIDTH_IN * r for r in ratios) + 0.7 * len(views) + 0.4
+    return (_quarter(width), _quarter(height)), ratios
+
+
+def map_figure_size(run: RunFile, n_times: int, slice_point_mm: Sequence[float] | None = None) -> tuple[float, float]:
+    """Size (inches) of the map figure of ``run`` with ``n_times`` columns."""
+    return _map_layout(_views(run, slice_point_mm), n_times)[0]
+
+
+def map_figure(
+    run: RunFile,
+    species: str,
+    frames: Sequence[int],
+    *,
+    log: bool | None = None,
+    slice_point_mm: Sequence[float] | None = None,
+) -> Figure:
+    """The map figure of one species: columns are frames; rows are slices (3D) or the grid (2D)."""
+    style = species_style(species)
+    views = _views(run, slice_point_mm)
+    time = run.time
+    labels = run.labels
+    habitat = _habitat(labels, style)
+    data = {k: run.field(species, k) for k in frames}
+    norm = _norm(np.concatenate([data[k][habitat] for k in frames]), style, log)
+    cmap = _cmap(style)
+
+    size, ratios = _map_layout(views, len(frames))
+    fig = new_figure(size)
+    axes = fig.subplots(len(views), len(frames), squeeze=False, sharex="row", sharey="row", height_ratios=ratios)
+    image = None
+    for row, view in enumerate(views):
+        for col, k in enumerate(frames):
+            ax = axes[row, col]
+            image = _draw_map(ax, data[k][view.index], labels[view.index], habitat[view.index], view, cmap, norm)
+            title = f"t = {time[k]:g} h"
+            ax.set_title(f"{title}, {view.name}" if view.name else title)
+            if style.fixed_range is not None and habitat[view.index].any():
+                low = float(np.nanmin(data[k][view.index][habitat[view.index]]))
+                ax.text(0.02, 0.02, f"min {low:.4f}", transform=ax.transAxes, fontsize=7, va="bottom", ha="left")
+            if row == len(views) - 1 or view.xlabel != views[row + 1].xlabel:
+                ax.set_xlabel(view.xlabel)
+            if col == 0:
+                ax.set_ylabel(view.ylabel)
+            else:
+                ax.tick_params(labelleft=False)
+    _colorbar(fig, image, axes, _species_label(run, species), norm, rows=len(views))
+    scale = "log scale" if isinstance(norm, mcolors.LogNorm) else "linear scale"
+    fig.suptitle(f"{style.label} ({_unit(run, species) or 'no unit'}), {run.path.name}: {scale}; grey = bone")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Clinical time courses.
+# --------------------------------------------------------------------------------------------
+
+
+def _log_limits(series: np.ndarray, ranges: Sequence[ClinicalRange]) -> tuple[float, float]:
+    values = [v for v in np.asarray(series, dtype=float) if math.isfinite(v) and v > 0]
+    bounds = [b for r in ranges for b in (r.low, r.high) if b > 0]
+    top = max(values + bounds, default=1.0) * 2.0
+    bottom = min(values + bounds, default=top / 100) / 2.0
+    return max(bottom, top * 1e-7), top
+
+
+def shade_range(ax, r: ClinicalRange, name: str) -> tuple[float, float] | None:
+    """Shade a clinical range within the axes' y limits (gid ``range:<name>:<group>:<label>``).
+
+    Returns the (low, high) drawn, or None when the range lies outside the limits.
+    """
+    bottom, top = ax.get_ylim()
+    low, high = max(r.low, bottom), min(r.high, top)
+    if low >= high:
+        return None
+    colour = GROUP_COLOUR.get(r.group, "0.5")
+    ax.axhspan(low, high, color=colour, alpha=0.14, lw=0, gid=f"range:{name}:{r.group}:{r.label}", zorder=1)
+    ax.set_ylim(bottom, top)
+    return low, high
+
+
+def timecourse_figure(run: RunFile) -> Figure:
+    """The clinical summaries against time (2 x 2 panels) with the clinical ranges shaded."""
+    time = run.time
+    summary = run.summary
+    fig = new_figure(TIMECOURSE_SIZE_IN)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (name, title, log) in zip(axes, TIMECOURSE_PANELS):
+        unit = _unit(run, name)
+        ax.set_title(title)
+        ax.set_ylabel(unit or name)
+        ax.grid(True, which="major", lw=0.4, alpha=0.4)
+        if name not in summary:
+            ax.text(0.5, 0.5, f"no '{name}' in this run", transform=ax.transAxes, ha="center", va="center")
+            continue
+        series = summary[name]
+        ranges = [r for r in CLINICAL_RANGES if r.summary == name]
+        ax.plot(time, series, color="black", lw=1.4, gid=f"summary:{name}", label="model", zorder=3)
+        if log:
+            ax.set_yscale("log")
+            bottom, top = _log_limits(series, ranges)
+            ax.set_ylim(bottom, top)
+        else:
+            ax.set_ylim(0.0, 1.05)
+            if len(series) and np.isfinite(series).any():
+                low = float(np.nanmin(series))
+                ax.text(0.98, 0.05, f"minimum {low:.5f}", transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
+        for r in ranges:
+            if (span := shade_range(ax, r, name)) is None:
+                continue
+            low, high = span
+            colour = GROUP_COLOUR.get(r.group, "0.5")
+            if r.centre is not None:
+                ax.axhline(r.centre, color=colour, lw=0.7, ls=":", zorder=2)
+            middle = math.sqrt(low * high) if log else (low + high) / 2
+            ax.text(
+                0.99, middle, r.label, transform=ax.get_yaxis_transform(), ha="right", va="center",
+                fontsize=6.5, color=colour, zorder=4, bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 0.8},
+            )  # fmt: skip
+        if len(time):
+            ax.set_xlim(float(time[0]), float(time[-1]) if time[-1] > time[0] else float(time[0]) + 1.0)
+    for ax in axes[2:]:
+        ax.set_xlabel("time (h)")
+    fig.suptitle(f"Clinical summaries, {run.path.name} (shaded: measured synovial-fluid ranges, healthy green, OA blue, RA red)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Movie.
+# --------------------------------------------------------------------------------------------
+
+
+def _write_movie(run: RunFile, species: str, out_dir: Path, dpi: int, slice_point_mm) -> Path:
+    style = species_style(species)
+    views = _views(run, slice_point_mm)
+    frames = movie_frames(run.n_frames)
+    time = run.time
+    labels = run.labels
+    habitat = _habitat(labels, style)
+    # Keep only the slices in memory: a 3D run's frames can be large.
+    slices = {k: [run.field(species, k)[v.index] for v in views] for k in frames}
+    values = np.concatenate([s[habitat[v.index]] for k in frames for s, v in zip(slices[k], views)])
+    norm = _norm(values, style, None)
+    cmap = _cmap(style)
+
+    ratios = [(v.extent[3] - v.extent[2]) / (v.extent[1] - v.extent[0]) for v in views]
+    panel = 3.0
+    size = (_quarter(len(views) * panel + COLORBAR_IN), _quarter(panel * max(ratios) + 0.6))
+    # H.264 wants even pixel counts: sizes are multiples of 0.25 in, so a dpi multiple of 8 gives them.
+    movie_dpi = 8 * max(1, round(min(dpi, 100) / 8))
+    fig = new_figure(size)
+    axes = fig.subplots(1, len(views), squeeze=False)[0]
+    images = []
+    for ax, view, first in zip(axes, views, slices[frames[0]]):
+        images.append(_draw_map(ax, first, labels[view.index], habitat[view.index], view, cmap, norm))
+        ax.set_xlabel(view.xlabel)
+        ax.set_ylabel(view.ylabel)
+        if view.name:
+            ax.set_title(view.name)
+    _colorbar(fig, images[0], list(axes), _species_label(run, species), norm)
+    title = fig.suptitle("")
+
+    if shutil.which("ffmpeg"):
+        path = out_dir / f"movie_{species}.mp4"
+        writer = animation.FFMpegWriter(fps=MOVIE_FPS, codec="h264", extra_args=["-pix_fmt", "yuv420p"])
+    else:
+        path = out_dir / f"movie_{species}.gif"
+        writer = animation.PillowWriter(fps=MOVIE_FPS)
+    with writer.saving(fig, str(path), movie_dpi):
+        for k in frames:
+            for image, view, data in zip(images, views, slices[k]):
+                image.set_data(_masked(data, habitat[view.index], norm))
+            title.set_text(f"{style.label}, t = {time[k]:g} h, {run.path.name}")
+            writer.grab_frame()
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point.
+# --------------------------------------------------------------------------------------------
+
+
+def plot_run(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    times: Sequence[float] | None = None,
+    log: bool | None = None,
+    slice_point_mm: Sequence[float] | None = None,
+    movie: bool = False,
+    movie_species: str = "tnf",
+    dpi: int = 120,
+) -> list[Path]:
+    """Write the figures of a run file into ``out_dir`` (created if needed).
+
+    Args:
+        path: the run's ``.h5`` file.
+        out_dir: folder for the figures; existing files of the same names are replaced.
+        times: times to map, hours; each is drawn at the nearest frame. Default: four times spread
+            over the run (the first frame, the peak of synovial-fluid TNF, the middle, the last).
+        log: colour scale of the concentration maps: True log, False linear, None (default) log when
+            the positive values span more than two decades. Cartilage integrity is always linear 0..1.
+        slice_point_mm: 3D runs: the point (z, y, x, mm) the three slices pass through; default the
+            domain centre (the joint centre). Not allowed for a 2D run.
+        movie: also write an animation of ``movie_species`` over all frames (at most 100):
+            ``movie_<species>.mp4`` when ffmpeg is on the PATH, else ``movie_<species>.gif``.
+        movie_species: the species of the movie.
+        dpi: resolution of the PNGs (a figure of w x h inches is w*dpi x h*dpi pixels).
+
+    Returns:
+        The files written: ``map_<species>.png`` for each species (run order), ``timecourses.png``,
+        and the movie if asked for.
+
+    Raises:
+        ValueError: a time outside the run, a bad slice point, an unknown movie species, a run
+            without frames.
+    """
+    path = Path(path)
+    out_dir = Path(out_dir)
+    if int(dpi) < 10:
+        raise ValueError(f"dpi must be at least 10, got {dpi}")
+    written: list[Path] = []
+    with RunFile.open(path) as run, matplotlib.rc_context(RC):
+        time = run.time
+        if times is None:
+            if len(time) == 0:
+                raise ValueError(f"{path.name} has no committed frames to plot")
+            frames = default_frames(time, run.summary.get("synovial_fluid_tnf"))
+        elif len(times) == 0:
+            raise ValueError("times is empty: give at least one time (h), or None for the default four")
+        else:
+            frames = _frames_for_times(time, list(times), path.name)
+        if movie and movie_species not in run.species:
+            raise ValueError(f"movie species {movie_species!r} is not in {path.name}; it has {run.species}")
+        _views(run, slice_point_mm)  # validate the slice point before drawing anything
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for species in run.species:
+            fig = map_figure(run, species, frames, log=log, slice_point_mm=slice_point_mm)
+            written.append(save_figure(fig, out_dir / f"map_{species}.png", dpi))
+        written.append(save_figure(timecourse_figure(run), out_dir / "timecourses.png", dpi))
+        if movie:
+            written.append(_write_movie(run, movie_species, out_dir, int(dpi), slice_point_mm))
+    return written
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
+    fig.savefig(path, dpi=dpi, metadata={"Software": f"synovia (matplotlib {matplotlib.__version__})"})
+    return path

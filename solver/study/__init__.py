@@ -1,0 +1,29 @@
+"""Running scenarios to files: one run (the frame loop with its divergence checks, a new file or a
+resumed one) and many (sweeps over config values, their study folders and tables, the measures
+read from each run).
+"""
+
+from ._run import Diverged as Diverged
+from ._run import RunResult as RunResult
+from ._run import file_attrs as file_attrs
+from ._run import new_writer as new_writer
+from ._run import open_run as open_run
+from ._run import resume_run as resume_run
+from ._run import run as run
+from ._run import time_courses as time_courses
+from ._study import MEASURES as MEASURES
+from ._study import START as START
+from ._study import Measure as Measure
+from ._study import PointResult as PointResult
+from ._study import StudyTable as StudyTable
+from ._study import Sweep as Sweep
+from ._study import is_study as is_study
+from ._study import load_sweep as load_sweep
+from ._study import measure as measure
+from ._study import point_name as point_name
+from ._study import prepare_folder as prepare_folder
+from ._study import read_study as read_study
+from ._study import run_point as run_point
+from ._study import run_study as run_study
+from ._study import sweep_from_dict as sweep_from_dict
+from ._study import write_summary as write_summary

@@ -1,0 +1,190 @@
+"""The run loop: advance frame by frame, write each frame while the next one computes.
+
+JAX dispatches asynchronously: the next interval is queued on the device before the
+current frame is copied to the host and written, so output does not stall the solver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from fields import SPECIES, SPECIES_UNITS, State, __version__
+
+from ..io import RunWriter, resume_writer
+from ..physics import SUMMARY_UNITS, summaries, summary_names
+from ..setup import Scenario
+
+
+class Diverged(RuntimeError):
+    """The solution became NaN/Inf or negative beyond round-off."""
+
+
+def file_attrs(scenario: Scenario) -> dict:
+    """Root attributes of a run file: the resolved config and what is needed to read it."""
+    units = {**{s: SPECIES_UNITS[s] for s in scenario.options.species}, **SUMMARY_UNITS, "time": "h", "length": "mm"}
+    rest = {}
+    if scenario.rest is not None:  # how the resting joint the run starts from was found (solver.time.relax)
+        rest = {"rest_relaxed_h": scenario.rest.time_h, "rest_change_per_window": scenario.rest.change}
+    return {
+        **rest,
+        "config_toml": scenario.config.to_toml(),
+        "version": __version__,
+        "precision": scenario.config.run.precision,
+        "units": json.dumps(units),
+        "dt_h": scenario.plan.dt,
+        "substeps_per_frame": scenario.plan.substeps,
+        "stepper": scenario.config.run.stepper,
+        "jax_version": jax.__version__,
+        "jax_backend": jax.default_backend(),
+    }
+
+
+def new_writer(scenario: Scenario, out: Path, *, config_dir: Path, overwrite: bool = False) -> RunWriter:
+    """A run file for ``scenario`` at ``out``; ``config_dir`` resolves its config's relative paths on resume."""
+    attrs = file_attrs(scenario)
+    attrs["config_dir"] = str(config_dir)
+    return RunWriter(
+        out,
+        grid=scenario.geometry.grid,
+        labels=scenario.geometry.labels,
+        species=scenario.options.species,
+        summary_names=list(summary_names(scenario.options)),
+        dtype=scenario.dtype,
+        attrs=attrs,
+        overwrite=overwrite,
+    )
+
+
+def _check(state_host: State, checks: dict, t: float) -> None:
+    if not bool(checks["finite"]):
+        bad = [s for s, u in state_host._asdict().items() if not np.all(np.isfinite(u))]
+        raise Diverged(f"the solution diverged at t = {t:g} h: {', '.join(bad)} not finite")
+    for s in state_host._fields:
+        scale = max(1.0, float(checks[f"max_abs_{s}"]))
+        if float(checks[f"min_{s}"]) < -1e-4 * scale:
+            raise Diverged(f"the solution diverged at t = {t:g} h: {s} went negative (min {float(checks['min_' + s]):.3g})")
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: State
+    time_h: float
+    frames_in_file: int
+    steps: int
+    wall_s: float
+
+
+def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None = None, progress: bool = True) -> RunResult:
+    """Advance from frame ``start_frame`` (state ``state``, default the initial one) to the end.
+
+    Frame ``k`` is at ``k * output_interval_h``. An empty file gets frame 0 first. Each frame
+    is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host.
+    Raises :class:`Diverged` after writing every good frame.
+    """
+    solver = scenario.solver
+    species = scenario.options.species
+    interval, dt = scenario.interval, scenario.plan.dt
+    params, domain = scenario.params, scenario.domain
+    dtype = scenario.dtype
+    state = scenario.initial if state is None else State(*(jax.numpy.asarray(u, dtype) for u in state))
+
+    def frame_out(st: State, summ: dict):
+        fields = {s: np.asarray(getattr(st, s)) for s in species}
+        return fields, {k: float(v) for k, v in summ.items()}
+
+    if writer.n_frames == 0:  # a new file (a resumed one holding only frame 0 has it already)
+        fields, summ = frame_out(state, jax.device_get(summaries(state, domain, scenario.options, params, 0.0)))
+        writer.append(0.0, fields, summ)
+
+    t_end = scenario.n_frames * interval
+    bar = tqdm(
+        total=round(t_end, 6),
+        initial=round(start_frame * interval, 6),
+        unit="h",
+        disable=not progress,
+        bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.4g}/{total:.4g} h simulated [{elapsed}<{remaining}{postfix}]",
+        desc="synovia",
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
+    steps, start = 0, time.perf_counter()
+    pending = None
+    try:
+        k = start_frame
+        if k < scenario.n_frames:
+            pending = solver.advance_with_summary(state, k * interval, dt, params, domain)
+        while k < scenario.n_frames:
+            new_state, summ, checks = pending
+            k += 1
+            # queue the next interval before waiting on this one's data
+            pending = solver.advance_with_summary(new_state, k * interval, dt, params, domain) if k < scenario.n_frames else None
+            host_state, summ, checks = jax.device_get((new_state, summ, checks))
+            _check(host_state, checks, k * interval)
+            fields, summ = frame_out(host_state, summ)
+            writer.append(k * interval, fields, summ)
+            state = new_state
+            steps += scenario.plan.substeps
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{steps / max(elapsed, 1e-9):.0f} steps/s", refresh=False)
+            bar.update(round(interval, 6))
+    finally:
+        bar.close()
+    return RunResult(state, scenario.n_frames * interval, writer.n_frames, steps, time.perf_counter() - start)
+
+
+def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:
+    """A state from a file's frame; species not in the file (drug when off) are zero."""
+    return State(*(np.asarray(fields[s]) if s in fields else np.zeros_like(np.asarray(getattr(like, s))) for s in SPECIES))
+
+
+def resume_run(scenario: Scenario, path: Path) -> tuple[RunWriter, int, State]:
+    """A run file's writer (repaired if a crash left it open), the frame to continue from and its state."""
+    writer, last_time, fields = resume_writer(path)
+    return writer, frame_index(last_time, scenario.interval), state_from_fields(fields, scenario.baseline)
+
+
+def open_run(
+    scenario: Scenario, path: Path, *, resume: bool = False, config_dir: Path = Path("."), overwrite: bool = False
+) -> tuple[RunWriter, int, State | None]:
+    """The writer that runs ``scenario`` into ``path``, the frame to start from and its state (None: the
+    initial one): the file continued where it stopped (``resume``), or a new file (``config_dir``
+    resolves the config's relative paths on a later resume; ``overwrite`` replaces an existing file)."""
+    if resume:
+        return resume_run(scenario, path)
+    return new_writer(scenario, path, config_dir=config_dir, overwrite=overwrite), 0, None
+
+
+def frame_index(time_h: float, interval: float) -> int:
+    k = round(time_h / interval)
+    if not math.isclose(k * interval, time_h, rel_tol=1e-9, abs_tol=1e-9):
+        raise ValueError(f"time {time_h} h is not a whole number of output intervals ({interval} h)")
+    return k
+
+
+def time_courses(
+    scenario: Scenario, state: State | None = None, hours: float | None = None, t0: float = 0.0
+) -> tuple[np.ndarray, dict[str, np.ndarray], State]:
+    """(times, {summary name: series}, final state) of ``scenario`` from ``state`` (default its start)
+    at ``t0`` for ``hours`` (default ``run.t_end_h``), one value per output interval; no file."""
+    solver = scenario.solver
+    state = scenario.initial if state is None else state
+    hours = scenario.config.run.t_end_h if hours is None else hours
+    interval, dt = scenario.interval, scenario.plan.dt
+
+    def at(st: State, t: float) -> dict[str, float]:
+        return {k: float(v) for k, v in summaries(st, scenario.domain, scenario.options, scenario.params, t).items()}
+
+    times, rows = [t0], [at(state, t0)]
+    for k in range(round(hours / interval)):
+        state = solver.advance(state, t0 + k * interval, dt, scenario.params, scenario.domain)
+        times.append(t0 + (k + 1) * interval)
+        rows.append(at(state, times[-1]))
+    return np.array(times), {k: np.array([row[k] for row in rows]) for k in rows[0]}, state

@@ -1,0 +1,687 @@
+"""Parameter studies (``synovia sweep``): one scenario run at every combination of chosen values.
+
+The sweep config (TOML)::
+
+    scenario = "knee2d.toml"      # a run config (path relative to this file), an inline [scenario]
+                                  # table, or left out (all defaults: the 2D knee)
+    combine = "grid"              # "grid": every combination (default); "zip": the i-th values together
+
+    [vary]                        # config keys, spelled as for --set, and their values
+    "parameters.recruitment_rate" = [50, 100, 200, 400]
+    "injury.rate" = { from = 125, to = 1000, count = 4, spacing = "log" }   # or "linear"
+
+The study folder::
+
+    study.toml           the sweep as run: base scenario, varied keys, every point's values
+    runs/point_000.h5    one ordinary run file per point (with its XDMF sidecar); `synovia plot`,
+                         `info` and `run --resume` work on each
+    summary.csv          one row per point: its values, status, and the outcome measures
+
+Every point's config is validated before anything runs. Points are run in order, or in ``jobs``
+worker processes; a point that is already complete is skipped and an interrupted one is resumed, so
+running the same sweep again continues it. A point whose solution diverges is recorded
+(``runs/point_NNN.diverged`` holds the message) and the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import fcntl
+import io
+import itertools
+import math
+import multiprocessing
+import os
+import signal
+import tomllib
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+from ..io import RunFile
+from ..setup import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    build_scenario,
+    check_number,
+    config_from_dict,
+    config_from_toml,
+    enable_precision,
+    frame_count,
+    read_toml,
+    set_key,
+    unknown_key,
+)
+from ._run import Diverged, open_run, run
+
+FORMAT = "synovia-study"
+MANIFEST = "study.toml"
+SUMMARY_CSV = "summary.csv"
+RUNS = "runs"
+TOP_KEYS = ("scenario", "set", "combine", "vary", "starts")
+#: The column that names a point's start when the sweep has ``[starts]``.
+START = "start"
+COMBINE = ("grid", "zip")
+RANGE_KEYS = ("from", "to", "count", "spacing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """An outcome of one run, computed from its summary time series."""
+
+    name: str
+    summary: str  # the run file's summary series it reads
+    kind: str  # "peak", "time_of_peak", "final" or "minimum"
+    label: str
+    unit: str
+
+
+#: Outcome measures of every point (summary.csv columns, panels of the study figure).
+MEASURES: tuple[Measure, ...] = (
+    Measure("peak_fluid_tnf", "synovial_fluid_tnf", "peak", "Peak synovial-fluid TNF", "pg/mL"),
+    Measure("peak_fluid_il1", "synovial_fluid_il1", "peak", "Peak synovial-fluid IL-1β", "pg/mL"),
+    Measure("peak_fluid_leukocytes", "synovial_fluid_leukocytes", "peak", "Peak synovial-fluid white cells", "cells/µL"),
+    Measure("time_of_peak_fluid_tnf", "synovial_fluid_tnf", "time_of_peak", "Time of the TNF peak", "h"),
+    Measure("final_fluid_tnf", "synovial_fluid_tnf", "final", "Final synovial-fluid TNF", "pg/mL"),
+    Measure("final_fluid_il1", "synovial_fluid_il1", "final", "Final synovial-fluid IL-1β", "pg/mL"),
+    Measure("final_fluid_leukocytes", "synovial_fluid_leukocytes", "final", "Final synovial-fluid white cells", "cells/µL"),
+    Measure("min_cartilage_integrity", "cartilage_integrity", "minimum", "Lowest cartilage integrity (mean)", "fraction"),
+)
+
+#: How still a point ended: the relative change of its fluid white cells over the last :data:`DRIFT_WINDOW_H`
+#: (summary.csv's ``final_drift`` column). A point whose drift is below :data:`SETTLED` has reached a steady state.
+DRIFT = Measure("final_drift", "synovial_fluid_leukocytes", "drift", "Drift of fluid white cells, last 48 h", "fraction")
+DRIFT_WINDOW_H = 48.0
+DRIFT_FLOOR = 1.0  # cells/uL
+SETTLED = 0.01
+#: Two starts of one point whose final fluid white cells differ by more than this factor are on different branches.
+BRANCH_FACTOR = 2.0
+
+
+def measure(m: Measure, time: np.ndarray, series: np.ndarray) -> float:
+    """One outcome measure of a complete run (time in h, the summary series per frame)."""
+    if m.kind == "peak":
+        return float(np.max(series))
+    if m.kind == "time_of_peak":
+        return float(time[int(np.argmax(series))])
+    if m.kind == "final":
+        return float(series[-1])
+    if m.kind == "minimum":
+        return float(np.min(series))
+    if m.kind == "drift":
+        before = int(np.argmin(np.abs(time - (time[-1] - DRIFT_WINDOW_H))))
+        if time[-1] - time[before] < 0.5 * DRIFT_WINDOW_H:
+            return math.nan  # too short a run to tell
+        # relative, but a count that decays to nothing is still once below DRIFT_FLOOR
+        return float(abs(series[-1] - series[before]) / max(abs(series[-1]), DRIFT_FLOOR))
+    raise ValueError(f"unknown measure kind {m.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: the base scenario and one config per point."""
+
+    base: dict[str, Any]  # the base scenario as raw TOML data (after --set)
+    base_dir: str  # folder the scenario's relative paths are taken from
+    combine: str
+    keys: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]  # per point, in the order of ``keys``
+    configs: tuple[Config, ...]
+    starts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> config keys it sets
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def manifest(self) -> dict[str, Any]:
+        """What ``study.toml`` holds; two sweeps are the same study when these agree (but for config_dir)."""
+        return {
+            "format": FORMAT,
+            "combine": self.combine,
+            "keys": list(self.keys),
+            "config_dir": self.base_dir,
+            "scenario": self.base,
+            **({"starts": self.starts} if self.starts else {}),
+            "points": [
+                {"index": i, "file": f"{RUNS}/{point_name(i)}.h5", "values": list(v), "t_end_h": c.run.t_end_h}
+                for i, (v, c) in enumerate(zip(self.values, self.configs))
+            ],
+        }
+
+
+def point_name(index: int) -> str:
+    return f"point_{index:03d}"
+
+
+def _values(key: str, raw) -> list[Any]:
+    """The values of one varied key: a list, or a range table ``{from, to, count, spacing}``."""
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(f"sweep key 'vary.{key}' is an empty list: give at least one value")
+        return list(raw)
+    if _is_range(raw):
+        for k in raw:
+            if k not in RANGE_KEYS:
+                raise unknown_key(k, f"vary.{key}.", RANGE_KEYS)
+        for k in ("from", "to", "count"):
+            if k not in raw:
+                raise ConfigError(f"sweep key 'vary.{key}': the range table has no '{k}' (it needs from, to and count)")
+        start = check_number(f"vary.{key}.from", raw["from"], what="sweep key")
+        stop = check_number(f"vary.{key}.to", raw["to"], what="sweep key")
+        count = raw.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"sweep key 'vary.{key}.count' = {count!r}: must be an integer >= 1")
+        spacing = raw.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise ConfigError(f"sweep key 'vary.{key}.spacing' = {spacing!r}: allowed: linear, log")
+        if count == 1 and start != stop:
+            raise ConfigError(f"sweep key 'vary.{key}': count = 1 with from != to; give count >= 2, or a list of one value")
+        if spacing == "log":
+            if start <= 0 or stop <= 0:
+                raise ConfigError(f"sweep key 'vary.{key}': a log range needs from and to > 0, got {start:g} and {stop:g}")
+            grid = np.geomspace(start, stop, count)
+        else:
+            grid = np.linspace(start, stop, count)
+        return [float(f"{v:.12g}") for v in grid]
+    raise ConfigError(
+        f"sweep key 'vary.{key}' = {raw!r}: give a list of values or a range table "
+        '{from = A, to = B, count = N, spacing = "linear" or "log"}'
+    )
+
+
+def _is_range(raw) -> bool:
+    return isinstance(raw, dict) and any(k in raw for k in RANGE_KEYS)
+
+
+def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Validate a sweep config (its raw TOML data); ``overrides`` (``--set``) change the base scenario."""
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise unknown_key(key, "", TOP_KEYS)
+    scenario = raw.get("scenario", {})
+    if isinstance(scenario, str):
+        path = Path(scenario) if Path(scenario).is_absolute() else base_dir / scenario
+        base, scenario_dir = read_toml(path, "sweep key 'scenario': the run config"), path.parent
+    elif isinstance(scenario, dict):
+        base, scenario_dir = copy.deepcopy(scenario), base_dir
+    else:
+        raise ConfigError(f"sweep key 'scenario' = {scenario!r}: give a run config's path or an inline [scenario] table")
+    sets = raw.get("set", {})
+    if not isinstance(sets, dict):
+        raise ConfigError(f"sweep key 'set' = {sets!r}: must be a table of config keys (as for --set)")
+    for key, value in _dotted(sets, "set.").items():
+        set_key(base, key.split("."), value, f"sweep key 'set.{key}'")
+    base = apply_overrides(base, list(overrides))
+    config_from_dict(base, scenario_dir)  # the base itself must be valid
+
+    combine = raw.get("combine", "grid")
+    if combine not in COMBINE:
+        raise ConfigError(f"sweep key 'combine' = {combine!r}: allowed: {', '.join(COMBINE)}")
+    starts = _starts(raw.get("starts"))
+    vary = raw.get("vary", {} if starts else None)
+    if not isinstance(vary, dict) or not (vary or starts):
+        raise ConfigError(
+            "sweep key 'vary' is missing: add a [vary] table, e.g. \"parameters.chemotaxis\" = [0.01, 0.05, 0.1], "
+            "or a [starts] table to find a scenario's steady states from several starts"
+        )
+    columns = {key: _values(key, v) for key, v in _dotted(vary, "vary.", _is_range).items()}
+    for key in columns:
+        if len(key.split(".")) < 2:
+            raise ConfigError(f"sweep key 'vary.{key}': name a section and a key, like \"parameters.chemotaxis\"")
+    if START in columns:
+        raise ConfigError(f"sweep key 'vary.{START}': '{START}' names the starts; give them in a [starts] table")
+    keys = tuple(columns)
+    if combine == "zip":
+        lengths = {k: len(v) for k, v in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f'sweep: combine = "zip" needs as many values for every key, got {lengths}')
+        values = tuple(zip(*columns.values()))
+    else:
+        values = tuple(itertools.product(*columns.values()))
+    if starts:  # every point from each start: the start is the last column
+        keys += (START,)
+        values = tuple((*v, name) for v in values for name in starts)
+
+    configs = []
+    for i, point in enumerate(values):
+        raw_point = copy.deepcopy(base)
+        where = ", ".join(f"{k} = {v!r}" for k, v in zip(keys, point))
+        try:
+            if starts:
+                for key, value in starts[point[-1]].items():
+                    set_key(raw_point, key.split("."), value, f"sweep key 'starts.{point[-1]}.{key}'")
+            for key, value in zip(keys, point):
+                if key == START:
+                    continue
+                set_key(raw_point, key.split("."), value, f"sweep key 'vary.{key}'")
+            config = config_from_dict(raw_point, scenario_dir)
+            frame_count(config.run)  # the cheap check build_scenario makes, here before anything runs
+            configs.append(config)
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {i} ({where}): {err}") from None
+    return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs), starts)
+
+
+def _starts(raw) -> dict[str, dict[str, Any]]:
+    """``[starts]``: name -> the config keys (dotted, as for --set) that make that start."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            "sweep key 'starts' must be a table of named starts, e.g. [starts.inflamed] with config keys as for --set"
+        )
+    out = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"sweep key 'starts.{name}' = {table!r}: must be a table of config keys (it may be empty)")
+        out[name] = _dotted(table, f"starts.{name}.")
+        for key in out[name]:
+            if len(key.split(".")) < 2:
+                raise ConfigError(f"sweep key 'starts.{name}.{key}': name a section and a key, like \"initial.start\"")
+    return out
+
+
+def _dotted(raw: dict, where: str, is_leaf=lambda value: False, prefix: str = "") -> dict[str, Any]:
+    """A table of config keys as dotted keys: quoted ("parameters.chemotaxis") or nested
+    ([vary.parameters]) alike; a table ``is_leaf`` accepts (a range) is a value."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict) and not is_leaf(v):
+            if not v:
+                raise ConfigError(f"sweep key '{where}{prefix}{k}' is an empty table: give it keys with values")
+            out.update(_dotted(v, where, is_leaf, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read and validate a sweep config; ConfigError names what is wrong."""
+    return sweep_from_dict(read_toml(path, "sweep config"), Path(path).parent, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# The study folder.
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # a unique temporary name: tasks on different nodes of a shared file system may share a pid
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """``study.toml`` of a study folder (ValueError if it is not one)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"'{folder}' is not a study folder: it has no {MANIFEST} (make one with `synovia sweep`)")
+    try:
+        manifest = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"'{path}' is not valid TOML: {err}") from None
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"'{path}' is not a synovia study manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> None:
+    """Create the study folder and its manifest, or check an existing one holds this sweep.
+
+    Raises ValueError when the folder holds something else: another sweep, or run files without a
+    manifest (unless ``overwrite``, which removes those run files first), or files that are not a
+    study. Concurrent calls (array tasks) take turns on a lock in the folder.
+    """
+    folder = Path(folder)
+    manifest = sweep.manifest()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"'{folder}' exists and is not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise ValueError(f"cannot create '{folder}': folder '{folder.parent}' does not exist (create it first)")
+    if folder.exists() and any(
+        not p.name.startswith(".") and p.name not in (RUNS, MANIFEST, SUMMARY_CSV) for p in folder.iterdir()
+    ):
+        raise ValueError(f"'{folder}' is not empty and is not a study folder; choose a new or empty output folder")
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / MANIFEST).is_file():
+            old = read_manifest(folder)
+            if _identity(old) != _identity(manifest):
+                if not overwrite:
+                    raise ValueError(
+                        f"'{folder}' holds a different sweep ({_difference(old, manifest)}); pass --overwrite to "
+                        "replace it, or choose another output folder"
+                    )
+                _remove_runs(folder)
+        elif (folder / RUNS).is_dir() and any((folder / RUNS).glob("point_*")):
+            if not overwrite:
+                raise ValueError(
+                    f"'{folder}' holds run files but no {MANIFEST}, so they cannot be checked against this sweep; "
+                    "pass --overwrite to replace them, or choose another output folder"
+                )
+            _remove_runs(folder)
+        # The manifest first, atomically: a task that does not wait for the lock sees none or a whole one.
+        if not (folder / MANIFEST).is_file() or read_manifest(folder) != manifest:
+            _atomic_write(folder / MANIFEST, tomli_w.dumps(manifest))
+        (folder / RUNS).mkdir(exist_ok=True)
+
+
+def _identity(manifest: dict) -> dict:
+    """What makes two studies the same: not where the sweep config was (a study may move with it)."""
+    return {k: v for k, v in manifest.items() if k != "config_dir"}
+
+
+def _difference(old: dict, new: dict) -> str:
+    for key in ("keys", "combine", "scenario", "starts"):
+        if old.get(key) != new.get(key):
+            return f"its {key} differ" if key.endswith("s") else f"its {key} differs"
+    if len(old.get("points", [])) != len(new["points"]):
+        return f"{len(old.get('points', []))} points, this sweep has {len(new['points'])}"
+    for a, b in zip(old["points"], new["points"]):
+        if a != b:
+            return f"point {b['index']} was {a.get('values')}, now {b['values']}"
+    return "its manifest differs"
+
+
+def _remove_runs(folder: Path) -> None:
+    """Every point's run file, sidecar and marker, the summary and the manifest (to be replaced)."""
+    for path in (folder / RUNS).glob("point_*"):
+        path.unlink()
+    (folder / SUMMARY_CSV).unlink(missing_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Running points.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PointResult:
+    index: int
+    status: str  # "done", "complete" (already was), "busy" (another process runs it), or one of MARKERS
+    message: str = ""
+
+
+def _stored(path: Path) -> tuple[int, str]:
+    """Committed frames of a run file and the config it holds ((0, "") if missing or unreadable)."""
+    try:
+        with RunFile.open(path) as run:
+            return run.n_frames, run.config_toml
+    except (OSError, KeyError):
+        return 0, ""
+
+
+MARKERS = ("diverged", "refused", "failed")  # runs/point_NNN.<status>: why a point has no complete run
+
+
+def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
+    """Run (or finish) one point's run file; safe to call in a fresh worker process.
+
+    A point another process is running (its lock is held) is left to it ("busy"). A point that
+    diverged before is not retried. A config that cannot be built ("refused") or an unexpected
+    error ("failed") is recorded in a marker file beside the run file and retried next time.
+    """
+    path = Path(path)
+    index = int(path.stem.rsplit("_", 1)[-1])
+    if path.with_suffix(".diverged").is_file():
+        return PointResult(index, "diverged", path.with_suffix(".diverged").read_text().strip())
+    with open(path.with_name(f".{path.stem}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return PointResult(index, "busy", "another process is running this point")
+        for status in ("refused", "failed"):
+            path.with_suffix(f".{status}").unlink(missing_ok=True)
+        try:
+            result = _run_point(index, config_toml, config_dir, path)
+        except Exception as err:  # one point's trouble (I/O, memory) must not stop the others
+            result = PointResult(index, "failed", f"{type(err).__name__}: {err}")
+        if result.status in MARKERS:
+            path.with_suffix(f".{result.status}").write_text(result.message + "\n")
+        return result
+
+
+def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
+    try:
+        config = config_from_toml(config_toml, config_dir)
+        enable_precision(config)  # a worker process is an entry point
+        scenario = build_scenario(config)
+    except ConfigError as err:  # found only when the scenario is built (an unstable step, a bad geometry file)
+        return PointResult(index, "refused", str(err))
+    n_frames, stored_config = _stored(path)
+    if n_frames > 0 and stored_config != scenario.config.to_toml():
+        return PointResult(
+            index, "refused", f"'{path}' holds a run of another config (not this sweep's point {index}); "
+            "move it away or delete it"
+        )  # fmt: skip
+    if n_frames == scenario.n_frames + 1:
+        return PointResult(index, "complete")
+    writer, start_frame, state = open_run(scenario, path, resume=n_frames > 0, config_dir=Path(config_dir), overwrite=True)
+    try:
+        with writer:
+            run(scenario, writer, start_frame=start_frame, state=state, progress=False)
+    except Diverged as err:
+        return PointResult(index, "diverged", str(err))
+    return PointResult(index, "done")
+
+
+def _ignore_interrupt() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them all."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_task(task: tuple[str, str, str]) -> PointResult:
+    return run_point(*task)
+
+
+def run_study(
+    sweep: Sweep,
+    folder: Path,
+    *,
+    points: Sequence[int] | None = None,
+    jobs: int = 1,
+    on_result: Callable[[PointResult], None] | None = None,
+) -> list[PointResult]:
+    """Run the chosen points (default all) of a prepared study folder, in order or in ``jobs`` processes.
+
+    ``on_result`` is called as each point finishes. A KeyboardInterrupt stops the work; every
+    finished frame is kept, and running the sweep again resumes it.
+    """
+    folder = Path(folder)
+    chosen = list(range(len(sweep))) if points is None else list(points)
+    tasks = [(sweep.configs[i].to_toml(), sweep.base_dir, str(folder / RUNS / f"{point_name(i)}.h5")) for i in chosen]
+    results: list[PointResult] = []
+
+    def done(result: PointResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            done(run_point(*task))
+        return results
+
+    # Fresh processes (JAX must not be forked); on a GPU they share it, so none may take 75% of it.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_interrupt)
+    try:
+        for result in pool.imap_unordered(_run_task, tasks):
+            done(result)
+        pool.close()
+    except BaseException:
+        # Ctrl-C or an error: stop the workers, so none goes on writing after this returns
+        # (their files stay readable and resumable, as after kill -9).
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return sorted(results, key=lambda r: r.index)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a study back.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StudyTable:
+    """What a study folder holds: per point its values, status, outcome measures and series."""
+
+    folder: Path
+    keys: list[str]
+    combine: str
+    values: list[list[Any]]
+    files: list[Path]
+    status: list[str]  # "complete", "incomplete (to t of T h)", "not run", or a marker: diverged, refused, failed
+    measures: dict[str, np.ndarray]  # name -> (n_points,), NaN unless complete
+    series: list[dict[str, np.ndarray] | None]  # per point: "time" and the summary series (any frames)
+    units: dict[str, str]
+
+    @property
+    def complete(self) -> np.ndarray:
+        return np.array([s == "complete" for s in self.status])
+
+    @property
+    def has_starts(self) -> bool:
+        return START in self.keys
+
+    def branches(self) -> list[dict[str, Any]]:
+        """With [starts]: per combination of the varied values, the final fluid white cells reached from
+        each start, and whether the starts ended on different steady states (a bistable point).
+
+        Each item: ``values`` (the varied values), ``final`` ({start: final white cells /uL}), ``settled``
+        (every start's drift below :data:`SETTLED`), ``bistable`` (complete, settled, and the largest
+        final value more than :data:`BRANCH_FACTOR` times the smallest). Empty without [starts].
+        """
+        if not self.has_starts:
+            return []
+        col = self.keys.index(START)
+        groups: dict[tuple, dict[str, int]] = {}
+        for i, values in enumerate(self.values):
+            rest = tuple(_key(v) for j, v in enumerate(values) if j != col)
+            groups.setdefault(rest, {})[values[col]] = i
+        out = []
+        for members in groups.values():
+            final = {name: float(self.measures["final_fluid_leukocytes"][i]) for name, i in members.items()}
+            drift = [float(self.measures[DRIFT.name][i]) for i in members.values()]
+            done = all(self.status[i] == "complete" for i in members.values())
+            settled = done and all(math.isfinite(d) and d < SETTLED for d in drift)
+            finite = [v for v in final.values() if math.isfinite(v) and v > 0]
+            split = len(finite) > 1 and max(finite) > BRANCH_FACTOR * min(finite)
+            values = [v for j, v in enumerate(self.values[next(iter(members.values()))]) if j != col]
+            out.append({"values": values, "final": final, "settled": settled, "bistable": bool(done and settled and split)})
+        return out
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        columns = (*MEASURES, DRIFT)
+        writer.writerow(["point", *self.keys, "status", *(f"{m.name} [{m.unit}]" for m in columns), "file"])
+        for i, (values, status, path) in enumerate(zip(self.values, self.status, self.files)):
+            numbers = ["" if math.isnan(self.measures[m.name][i]) else f"{self.measures[m.name][i]:.8g}" for m in columns]
+            writer.writerow([i, *values, status, *numbers, path.relative_to(self.folder).as_posix()])
+        return out.getvalue()
+
+    def text(self) -> str:
+        """A short table for the terminal (``synovia info STUDY``)."""
+        kinds = [s.split(" (")[0] for s in self.status]
+        counts = {s: kinds.count(s) for s in dict.fromkeys(kinds)}
+        head = [
+            f"study: {self.folder}",
+            f"varied ({self.combine}): {', '.join(self.keys)}",
+            f"points: {len(self.values)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        ]
+        shown = ("peak_fluid_tnf", "peak_fluid_leukocytes", "final_fluid_leukocytes", "min_cartilage_integrity")
+        rows = [["point", *self.keys, "status", *shown]]
+        for i, (values, status) in enumerate(zip(self.values, self.status)):
+            rows.append([str(i), *(f"{v:g}" if isinstance(v, float) else str(v) for v in values), status.split(" (")[0]])
+            rows[-1] += ["-" if math.isnan(self.measures[m][i]) else f"{self.measures[m][i]:.4g}" for m in shown]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = head + ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+        branches = self.branches()
+        if branches:
+            keys = [k for k in self.keys if k != START]
+            bistable = [b for b in branches if b["bistable"]]
+
+            def where(b):
+                return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in zip(keys, b["values"]))
+
+            unsettled = sum(not b["settled"] for b in branches)
+            found = f"bistable (starts end on different states) at {len(bistable)} of {len(branches)}: " if bistable else ""
+            drifting = f"still drifting > {SETTLED:.0%} in {DRIFT_WINDOW_H:g} h"
+            lines.append(
+                f"steady states from {len(branches[0]['final'])} starts: "
+                + (found or "no bistable point")
+                + "; ".join(where(b) or "the scenario" for b in bistable)
+                + (f"; {unsettled} not settled (fluid white cells {drifting})" if unsettled else "")
+            )
+        return "\n".join(lines) + "\n"
+
+
+def read_study(folder: str | os.PathLike[str]) -> StudyTable:
+    """Read a study folder: the manifest and every point's run file, complete or not."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    points = manifest["points"]
+    n = len(points)
+    measures = {m.name: np.full(n, np.nan) for m in (*MEASURES, DRIFT)}
+    status, series, files, units = [], [], [], {}
+    for i, point in enumerate(points):
+        path = folder / point["file"]
+        files.append(path)
+        data = None
+        if path.is_file():
+            try:
+                with RunFile.open(path) as run:
+                    data = {"time": run.time, **run.summary}
+                    units.update({k: v for k, v in run.units.items() if v})
+            except (OSError, KeyError):
+                data = None
+        series.append(data)
+        expected = point["t_end_h"]
+        complete = data is not None and len(data["time"]) and math.isclose(data["time"][-1], expected, rel_tol=1e-9, abs_tol=1e-9)
+        marked = [m for m in MARKERS if path.with_suffix(f".{m}").is_file()]
+        if marked and not complete:
+            status.append(marked[0])
+        elif data is None:
+            status.append("not run")
+        elif complete:
+            status.append("complete")
+            for m in (*MEASURES, DRIFT):
+                if m.summary in data:
+                    measures[m.name][i] = measure(m, data["time"], data[m.summary])
+        else:
+            last = data["time"][-1] if len(data["time"]) else 0.0
+            status.append(f"incomplete (to {last:g} of {expected:g} h)")
+    return StudyTable(
+        folder, list(manifest["keys"]), manifest["combine"], [list(p["values"]) for p in points], files, status, measures,
+        series, units,
+    )  # fmt: skip
+
+
+def _key(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def write_summary(folder: Path) -> StudyTable:
+    """Write ``summary.csv`` of a study folder from its run files; returns the table."""
+    table = read_study(folder)
+    _atomic_write(Path(folder) / SUMMARY_CSV, table.csv())
+    return table
+
+
+def is_study(path: str | os.PathLike[str]) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+__all__ = ["MEASURES", "Measure", "StudyTable", "Sweep", "load_sweep", "read_study", "run_study", "sweep_from_dict"]
