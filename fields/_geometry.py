@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import check_size, hdf5_problem, host_memory_bytes
 from ._grid import Grid
 from ._tissues import N_TISSUES, TISSUE_NAMES, Tissue
 
@@ -474,6 +475,13 @@ def _per_axis(value: Any, ndim: int, name: str, positive: bool) -> tuple[float, 
     return tuple(float(a) for a in arr)
 
 
+def _check_labels_shape(path: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse labels of the wrong rank or too big for this machine, before they are read."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"labels in {path!r} must be 2D or 3D, got {len(shape)}D with shape {tuple(shape)}")
+    check_size(f"labels in {path!r}", tuple(shape), itemsize, host_memory_bytes())
+
+
 def _read_hdf5(path: str, dataset: str | None) -> tuple[np.ndarray, Any, Any]:
     """Labels, spacing attribute (or None) and origin attribute (or None) from an HDF5 file."""
     try:
@@ -481,6 +489,8 @@ def _read_hdf5(path: str, dataset: str | None) -> tuple[np.ndarray, Any, Any]:
     except ImportError as exc:  # h5py is optional for everything but HDF5 input
         raise ValueError(f"reading HDF5 file {path!r} needs h5py, which is not installed") from exc
     name = dataset if dataset is not None else "labels"
+    if problem := hdf5_problem(path):
+        raise ValueError(f"{path!r} {problem}")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -495,6 +505,7 @@ def _read_hdf5(path: str, dataset: str | None) -> tuple[np.ndarray, Any, Any]:
                 + f"; datasets found: {found}"
             )
         ds = f[name]
+        _check_labels_shape(path, ds.shape, ds.dtype.itemsize)
         data = ds[()]
         spacing = next((ds.attrs[k] for k in ("spacing_mm", "spacing") if k in ds.attrs), None)
         origin = next((ds.attrs[k] for k in ("origin_mm", "origin") if k in ds.attrs), None)
@@ -541,8 +552,13 @@ def from_file(
         # `dataset` is ignored here: a .npy file holds one array, and callers (configs) pass a default name
         # whatever the format.
         try:
-            data = np.load(path, allow_pickle=False)
+            header = np.load(path, mmap_mode="r", allow_pickle=False)  # the shape, before reading the data
+            _check_labels_shape(path, header.shape, header.dtype.itemsize)
+            data = np.array(header)
+            del header
         except ValueError as exc:
+            if "labels in" in str(exc):
+                raise
             raise ValueError(f"could not read {path!r} as a .npy array: {exc}") from exc
     elif suffix in _HDF5_SUFFIXES or _is_hdf5(path):
         data, file_spacing, file_origin = _read_hdf5(path, dataset)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import hdf5_problem
 from ._geometry import ball_mask
 from ._grid import Grid
 from ._state import SPECIES
@@ -45,21 +46,43 @@ def load_arrays(path: str | Path, shape: tuple[int, ...], species: Iterable[str]
     if not path.is_file():
         raise ValueError(f"initial-condition file '{path}' does not exist")
     out: dict[str, np.ndarray] = {}
+
+    def check(names, shape_of) -> None:  # names and shapes, before any array is read
+        unknown = sorted(set(names) - set(species))
+        if unknown:
+            raise ValueError(f"initial-condition file '{path}' has unknown species {unknown}; allowed: {list(species)}")
+        for name in names:
+            if tuple(shape_of(name)) != tuple(shape):
+                raise ValueError(
+                    f"initial-condition file '{path}': '{name}' has shape {tuple(shape_of(name))}, the grid is {tuple(shape)}"
+                )
+
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            found = {k: np.asarray(data[k]) for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                check(data.files, lambda k: _npz_shape(data, k))
+                found = {k: np.asarray(data[k]) for k in data.files}
+        except (OSError, EOFError) as err:
+            raise ValueError(f"initial-condition file '{path}' is not a readable .npz archive: {err}") from None
     else:
         import h5py
 
+        if problem := hdf5_problem(path):
+            raise ValueError(f"initial-condition file '{path}' {problem} (expected HDF5 or .npz)")
         with h5py.File(path, "r") as f:
-            found = {k: np.asarray(f[k]) for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-    unknown = sorted(set(found) - set(species))
-    if unknown:
-        raise ValueError(f"initial-condition file '{path}' has unknown species {unknown}; allowed: {list(species)}")
+            names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+            check(names, lambda k: f[k].shape)
+            found = {k: np.asarray(f[k]) for k in names}
     for name, arr in found.items():
-        if arr.shape != tuple(shape):
-            raise ValueError(f"initial-condition file '{path}': '{name}' has shape {arr.shape}, the grid is {tuple(shape)}")
         if not np.all(np.isfinite(arr)) or np.any(arr < 0):
             raise ValueError(f"initial-condition file '{path}': '{name}' must be finite and non-negative")
         out[name] = arr.astype(float)
     return out
+
+
+def _npz_shape(data, key: str) -> tuple[int, ...]:
+    """The shape of ``key`` in an open .npz archive, from its .npy header (nothing else read)."""
+    with data.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return reader(member)[0]

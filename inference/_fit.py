@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from fields import temporary_path
 from solver import Config, __version__, config_from_dict, default_params
 
 from ._observations import Observations
@@ -460,7 +461,15 @@ def write_report(path, problem: Problem, progress: Progress, *, optimizer: str, 
     ``resume`` restores) and, with ``final`` (``{"result", "uq"}``), the result and its uncertainty."""
     path = Path(path)
     history, wall_s = progress.history, progress.wall_s
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path, ".h5.tmp")  # an unpredictable name, made exclusively
+    try:
+        _write_report(tmp, problem, progress, history, wall_s, optimizer, status, settings_toml, final)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_report(tmp, problem, progress, history, wall_s, optimizer, status, settings_toml, final) -> None:
     obs = problem.observations
     with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
         f.attrs.update(
@@ -550,7 +559,6 @@ def write_report(path, problem: Problem, progress: Progress, *, optimizer: str, 
                 m["region_means"] = means[[op.species.index(sp) for sp, _, _ in op.regions], :, np.arange(len(op.regions))]
                 for i, c in enumerate(("species", "kind", "where")):
                     m.create_dataset(c, data=_strings(r[i] for r in op.regions), dtype=h5py.string_dtype())
-    os.replace(tmp, path)
 
 
 def read_report(path) -> dict:

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fields import SPECIES, SPECIES_TISSUES, TISSUE_NAMES, Geometry, Grid, State, Tissue
+from fields import SPECIES, SPECIES_TISSUES, TISSUE_NAMES, Geometry, Grid, State, Tissue, hdf5_problem, temporary_path
 
 KINDS = ("fluid", "tissue", "point", "box", "plasma")
 COLUMNS = ("time_h", "species", "kind", "where", "value", "sigma")
@@ -132,7 +132,16 @@ def make_observations(rows: Sequence[dict], maps: Sequence[FieldMap] = (), attrs
 
 
 def _read_csv(path: Path) -> Observations:
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ObservationError(
+            f"observation file '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save the CSV as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ObservationError(f"cannot read observation file '{path}': {err.strerror or err}") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     reader = csv.DictReader(lines)
     missing = [c for c in COLUMNS if c != "where" and c not in (reader.fieldnames or ())]
     if missing:
@@ -145,6 +154,8 @@ def _read_csv(path: Path) -> Observations:
             except (TypeError, ValueError):
                 raise ObservationError(f"'{path}' row {i + 1}: {key} = {row[key]!r} is not a number") from None
         rows.append({k: (row.get(k) or "").strip() for k in COLUMNS})
+    if not rows:
+        raise ObservationError(f"observation file '{path}' has a header but no rows: nothing to fit")
     return make_observations(rows)
 
 
@@ -190,18 +201,33 @@ def load_observations(path: str | os.PathLike[str]) -> Observations:
         raise ObservationError(f"observation file '{path}' does not exist")
     if path.suffix.lower() == ".csv":
         return _read_csv(path)
+    if problem := hdf5_problem(path):
+        raise ObservationError(f"observation file '{path}' {problem} (use .csv for a table, else HDF5)")
     try:
-        return _read_hdf5(path)
+        obs = _read_hdf5(path)
     except OSError as err:
         raise ObservationError(f"cannot read '{path}' as HDF5 (use .csv for a table): {err}") from None
+    if obs.count == 0:
+        raise ObservationError(f"observation file '{path}' holds no observations and no maps: nothing to fit")
+    return obs
 
 
 def save_observations(obs: Observations, path: str | os.PathLike[str]) -> None:
-    """Write observations as CSV (scalars only) or HDF5 (scalars, maps and attributes)."""
+    """Write observations as CSV (scalars only) or HDF5 (scalars, maps and attributes), through a
+    temporary file: a failure leaves the old file, or none, never part of one."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        if obs.maps:
-            raise ObservationError("CSV holds only scalar observations; write maps to an .h5 file")
+    if path.suffix.lower() == ".csv" and obs.maps:
+        raise ObservationError("CSV holds only scalar observations; write maps to an .h5 file")
+    tmp = temporary_path(path, path.suffix + ".tmp")
+    try:
+        _save(obs, tmp, csv_table=path.suffix.lower() == ".csv")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save(obs: Observations, path: Path, csv_table: bool) -> None:
+    if csv_table:
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(COLUMNS)

@@ -276,6 +276,7 @@ class Problem:
         self.operator = ObservationOperator.build(
             observations, scenario.geometry, scenario.interval, species_in_run=scenario.options.species
         )
+        scenario.check_frames_memory(self.operator.n_frames)
         self._set_data(observations)
         self.log_residuals = bool(log_residuals)
         self._compiled: dict = {}

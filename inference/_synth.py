@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import jax
@@ -46,6 +47,10 @@ def synthesize(
         raise ObservationError(f"noise = {noise} must be >= 0 (a relative standard deviation, e.g. 0.05)")
     scenario = build_scenario(config)
     interval, t_end = scenario.interval, config.run.t_end_h
+    given = times is not None and len(times) > 0
+    last = max([*map(float, times), *map(float, map_times)]) if given else t_end
+    if math.isfinite(last) and 0 <= last <= t_end * (1 + 1e-12):
+        scenario.check_frames_memory(math.ceil(last / interval - 1e-9))  # before the list of times is made
     times = (
         [float(t) for t in times] if times is not None and len(times) else [interval * (k + 1) for k in range(scenario.n_frames)]
     )

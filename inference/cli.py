@@ -12,7 +12,8 @@ from pathlib import Path
 
 import h5py
 
-from solver.cli import EXIT_INTERRUPTED, Command, error, info, missing_folder
+from fields import atomic_write_text
+from solver.cli import EXIT_FAILED, EXIT_INTERRUPTED, Command, error, info, output_problem
 from solver.setup import ConfigError, enable_precision, load_config
 
 from ._config import load_fit_config
@@ -26,13 +27,15 @@ from ._synth import synthesize
 def _run_fit(args) -> int:
     out = Path(args.output)
     try:
-        fc = load_fit_config(args.config, args.set or [])
+        if problem := output_problem(out):
+            return error(problem)
         if out.exists() and not (args.overwrite or args.resume):
             return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume to continue that fit")
+        if clash := _sidecar_clash(out, replace=args.overwrite or args.resume):
+            return error(clash)
         if args.resume and not out.is_file():
             return error(f"cannot resume: '{out}' does not exist")
-        if problem := missing_folder(out):
-            return error(problem)
+        fc = load_fit_config(args.config, args.set or [])
         kwargs = fc.fit_kwargs()
         enable_precision(fc.scenario)
         problem = Problem(
@@ -55,17 +58,26 @@ def _run_fit(args) -> int:
         )
     except (ConfigError, ObservationError, FitError) as err:
         return error(str(err))
+    except OSError as err:  # the report could not be written (the disk filled, the folder went away)
+        return error(f"writing the fit report '{out}' failed: {err.strerror or err}", EXIT_FAILED)
     except KeyboardInterrupt:
         return error(
             f"interrupted; the fit so far is in '{out}'; continue with: synovia fit {args.config} -o {out} --resume",
             EXIT_INTERRUPTED,
         )
-    toml_path = out.with_name(out.stem + "_fitted.toml")
-    toml_path.write_text(
-        f"# Fitted by `synovia fit {args.config}` ({result.status}, {result.iterations} iterations, loss {result.loss:.6g}); "
-        f"report: {out.name}\n" + result.fitted_config().to_toml()
-    )
-    figures = plot_fit(out, out.parent, stem=out.stem)
+    toml_path = _sidecars(out)[0]
+    try:
+        atomic_write_text(
+            toml_path,
+            f"# Fitted by `synovia fit {args.config}` ({result.status}, {result.iterations} iterations, "
+            f"loss {result.loss:.6g}); report: {out.name}\n" + result.fitted_config().to_toml(),
+        )
+        figures = plot_fit(out, out.parent, stem=out.stem)
+    except OSError as err:
+        return error(
+            f"the fit is in '{out}', but writing its other files failed: {err}; draw them with: synovia plot {out} -o DIR",
+            EXIT_FAILED,
+        )
     print(result.summary())
     info(
         f"{result.status} after {result.iterations} iterations in {result.wall_s:.1f} s, loss {result.loss:.6g}; "
@@ -74,12 +86,28 @@ def _run_fit(args) -> int:
     return 0
 
 
+def _sidecars(out: Path) -> list[Path]:
+    """The files a fit writes beside its report: the fitted config and the figures."""
+    return [out.with_name(out.stem + "_fitted.toml"), out.with_name(out.stem + ".png"), out.with_name(out.stem + "_maps.png")]
+
+
+def _sidecar_clash(out: Path, replace: bool) -> str | None:
+    """Why the fit's files beside ``out`` would destroy a file (None if they would not)."""
+    for side in _sidecars(out):
+        if side == out:
+            return f"-o {out}: the report is HDF5 and {side.name} is one of the files written beside it; name it NAME.h5"
+        if side.exists() and not replace:
+            names = ", ".join(p.name for p in _sidecars(out))
+            return f"'{side}' exists and the fit would replace it (it writes {names}); pass --overwrite, or choose another -o"
+    return None
+
+
 def _run_synth(args) -> int:
     out = Path(args.output)
+    if problem := output_problem(out):
+        return error(problem)
     if out.exists() and not args.overwrite:
         return error(f"output file '{out}' exists; pass --overwrite to replace it")
-    if problem := missing_folder(out):
-        return error(problem)
     try:
         config = load_config(args.config, args.set or [])
         enable_precision(config)
@@ -98,6 +126,8 @@ def _run_synth(args) -> int:
         save_observations(obs, out)
     except (ConfigError, ObservationError) as err:
         return error(str(err))
+    except OSError as err:
+        return error(f"writing '{out}' failed: {err.strerror or err}", EXIT_FAILED)
     info(f"wrote {len(obs)} observations and {len(obs.maps)} map(s) ({obs.count} values, noise {args.noise:g}) to '{out}'")
     return 0
 

@@ -8,30 +8,36 @@ The command sits at the top of the stack and composes everything below it; ``sol
 ``(path, out_dir, dpi=) -> list of written paths``, or None for a file that is not its kind);
 the pyproject registers inference's.
 
-Exit codes: 0 done; 1 a sweep point failed with an unexpected error or is busy in another
-process (run again); 2 bad input (config, arguments, refusing to overwrite); 3 the solution
-diverged (frames so far are kept); 130 interrupted (frames so far are kept).
+Exit codes: 0 done; 1 the machine failed the run (a full disk, an I/O error; frames so far are
+kept), or a sweep point failed with an unexpected error or is busy in another process (run
+again); 2 bad input (config, arguments, files; refusing to overwrite; a file another process is
+writing); 3 the solution diverged (frames so far are kept); 130 interrupted by Ctrl-C or SIGTERM
+(frames so far are kept, the file closed).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .io import RunFile, describe
+from fields import FileBusy, temporary_path
+
+from .io import RunFile, check_output_name, describe, repair
 from .physics import summaries
 from .plot import plot_run, plot_study
 from .setup import ConfigError, build_scenario, config_from_toml, enable_precision, load_config
 from .study import Diverged, is_study, load_sweep, open_run, prepare_folder, read_study, run, run_study, write_summary
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 COMMANDS, PLOTTERS = "synovia.commands", "synovia.plotters"
 
 
@@ -61,11 +67,18 @@ def info(message: str) -> None:
     print(f"synovia: {message}", file=sys.stderr)
 
 
-def missing_folder(out: Path) -> str | None:
-    """Why ``out`` cannot be created, checked before any work is done (None if it can)."""
+def output_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be written, checked before any work is done (None if it can): its folder
+    is missing or refuses a new file (read-only, no permission, full), or ``out`` is a folder."""
     folder = out.parent
     if not folder.is_dir():
         return f"cannot write '{out}': folder '{folder}' does not exist (create it first)"
+    if out.is_dir():
+        return f"cannot write '{out}': it is a folder; give a file name"
+    try:
+        temporary_path(out, ".probe").unlink()
+    except OSError as err:
+        return f"cannot write '{out}': folder '{folder}' refuses new files ({err.strerror or err})"
     return None
 
 
@@ -90,14 +103,15 @@ def _cmd_run(args) -> int:
             writer, start_frame, state = open_run(scenario, path, resume=True)
             out = path
         else:
+            out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+            if problem := output_problem(out):
+                return error(problem)
+            if out.exists() and not args.overwrite:
+                return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
+            check_output_name(out, args.overwrite)
             config = load_config(args.config, args.set or [])
             enable_precision(config)
             scenario = build_scenario(config)
-            out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
-            if out.exists() and not args.overwrite:
-                return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
-            if problem := missing_folder(out):
-                return error(problem)
             if scenario.config.initial["start"] == "rest":
                 _report_rest(scenario)
             config_dir = Path(args.config).resolve().parent if args.config else Path.cwd()
@@ -122,7 +136,18 @@ def _cmd_run(args) -> int:
     )
     try:
         with writer:
-            result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet)
+            result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet, stop=_STOP.is_set)
+    except OSError as err:  # the disk filled, the file system failed
+        code = error(
+            f"writing '{out}' failed: {err.strerror or err}; the frames before it are kept; "
+            f"make room, then continue with: synovia run --resume {out}",
+            EXIT_FAILED,
+        )
+        if writer.abandoned:  # HDF5 would crash closing the file it could not write, at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except Diverged as err:
         hint = (
             " or run.stepper = 'ssp_rk3' (RKL2 super-steps can undershoot at sharp features)" if scenario.plan.rkl2_stages else ""
@@ -181,9 +206,7 @@ def _cmd_sweep(args) -> int:
         bar.set_postfix_str(f"point {result.index} {result.status} ({values})", refresh=False)
         bar.update()
 
-    # A job manager's SIGTERM (kill, timeout, a cluster's time limit) stops the workers like Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    try:  # main() turns SIGTERM into KeyboardInterrupt: it stops the workers like Ctrl-C
         with bar:
             run_study(sweep, out, points=chosen, jobs=args.jobs, on_result=on_result)
     except KeyboardInterrupt:
@@ -191,8 +214,6 @@ def _cmd_sweep(args) -> int:
         return error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         return error(str(err))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     table = _summary_or_none(out)
     if table is not None:
         print(table.text(), end="")
@@ -212,7 +233,13 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+#: set by SIGTERM: the KeyboardInterrupt the handler raises is lost when it lands in a callback
+#: Python ignores exceptions from (a weakref's), so the run loop also checks this between frames
+_STOP = threading.Event()
+
+
 def _raise_interrupt(signum, frame) -> None:
+    _STOP.set()
     raise KeyboardInterrupt
 
 
@@ -237,8 +264,22 @@ def _cmd_info(args) -> int:
         return error(_no_file(path))
     try:
         print(describe(path))
-    except OSError as err:
-        return error(f"cannot read '{path}': {err}")
+    except (OSError, ValueError) as err:
+        return error(f"cannot read '{path}': {err}" if isinstance(err, OSError) else str(err))
+    return 0
+
+
+def _cmd_repair(args) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        return error(_no_file(path))
+    try:
+        frames = repair(path)
+    except FileBusy as err:
+        return error(str(err))
+    except (OSError, ValueError) as err:
+        return error(f"cannot repair '{path}': {err}" if isinstance(err, OSError) else str(err))
+    info(f"'{path}' opens in any HDF5 reader; it holds {frames} frames")
     return 0
 
 
@@ -319,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print what a run file or a study folder holds")
     p.add_argument("file", help="run file (.h5) or study folder")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("repair", help="make a killed run's file open in any HDF5 reader (in place, every frame kept)")
+    p.add_argument("file", help="run file (.h5)")
+    p.set_defaults(func=_cmd_repair)
     p = sub.add_parser("plot", help="draw the figures of a run file, a fit report or a study folder")
     p.add_argument("file", help="run file (.h5), fit report (.h5) or study folder (from synovia sweep)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the figures (created if needed)")
@@ -341,8 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    # A job manager's SIGTERM (kill, timeout, a cluster's time limit) stops a command like Ctrl-C:
+    # frames so far kept, files closed, exit 130.
+    _STOP.clear()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        return error("interrupted", EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

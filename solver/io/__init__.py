@@ -4,8 +4,11 @@ The layout is documented in ``_runfile``'s docstring and docs/hdf5.md.
 """
 
 from ._runfile import LAYOUT_VERSION as LAYOUT_VERSION
+from ._runfile import NotARunFile as NotARunFile
 from ._runfile import RunFile as RunFile
 from ._runfile import RunWriter as RunWriter
+from ._runfile import check_output_name as check_output_name
 from ._runfile import describe as describe
+from ._runfile import repair as repair
 from ._runfile import resume_writer as resume_writer
 from ._runfile import write_xdmf as write_xdmf

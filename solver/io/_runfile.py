@@ -47,9 +47,13 @@ it atomically after every frame, listing the committed frames only.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
+import shutil
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -60,9 +64,9 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from fields import TISSUE_NAMES, Grid
+from fields import TISSUE_NAMES, Grid, WriterLock, atomic_write_text, hdf5_problem, hdf5_shortfall, temporary_path
 
-__all__ = ["RunFile", "RunWriter", "describe", "resume_writer", "write_xdmf"]
+__all__ = ["NotARunFile", "RunFile", "RunWriter", "check_output_name", "describe", "repair", "resume_writer", "write_xdmf"]
 
 LAYOUT_VERSION = 1
 
@@ -77,6 +81,35 @@ _GZIP_LEVEL = 4
 _RESERVED_ATTRS = ("layout_version", "species")
 
 AttrValue = str | int | float
+#: what a file needs to be read as a run file
+_REQUIRED = ("time", "fields", "summary", "geometry/labels", "grid")
+
+
+#: files dropped after a failed write (RunWriter._abandon), kept open so they are never closed
+_ABANDONED: list = []
+#: free disk space a frame leaves untouched, bytes
+_ROOM_MARGIN = 2**20
+
+
+def _quiet_failed_writes(unraisable) -> None:
+    """Drop h5py's reports of a write HDF5 failed (each object it frees afterwards retries it);
+    pass anything else to the previous hook."""
+    if isinstance(unraisable.exc_value, RuntimeError) and "write failed" in str(unraisable.exc_value):
+        return
+    _quiet_failed_writes.previous(unraisable)
+
+
+def _install_quiet_hook() -> None:
+    if sys.unraisablehook is not _quiet_failed_writes:
+        _quiet_failed_writes.previous = sys.unraisablehook
+        sys.unraisablehook = _quiet_failed_writes
+
+
+_quiet_failed_writes.install = _install_quiet_hook
+
+
+class NotARunFile(ValueError):
+    """The file is not a readable synovia run file: not HDF5, truncated, or another program's HDF5."""
 
 
 def _axis_names(ndim: int) -> tuple[str, ...]:
@@ -85,6 +118,20 @@ def _axis_names(ndim: int) -> tuple[str, ...]:
 
 def _sidecar_path(h5_path: Path) -> Path:
     return h5_path.with_suffix(".xdmf")
+
+
+def check_output_name(path: Path, overwrite: bool) -> None:
+    """Refuse (FileExistsError, ValueError) a run file name that would destroy a file: the run file
+    and its XDMF sidecar must be two files, and neither may replace a file without ``overwrite``."""
+    if _sidecar_path(path) == path:
+        raise ValueError(f"cannot write a run file named '{path}': its ParaView sidecar is NAME.xdmf; name the run NAME.h5")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it (or resume the run)")
+    if _sidecar_path(path).exists() and not overwrite:
+        raise FileExistsError(
+            f"{_sidecar_path(path)} already exists and would be replaced by the run's ParaView sidecar; "
+            "pass --overwrite to replace it, or choose another output name"
+        )
 
 
 def _frame_chunks(spatial: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -195,23 +242,31 @@ class RunWriter:
         attrs = _check_attrs(attrs)
         units = _parse_units(attrs)
 
-        existed = path.exists()
-        if existed and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it (or resume the run)")
-        # "x" still guards against a file appearing between the check and the create.
-        f = h5py.File(path, "w" if overwrite else "x", libver=_LIBVER)
+        check_output_name(path, overwrite)
+        lock = WriterLock(path)
         try:
-            _create_layout(f, grid, labels.astype(np.uint8), species, summary_names, dtype, attrs, units)
-            # After this no object or attribute may be added: SWMR forbids it.
-            f.swmr_mode = True
+            # The layout is made under a temporary name and then put in place: a kill while it is made
+            # leaves no half-made file under the user's name.
+            tmp = temporary_path(path, ".h5.tmp")
+            try:
+                f = h5py.File(tmp, "w", libver=_LIBVER)
+                try:
+                    _create_layout(f, grid, labels.astype(np.uint8), species, summary_names, dtype, attrs, units)
+                    f.flush()
+                    _put_in_place(tmp, path, overwrite)
+                    # After this no object or attribute may be added: SWMR forbids it.
+                    f.swmr_mode = True
+                except BaseException:
+                    f.close()
+                    raise
+            finally:
+                tmp.unlink(missing_ok=True)
         except BaseException:
-            f.close()
-            path.unlink(missing_ok=True)
+            lock.release()
             raise
-        if existed:
-            # The old sidecar would describe frames this file does not have.
-            _sidecar_path(path).unlink(missing_ok=True)
-        self._init_open(f, path, grid, species, summary_names, dtype, times=[])
+        # An old sidecar would describe frames this file does not have.
+        _sidecar_path(path).unlink(missing_ok=True)
+        self._init_open(f, path, grid, species, summary_names, dtype, times=[], lock=lock)
 
     def _init_open(
         self,
@@ -222,8 +277,10 @@ class RunWriter:
         summary_names: tuple[str, ...],
         dtype: np.dtype,
         times: list[float],
+        lock: WriterLock,
     ) -> None:
         self._f: h5py.File | None = f
+        self._lock = lock
         self._path = path
         self._grid = grid
         self._species = species
@@ -233,8 +290,8 @@ class RunWriter:
         self._write_sidecar = True
 
     @classmethod
-    def _reopen(cls, path: Path) -> RunWriter:
-        """Append to a cleanly closed, consistent run file (committed frames only)."""
+    def _reopen(cls, path: Path, lock: WriterLock) -> RunWriter:
+        """Append to a cleanly closed, consistent run file (committed frames only), holding ``lock``."""
         f = h5py.File(path, "r+", libver=_LIBVER)
         try:
             grid = _read_grid(f)
@@ -254,7 +311,7 @@ class RunWriter:
             f.close()
             raise
         writer = cls.__new__(cls)
-        writer._init_open(f, path, grid, species, summary_names, dtype, times)
+        writer._init_open(f, path, grid, species, summary_names, dtype, times, lock)
         writer._update_sidecar()
         return writer
 
@@ -311,22 +368,58 @@ class RunWriter:
 
         n = len(self._times)
         f = self._f
-        for name, arr in arrays.items():
-            ds = f["fields"][name]
+        self._check_room(sum(a.nbytes for a in arrays.values()))
+        _quiet_failed_writes.install()  # h5py reports a failed write once more from each object it frees
+        try:
+            for name, arr in arrays.items():
+                ds = f["fields"][name]
+                ds.resize(n + 1, axis=0)
+                ds[n] = arr
+            for name, value in scalars.items():
+                ds = f["summary"][name]
+                ds.resize(n + 1, axis=0)
+                ds[n] = value
+            f.flush()
+            # /time last: its length is what readers take as the committed frame count.
+            ds = f["time"]
             ds.resize(n + 1, axis=0)
-            ds[n] = arr
-        for name, value in scalars.items():
-            ds = f["summary"][name]
-            ds.resize(n + 1, axis=0)
-            ds[n] = value
-        f.flush()
-        # /time last: its length is what readers take as the committed frame count.
-        ds = f["time"]
-        ds.resize(n + 1, axis=0)
-        ds[n] = time_h
-        f.flush()
+            ds[n] = time_h
+            f.flush()
+        except (RuntimeError, OSError) as err:  # h5py reports a failed write (a full disk) as RuntimeError
+            self._abandon()
+            found = re.search(r"error message = '([^']+)'", str(err))
+            why = found[1] if found else str(err)
+            where = f"writing the frame at t = {time_h:g} h; the {n} frames before it are kept"
+            raise OSError(errno.EIO, f"{why} ({where})") from None
         self._times.append(time_h)
         self._update_sidecar()
+
+    def _check_room(self, frame_bytes: int) -> None:
+        """Refuse a frame the disk may not hold (before HDF5 fails on it: a file HDF5 could not
+        write cannot be closed cleanly): the frame uncompressed, its sidecar and a margin."""
+        need = frame_bytes + 64 * len(self._times) + _ROOM_MARGIN
+        free = shutil.disk_usage(self._path.parent).free
+        if free < need:
+            raise OSError(
+                errno.ENOSPC,
+                f"the disk holding '{self._path}' has {free / 2**20:.3g} MiB free, a frame may need {need / 2**20:.3g} MiB "
+                f"(the {len(self._times)} frames written are kept)",
+            )
+
+    @property
+    def abandoned(self) -> bool:
+        """True after HDF5 failed a write: the file is left open (see :meth:`_abandon`)."""
+        return getattr(self, "_abandoned", False)
+
+    def _abandon(self) -> None:
+        """Stop using a file HDF5 could not write. It is not closed: closing retries the failed writes,
+        which crashed HDF5 (a segmentation fault) in this state, and HDF5 closes what is open when
+        the process ends, so a program that met this ends with ``os._exit`` (the command does).
+        The committed frames are on disk already."""
+        _ABANDONED.append(self._f)
+        self._f = None
+        self._abandoned = True
+        self._lock.release()
 
     def _update_sidecar(self) -> None:
         if self._write_sidecar and self._times:
@@ -339,10 +432,14 @@ class RunWriter:
             )
 
     def close(self) -> None:
-        """Close the file; further appends raise. Safe to call twice."""
+        """Close the file (it then opens in any HDF5 reader) and let another writer in; further
+        appends raise. Safe to call twice."""
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            try:
+                self._f.close()
+            finally:
+                self._f = None
+                self._lock.release()
 
     def __enter__(self) -> RunWriter:
         return self
@@ -354,6 +451,21 @@ class RunWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _put_in_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Give the finished file ``tmp`` the name ``path``: replacing a file there only with ``overwrite``."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if a file appeared at ``path`` meanwhile
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it (or resume the run)") from None
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it (or resume the run)") from None
+        os.replace(tmp, path)
 
 
 def _create_layout(
@@ -462,7 +574,22 @@ class RunFile:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(path)
-        return cls(h5py.File(path, "r", swmr=True), path)
+        if problem := hdf5_problem(path):  # before SWMR read, which retries a truncated file's reads for minutes
+            raise NotARunFile(f"'{path}' {problem}")
+        f = h5py.File(path, "r", swmr=True)
+        try:
+            if missing := [k for k in _REQUIRED if k not in f] + [a for a in ("species", "layout_version") if a not in f.attrs]:
+                raise NotARunFile(
+                    f"'{path}' is an HDF5 file but not a synovia run file (it lacks {', '.join(missing)}); "
+                    "synovia run writes run files"
+                )
+            return cls(f, path)
+        except (KeyError, IndexError, TypeError) as err:
+            f.close()
+            raise NotARunFile(f"'{path}' is not a readable synovia run file: {err}") from None
+        except BaseException:
+            f.close()
+            raise
 
     def _file(self) -> h5py.File:
         if self._f is None:
@@ -552,11 +679,18 @@ def resume_writer(path: str | os.PathLike[str]) -> tuple[RunWriter, float, dict[
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(path)
+    with RunFile.open(path):  # a run file, whole
+        pass
+    lock = WriterLock(path)  # FileBusy while another process writes it (a job started twice)
     try:
-        writer = RunWriter._reopen(path)
-    except OSError:
-        # HDF5 refuses a file whose writer never closed it; rebuild it from what is committed.
-        writer = _rebuild(path)
+        try:
+            writer = RunWriter._reopen(path, lock)
+        except OSError:
+            # HDF5 refuses a file whose writer never closed it; rebuild it from what is committed.
+            writer = RunWriter._reopen(_rebuild(path), lock)
+    except BaseException:
+        lock.release()
+        raise
     if writer.n_frames == 0:
         writer.close()
         raise ValueError(f"{path} has no committed frame to resume from")
@@ -565,37 +699,64 @@ def resume_writer(path: str | os.PathLike[str]) -> tuple[RunWriter, float, dict[
     return writer, writer._times[-1], last
 
 
-def _rebuild(path: Path) -> RunWriter:
-    """Copy the committed frames of ``path`` into a fresh file, replace it, reopen it."""
-    tmp = path.with_name(f".{path.name}.resume.tmp")
-    with RunFile.open(path) as old:
-        times = old.time
-        summary = old.summary
-        fresh = RunWriter(
-            tmp,
-            grid=old.grid,
-            labels=old.labels,
-            species=old.species,
-            summary_names=old.summary_names,
-            dtype=old.dtype,
-            attrs=old.attrs,
-            overwrite=True,
-        )
-        fresh._write_sidecar = False
+def _rebuild(path: Path) -> Path:
+    """Copy the committed frames of ``path`` into a fresh file and put it in place of ``path``
+    (the caller holds ``path``'s writer lock)."""
+    tmp = temporary_path(path, ".h5.tmp")
+    try:
+        with RunFile.open(path) as old:
+            times = old.time
+            summary = old.summary
+            fresh = RunWriter(
+                tmp,
+                grid=old.grid,
+                labels=old.labels,
+                species=old.species,
+                summary_names=old.summary_names,
+                dtype=old.dtype,
+                attrs=old.attrs,
+                overwrite=True,
+            )
+            fresh._write_sidecar = False
+            try:
+                for k, t in enumerate(times):
+                    fresh.append(float(t), old.fields(k), {name: values[k] for name, values in summary.items()})
+            finally:
+                fresh.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(f".{tmp.name}.lock").unlink(missing_ok=True)
+    return path
+
+
+def repair(path: str | os.PathLike[str]) -> int:
+    """Make a run file whose writer was killed open in any HDF5 reader (h5py, h5dump, ParaView),
+    in place, keeping every committed frame (a half-written one is dropped); returns the frames.
+
+    A cleanly closed file is left as it is. A file whose last write failed (a full disk, a
+    size limit) can lack the end of that write: up to :data:`REPAIR_SHORTFALL` bytes are put back
+    as zeros first (only the uncommitted frame lived there). Raises :class:`fields.FileBusy`
+    while a writer has it.
+    """
+    path = Path(path)
+    with WriterLock(path):
+        if missing := hdf5_shortfall(path) if path.is_file() else 0:
+            if missing > REPAIR_SHORTFALL:
+                raise NotARunFile(f"'{path}' is cut short by {missing / 2**20:.3g} MiB: more than a failed write; not repairable")
+            os.truncate(path, path.stat().st_size + missing)
+        with RunFile.open(path) as run:
+            n = run.n_frames
         try:
-            for k, t in enumerate(times):
-                fresh.append(
-                    float(t),
-                    old.fields(k),
-                    {name: values[k] for name, values in summary.items()},
-                )
-        except BaseException:
-            fresh.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        fresh.close()
-    os.replace(tmp, path)
-    return RunWriter._reopen(path)
+            h5py.File(path, "r").close()  # HDF5 opens it: nothing to repair
+        except OSError:
+            _rebuild(path)
+            write_xdmf(path)
+    return n
+
+
+#: the most bytes :func:`repair` puts back at the end of a file whose last write failed
+REPAIR_SHORTFALL = 64 * 2**20
 
 
 def _number_type(dtype: np.dtype) -> tuple[str, str]:
@@ -638,11 +799,7 @@ def write_xdmf(
     dtype = np.dtype(dtype)
     text = _xdmf_text(h5_path.name, grid, list(species), [float(t) for t in times], dtype)
 
-    out = _sidecar_path(h5_path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(_sidecar_path(h5_path), text)
 
 
 def _xdmf_mesh(grid: Grid) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:

@@ -36,6 +36,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from fields import atomic_write_text
+
 from ..study import MEASURES, START, Measure, StudyTable, read_study
 from ._run import (
     _UNIT_TEXT,
@@ -412,5 +414,5 @@ def plot_study(
             save_figure(study_timecourse_figure(table), out_dir / "study_timecourses.png", dpi),
         ]
     csv_path = out_dir / "summary.csv"
-    csv_path.write_text(table.csv())
+    atomic_write_text(csv_path, table.csv())
     return [*written, csv_path]

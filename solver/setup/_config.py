@@ -410,9 +410,16 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{what} '{path}' is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{what} '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "TOML files are UTF-8: save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} '{path}': {err.strerror or err}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -5,10 +5,9 @@ Read at the edge (the command line, a fit), never inside the numerics.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import jax
+
+from fields import host_memory_bytes
 
 #: share of the device's memory that ``trajectory(checkpoint="auto")`` lets the stored step
 #: states take (:func:`checkpoint_budget_bytes`)
@@ -32,20 +31,3 @@ def checkpoint_budget_bytes(device=None) -> int:
             stats = {}
         return int(CHECKPOINT_SHARE * stats.get("bytes_limit", 0))
     return int(CHECKPOINT_SHARE * host_memory_bytes())
-
-
-def host_memory_bytes() -> int:
-    """The host memory this process may use: the least of the RAM, the cgroup's limit and what is available now."""
-    sizes = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            sizes.append(int(Path(path).read_text().split()[0]))
-        except (OSError, ValueError, IndexError):  # absent, or "max"
-            pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                sizes.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    return min(sizes)

@@ -19,6 +19,7 @@ from fields import (
     add_blob,
     ball_mask,
     baseline_fields,
+    host_memory_bytes,
     load_arrays,
     preset_dimensions,
     set_ball,
@@ -45,6 +46,10 @@ from ._config import RESTING_SPECIES, WALLS, Config, ConfigError, config_from_di
 
 #: Steps per output interval beyond which a scenario is refused (an extreme value, not a run to wait for).
 MAX_SUBSTEPS = 10**8
+#: Memory a grid cell takes to be solved, in arrays of the run's precision: the 2D knee's SSP-RK3 step
+#: was measured at 415 bytes per cell in float64 (52 arrays: state, stages, coefficients, XLA's
+#: buffers); 64 leaves a margin. A grid that needs more than the host has is refused before it is made.
+ARRAYS_PER_CELL = 64
 _DIMENSION_KEYS = tuple(f.name for f in dataclasses.fields(JointDimensions))
 
 
@@ -110,6 +115,19 @@ class Scenario:
             result, state=result.state._replace(drug=jnp.zeros_like(seed.drug), complex=jnp.zeros_like(seed.complex))
         )
 
+    def check_frames_memory(self, n_frames: int) -> None:
+        """Refuse (:class:`ConfigError`, naming ``run.t_end_h``) to keep ``n_frames`` whole frames in
+        memory (a fit's or ``synth``'s trajectory) when this host has not the room for them."""
+        per_frame = len(self.options.species) * self.geometry.grid.size * np.dtype(self.dtype).itemsize
+        need, have = (n_frames + 1) * per_frame, host_memory_bytes()
+        if need > have:
+            run = self.config.run
+            raise ConfigError(
+                f"config key 'run.t_end_h' = {run.t_end_h:g}: {n_frames:.3g} frames of {run.output_interval_h:g} h "
+                f"kept in memory need {_size(need)}, this machine has {_size(have)} free; use a shorter run.t_end_h "
+                "or a longer run.output_interval_h"
+            )
+
     @functools.cached_property
     def initial(self) -> State:
         """The state a run starts from (frame 0)."""
@@ -119,7 +137,34 @@ class Scenario:
             return initial_state(self.config, self.geometry, self.domain, self.dtype, rest=self.rest.state)
 
 
-def _geometry(config: Config) -> tuple[Geometry, Config]:
+def check_grid_memory(shape: tuple[int, ...], itemsize: int, key: str, value) -> None:
+    """Refuse (:class:`ConfigError`, naming ``key`` = ``value``) a grid of ``shape`` that would need
+    more memory to solve than this host has (:data:`ARRAYS_PER_CELL` arrays of ``itemsize`` bytes)."""
+    cells = math.prod(int(n) for n in shape)
+    need, have = cells * ARRAYS_PER_CELL * itemsize, host_memory_bytes()
+    if need > have:
+        raise ConfigError(
+            f"config key '{key}' = {value!r}: a grid of {' x '.join(map(str, shape))} = {cells:.3g} cells needs about "
+            f"{_size(need)} to solve ({ARRAYS_PER_CELL} arrays of {itemsize} bytes per cell), this machine has "
+            f"{_size(have)} free; use a coarser geometry.spacing_mm or a smaller domain"
+        )
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**10:.3g} KiB"
+
+
+def _planned_shape(extent_mm, spacing_mm: float) -> tuple[int, ...]:
+    """Cells per axis the geometry builders will make (fields.joint, fields.box), without making them."""
+    if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
+        return ()  # the builder says what is wrong with it
+    return tuple(max(1, int(round(d / spacing_mm))) for d in extent_mm if math.isfinite(d) and d > 0)
+
+
+def _geometry(config: Config, itemsize: int) -> tuple[Geometry, Config]:
     g = config.geometry
     try:
         if g.kind == "joint":
@@ -130,6 +175,7 @@ def _geometry(config: Config) -> tuple[Geometry, Config]:
                 if value not in (0.0, ()):
                     changes[key] = tuple(value) if isinstance(value, tuple) else value
             dims = dataclasses.replace(dims, **changes)
+            check_grid_memory(_planned_shape(dims.domain_mm, g.spacing_mm), itemsize, "geometry.spacing_mm", g.spacing_mm)
             geometry = joint_geometry(g.spacing_mm, dims)
             resolved = {k: getattr(dims, k) for k in _DIMENSION_KEYS}
             return geometry, dataclasses.replace(config, geometry=dataclasses.replace(g, **resolved))
@@ -138,6 +184,7 @@ def _geometry(config: Config) -> tuple[Geometry, Config]:
                 raise ConfigError(
                     f"config key 'geometry.size_mm' = {list(g.size_mm)}: needs {g.ndim} values for geometry.ndim = {g.ndim}"
                 )
+            check_grid_memory(_planned_shape(g.size_mm, g.spacing_mm), itemsize, "geometry.spacing_mm", g.spacing_mm)
             return box_geometry(g.size_mm, g.spacing_mm, g.tissue), config
         path = Path(g.path)
         if not g.path:
@@ -146,13 +193,15 @@ def _geometry(config: Config) -> tuple[Geometry, Config]:
             path = Path(config.base_dir) / path
         spacing = g.file_spacing_mm or None
         geometry = file_geometry(path, dataset=g.dataset, spacing_mm=spacing)
+        check_grid_memory(geometry.grid.shape, itemsize, "geometry.path", g.path)
         if geometry.grid.ndim != g.ndim:
             raise ConfigError(f"config key 'geometry.ndim' = {g.ndim}: the label file '{g.path}' is {geometry.grid.ndim}D")
         return geometry, config
     except ConfigError:
         raise
-    except (ValueError, KeyError) as err:
-        raise ConfigError(f"geometry: {err}") from None
+    except (ValueError, KeyError, OSError) as err:
+        key = "geometry.path" if g.kind == "file" else "geometry"
+        raise ConfigError(f"config key '{key}': {err}") from None
 
 
 def _centre(centre, geometry: Geometry, key: str) -> tuple[float, ...]:
@@ -207,7 +256,7 @@ def initial_state(config: Config, geometry: Geometry, domain: Domain, dtype, res
             path = Path(config.base_dir) / path
         try:
             fields.update(load_arrays(path, grid.shape))
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             raise ConfigError(f"config key 'initial.file': {err}") from None
     for i, blob in enumerate(config.initial["blobs"]):
         centre = _centre(blob.centre_mm, geometry, f"initial.blobs[{i}].centre_mm")
@@ -233,7 +282,7 @@ def build_scenario(config: Config) -> Scenario:
         )
     dtype = jnp.float64 if run.precision == "float64" else jnp.float32
     n_frames = frame_count(run)
-    geometry, config = _geometry(config)
+    geometry, config = _geometry(config, np.dtype(dtype).itemsize)
     grid = geometry.grid
     centre = _centre(config.injury.centre_mm, geometry, "injury.centre_mm")
     injury_mask = ball_mask(grid, centre, config.injury.radius_mm)

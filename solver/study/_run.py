@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -82,12 +83,21 @@ class RunResult:
     wall_s: float
 
 
-def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None = None, progress: bool = True) -> RunResult:
+def run(
+    scenario: Scenario,
+    writer,
+    *,
+    start_frame: int = 0,
+    state: State | None = None,
+    progress: bool = True,
+    stop: Callable[[], bool] | None = None,
+) -> RunResult:
     """Advance from frame ``start_frame`` (state ``state``, default the initial one) to the end.
 
     Frame ``k`` is at ``k * output_interval_h``. An empty file gets frame 0 first. Each frame
     is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host.
-    Raises :class:`Diverged` after writing every good frame.
+    Raises :class:`Diverged` after writing every good frame, and KeyboardInterrupt after a frame
+    when ``stop()`` turns true (a signal the caller caught).
     """
     solver = scenario.solver
     species = scenario.options.species
@@ -135,6 +145,8 @@ def run(scenario: Scenario, writer, *, start_frame: int = 0, state: State | None
             elapsed = time.perf_counter() - start
             bar.set_postfix_str(f"{steps / max(elapsed, 1e-9):.0f} steps/s", refresh=False)
             bar.update(round(interval, 6))
+            if stop is not None and stop():
+                raise KeyboardInterrupt
     finally:
         bar.close()
     return RunResult(state, scenario.n_frames * interval, writer.n_frames, steps, time.perf_counter() - start)

@@ -36,13 +36,14 @@ import multiprocessing
 import os
 import signal
 import tomllib
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
+
+from fields import atomic_write_text
 
 from ..io import RunFile
 from ..setup import (
@@ -70,6 +71,8 @@ TOP_KEYS = ("scenario", "set", "combine", "vary", "starts")
 START = "start"
 COMBINE = ("grid", "zip")
 RANGE_KEYS = ("from", "to", "count", "spacing")
+#: Points beyond which a sweep is refused before any is made: a study of runs, not a grid of numbers.
+MAX_POINTS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +183,11 @@ def _values(key: str, raw) -> list[Any]:
         spacing = raw.get("spacing", "linear")
         if spacing not in ("linear", "log"):
             raise ConfigError(f"sweep key 'vary.{key}.spacing' = {spacing!r}: allowed: linear, log")
+        if count > MAX_POINTS:
+            raise ConfigError(
+                f"sweep key 'vary.{key}.count' = {count}: at most {MAX_POINTS} points in a sweep (each is a run and a "
+                "run file); split a larger study into several sweeps"
+            )
         if count == 1 and start != stop:
             raise ConfigError(f"sweep key 'vary.{key}': count = 1 with from != to; give count >= 2, or a list of one value")
         if spacing == "log":
@@ -243,6 +251,13 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
             raise ConfigError(f'sweep: combine = "zip" needs as many values for every key, got {lengths}')
         values = tuple(zip(*columns.values()))
     else:
+        total = math.prod(len(v) for v in columns.values()) * max(1, len(starts))
+        if total > MAX_POINTS:
+            sizes = " x ".join(f"{len(v)} ({k})" for k, v in columns.items()) + (f" x {len(starts)} starts" if starts else "")
+            raise ConfigError(
+                f"sweep: {sizes} = {total} points, more than {MAX_POINTS} (each is a run and a run file); "
+                'use fewer values, combine = "zip", or several sweeps'
+            )
         values = tuple(itertools.product(*columns.values()))
     if starts:  # every point from each start: the start is the last column
         keys += (START,)
@@ -311,13 +326,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # a unique temporary name: tasks on different nodes of a shared file system may share a pid
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_manifest(folder: Path) -> dict[str, Any]:
     """``study.toml`` of a study folder (ValueError if it is not one)."""
     path = Path(folder) / MANIFEST
@@ -370,7 +378,7 @@ def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> No
             _remove_runs(folder)
         # The manifest first, atomically: a task that does not wait for the lock sees none or a whole one.
         if not (folder / MANIFEST).is_file() or read_manifest(folder) != manifest:
-            _atomic_write(folder / MANIFEST, tomli_w.dumps(manifest))
+            atomic_write_text(folder / MANIFEST, tomli_w.dumps(manifest))
         (folder / RUNS).mkdir(exist_ok=True)
 
 
@@ -676,7 +684,7 @@ def _key(v):
 def write_summary(folder: Path) -> StudyTable:
     """Write ``summary.csv`` of a study folder from its run files; returns the table."""
     table = read_study(folder)
-    _atomic_write(Path(folder) / SUMMARY_CSV, table.csv())
+    atomic_write_text(Path(folder) / SUMMARY_CSV, table.csv())
     return table
 
 
