@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 
 from fields import atomic_write_text
-from solver.cli import EXIT_FAILED, EXIT_INTERRUPTED, Command, error, info, output_problem
+from solver.cli import EXIT_FAILED, EXIT_INTERRUPTED, Command, error, info, output_problem, stop_requested
 from solver.setup import ConfigError, enable_precision, load_config
 
 from ._config import load_fit_config
@@ -55,6 +55,7 @@ def _run_fit(args) -> int:
             report=out,
             resume=args.resume,
             settings_toml=fc.toml,
+            on_iteration=_stop_if_asked,
         )
     except (ConfigError, ObservationError, FitError) as err:
         return error(str(err))
@@ -84,6 +85,11 @@ def _run_fit(args) -> int:
         f"wrote '{out}', '{toml_path}', " + ", ".join(f"'{f}'" for f in figures)
     )
     return 0
+
+
+def _stop_if_asked(iteration: int, values) -> None:
+    if stop_requested():  # SIGTERM, whose KeyboardInterrupt can be lost
+        raise KeyboardInterrupt
 
 
 def _sidecars(out: Path) -> list[Path]:

@@ -136,7 +136,7 @@ def _cmd_run(args) -> int:
     )
     try:
         with writer:
-            result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet, stop=_STOP.is_set)
+            result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet, stop=stop_requested)
     except OSError as err:  # the disk filled, the file system failed
         code = error(
             f"writing '{out}' failed: {err.strerror or err}; the frames before it are kept; "
@@ -238,6 +238,12 @@ def _cmd_sweep(args) -> int:
 _STOP = threading.Event()
 
 
+def stop_requested() -> bool:
+    """True once SIGTERM asked the command to stop: long loops check it between steps, since the
+    KeyboardInterrupt the signal raises can be lost."""
+    return _STOP.is_set()
+
+
 def _raise_interrupt(signum, frame) -> None:
     _STOP.set()
     raise KeyboardInterrupt
@@ -263,9 +269,10 @@ def _cmd_info(args) -> int:
     if not path.is_file():
         return error(_no_file(path))
     try:
-        print(describe(path))
+        text = describe(path)
     except (OSError, ValueError) as err:
         return error(f"cannot read '{path}': {err}" if isinstance(err, OSError) else str(err))
+    print(text)
     return 0
 
 
@@ -394,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return error("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # output piped to a reader that stopped (synovia info FILE | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
 

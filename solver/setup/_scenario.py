@@ -39,6 +39,7 @@ from ..physics import (
     dose_times,
     make_domain,
     species_region,
+    stable_dt,
     without_drug,
 )
 from ..time import Solver, SteadyState, StepPlan, StepTooLarge, binding_limits, relax, resting_params, stepper_class
@@ -306,8 +307,11 @@ def build_scenario(config: Config) -> Scenario:
     if plan.substeps > MAX_SUBSTEPS:
         binding = binding_limits(plan.limits, run.stepper)
         worst = min(binding, key=binding.get)
+        cls, causes = stepper_class(run.stepper), {}
+        stable_dt(params, state, options, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
         raise ConfigError(
-            f"the stable time step is {plan.limits[worst]:.3g} h (set by {worst}): {plan.substeps:.3g} steps per output "
+            f"the stable time step is {plan.limits[worst]:.3g} h (set by {worst}: {causes[worst]}): "
+            f"{plan.substeps:.3g} steps per output "
             f"interval of {run.output_interval_h:g} h, more than {MAX_SUBSTEPS:.0e}; check the initial values and "
             "[parameters] for an extreme value"
         )

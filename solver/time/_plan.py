@@ -46,9 +46,11 @@ def choose_substeps(
     if dt is not None and dt > 0:
         worst = min(stability, key=stability.get)
         if dt > stability[worst] * (1 + 1e-12):
+            causes: dict[str, str] = {}
+            stable_dt(params, state, options, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
             raise StepTooLarge(
-                f"run.dt_h = {dt:g} h is above the stable limit {stability[worst]:.4g} h (set by {worst}); "
-                f"use a value <= {stability[worst]:.4g} or 0 for automatic"
+                f"run.dt_h = {dt:g} h is above the stable limit {stability[worst]:.4g} h (set by {worst}: "
+                f"{causes[worst]}); use a value <= {stability[worst]:.4g} or 0 for automatic"
             )
         target = dt
     else:

@@ -75,6 +75,8 @@ def test_trace_case_times_the_kernels_of_a_step(tmp_path):
     assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))
 
 
+# ~12 s (timed loops): runs with the slow validation
+@pytest.mark.slow
 def test_roofline_triad_takes_the_difference_of_two_loops():
     """The bandwidth is the extra bytes of the longer loop over the median paired time difference."""
     from benchmarks import _cases

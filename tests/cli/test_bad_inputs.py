@@ -107,7 +107,13 @@ CASES = [
     ("run.stepper", {"c.toml": _box(run__stepper='"euler"')}, ["run", "c.toml"], ["run.stepper", "euler"]),
     ("run.safety 0", {"c.toml": _box(run__safety=0.0)}, ["run", "c.toml"], ["run.safety"]),
     ("run.dt_h negative", {"c.toml": _box(run__dt_h=-1.0)}, ["run", "c.toml"], ["run.dt_h"]),
-    ("run.dt_h too large", {"c.toml": _box(run__dt_h=0.9)}, ["run", "c.toml"], ["dt"]),
+    ("run.dt_h too large", {"c.toml": _box(run__dt_h=0.9)}, ["run", "c.toml"], ["run.dt_h", "set by diffusion: diffusivity_"]),
+    (
+        "a parameter forcing a tiny step",
+        {},
+        ["run", "--set", "parameters.decay_tnf=1e12"],
+        ["set by reaction", "decay_tnf = 1e+12"],
+    ),
     # --- run: [geometry] ---
     ("geometry.spacing_mm 0", {"c.toml": BOX.replace("spacing_mm = 0.5", "spacing_mm = 0.0")}, ["run", "c.toml"], ["spacing_mm"]),
     (

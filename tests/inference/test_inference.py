@@ -374,6 +374,8 @@ def test_fit_from_noisy_data_lands_within_its_uncertainty(recover_config, recove
     assert result.fitted_config().injury.rate == pytest.approx(result.parameters["injury_rate"])
 
 
+# ~11 s: runs with the slow validation
+@pytest.mark.slow
 def test_multistart_batches_equal_separate_evaluations(recover_problem, monkeypatch):
     from inference._fit import _OptimiserStep, make_optimizer
     from solver import Solver

@@ -237,6 +237,8 @@ def test_an_il1_receptor_antagonist_leaves_the_share_1_over_1_plus_a_over_kb_of_
 # --- fitting a patient's drug levels ----------------------------------------------------------------
 
 
+# ~20 s (a fit): runs with the slow validation
+@pytest.mark.slow
 def test_a_fit_recovers_pharmacokinetics_from_plasma_levels():
     """Plasma adalimumab levels over two doses (kind "plasma", 3% noise; a 2x2 box of synovium for the
     joint): a fit frees k_e and V and lands within 3 standard errors of the label values."""

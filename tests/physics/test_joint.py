@@ -201,6 +201,8 @@ def test_relaxation_from_two_starts_finds_both_stable_states_of_a_bistable_joint
     assert states["inflamed"] > 500 and states["rest"] < 1, states
 
 
+# ~20 s (a sweep): runs with the slow validation
+@pytest.mark.slow
 def test_a_sweep_from_two_starts_reports_the_bistable_window(tmp_path, capsys):
     from solver import read_study
 

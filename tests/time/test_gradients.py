@@ -43,9 +43,10 @@ def test_gradient_through_the_solver_matches_central_differences(stepper):
     assert_close(jnp.sum(grads.diffusivity_tnf * direction), (up - down) / (2 * eps), rtol=1e-6, atol=1e-9, what="D_T")
 
 
-# SSP-RK3's comparison (~26 s) runs with the slow validation; its right-hand side's adjoint is
-# checked in tests/physics/test_adjoint.py
-@pytest.mark.parametrize("stepper", [pytest.param("ssp_rk3", marks=pytest.mark.slow), "strang_rkl2"])
+# ~20-26 s each: run with the slow validation; the right-hand side's adjoint is checked in
+# tests/physics/test_adjoint.py
+@pytest.mark.slow
+@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_rkl2"])
 def test_the_solver_gradient_is_the_same_with_the_hand_written_adjoint(stepper):
     """Through the whole solver (frames, steps, stages, checkpoints): the same gradient with the
     hand-written adjoint as with JAX's (strang_ssp_rk3 differs from ssp_rk3 only in the right-hand
