@@ -14,6 +14,7 @@ from ._files import check_size as check_size
 from ._files import hdf5_problem as hdf5_problem
 from ._files import hdf5_shortfall as hdf5_shortfall
 from ._files import host_memory_bytes as host_memory_bytes
+from ._files import size_text as size_text
 from ._files import temporary_path as temporary_path
 from ._geometry import PRESETS as PRESETS
 from ._geometry import Geometry as Geometry

@@ -33,6 +33,7 @@ __all__ = [
     "hdf5_problem",
     "hdf5_shortfall",
     "host_memory_bytes",
+    "size_text",
     "temporary_path",
 ]
 
@@ -56,21 +57,27 @@ def hdf5_problem(path: str | os.PathLike[str]) -> str | None:
     if not path.is_file():
         return "is a folder, not a file" if path.is_dir() else "does not exist"
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            for offset in _SUPERBLOCK_OFFSETS:
-                if offset + 8 > size:
-                    break
-                fh.seek(offset)
-                if fh.read(8) == _SIGNATURE:
-                    return _truncation(fh, offset, size)
+        found, offset, end, size = _superblock(path)
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
-    return "is not an HDF5 file (no HDF5 signature)"
+    if not found:
+        return "is not an HDF5 file (no HDF5 signature)"
+    if end is None:
+        return f"is truncated ({size} bytes: its HDF5 superblock is cut off)" if size < offset + 48 else None
+    if offset + end > size:
+        return f"is truncated: HDF5 says it ends at byte {offset + end}, the file has {size} (cut short, or the disk filled)"
+    return None
 
 
 def hdf5_shortfall(path: str | os.PathLike[str]) -> int:
     """Bytes an HDF5 file lacks: its superblock's end-of-file address less its size (0 if none)."""
+    found, offset, end, size = _superblock(path)
+    return max(0, offset + end - size) if found and end is not None else 0
+
+
+def _superblock(path: Path) -> tuple[bool, int, int | None, int]:
+    """(signature found, its offset, the superblock's end-of-file address or None where unknown or
+    undefined, the file's size), from the first bytes of ``path``."""
     with Path(path).open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         for offset in _SUPERBLOCK_OFFSETS:
@@ -78,9 +85,8 @@ def hdf5_shortfall(path: str | os.PathLike[str]) -> int:
                 break
             fh.seek(offset)
             if fh.read(8) == _SIGNATURE:
-                end = _end_address(fh, offset)
-                return max(0, offset + end - size) if end is not None else 0
-    return 0
+                return True, offset, _end_address(fh, offset), size
+    return False, 0, None, size
 
 
 def _end_address(fh, offset: int) -> int | None:
@@ -100,16 +106,6 @@ def _end_address(fh, offset: int) -> int | None:
     return None if end == (1 << (8 * o_size)) - 1 else end
 
 
-def _truncation(fh, offset: int, size: int) -> str | None:
-    """The superblock at ``offset``'s end-of-file address against the file's ``size``."""
-    end = _end_address(fh, offset)
-    if end is None:
-        return f"is truncated ({size} bytes: its HDF5 superblock is cut off)" if size < offset + 48 else None
-    if offset + end > size:
-        return f"is truncated: HDF5 says it ends at byte {offset + end}, the file has {size} (cut short, or the disk filled)"
-    return None
-
-
 def check_size(what: str, shape: tuple[int, ...], itemsize: int, limit_bytes: int) -> None:
     """Refuse (ValueError) an array of ``shape`` x ``itemsize`` bytes larger than ``limit_bytes``,
     before it is read or allocated; ``what`` names it in the message."""
@@ -118,8 +114,8 @@ def check_size(what: str, shape: tuple[int, ...], itemsize: int, limit_bytes: in
         need *= int(n)
     if need > limit_bytes:
         raise ValueError(
-            f"{what} has shape {tuple(int(n) for n in shape)}: {_gib(need)} to read, more than the "
-            f"{_gib(limit_bytes)} this machine has free"
+            f"{what} has shape {tuple(int(n) for n in shape)}: {size_text(need)} to read, more than the "
+            f"{size_text(limit_bytes)} this machine has free"
         )
 
 
@@ -140,8 +136,12 @@ def host_memory_bytes() -> int:
     return min(sizes)
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+def size_text(n: float) -> str:
+    """A byte count for people: KiB, MiB, GiB or TiB, three significant figures."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**10:.3g} KiB"
 
 
 def temporary_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Path:

@@ -139,8 +139,8 @@ def _cmd_run(args) -> int:
             result = run(scenario, writer, start_frame=start_frame, state=state, progress=not args.quiet, stop=stop_requested)
     except OSError as err:  # the disk filled, the file system failed
         code = error(
-            f"writing '{out}' failed: {err.strerror or err}; the frames before it are kept; "
-            f"make room, then continue with: synovia run --resume {out}",
+            f"writing '{out}' failed: {err.strerror or err}; make room, then continue its finished frames with: "
+            f"synovia run --resume {out}",
             EXIT_FAILED,
         )
         if writer.abandoned:  # HDF5 would crash closing the file it could not write, at exit

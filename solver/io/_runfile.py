@@ -105,9 +105,6 @@ def _install_quiet_hook() -> None:
         sys.unraisablehook = _quiet_failed_writes
 
 
-_quiet_failed_writes.install = _install_quiet_hook
-
-
 class NotARunFile(ValueError):
     """The file is not a readable synovia run file: not HDF5, truncated, or another program's HDF5."""
 
@@ -369,7 +366,7 @@ class RunWriter:
         n = len(self._times)
         f = self._f
         self._check_room(sum(a.nbytes for a in arrays.values()))
-        _quiet_failed_writes.install()  # h5py reports a failed write once more from each object it frees
+        _install_quiet_hook()  # h5py reports a failed write once more from each object it frees
         try:
             for name, arr in arrays.items():
                 ds = f["fields"][name]

@@ -23,6 +23,7 @@ from fields import (
     load_arrays,
     preset_dimensions,
     set_ball,
+    size_text,
 )
 from fields import box as box_geometry
 from fields import from_file as file_geometry
@@ -125,7 +126,7 @@ class Scenario:
             run = self.config.run
             raise ConfigError(
                 f"config key 'run.t_end_h' = {run.t_end_h:g}: {n_frames:.3g} frames of {run.output_interval_h:g} h "
-                f"kept in memory need {_size(need)}, this machine has {_size(have)} free; use a shorter run.t_end_h "
+                f"kept in memory need {size_text(need)}, this machine has {size_text(have)} free; use a shorter run.t_end_h "
                 "or a longer run.output_interval_h"
             )
 
@@ -146,16 +147,9 @@ def check_grid_memory(shape: tuple[int, ...], itemsize: int, key: str, value) ->
     if need > have:
         raise ConfigError(
             f"config key '{key}' = {value!r}: a grid of {' x '.join(map(str, shape))} = {cells:.3g} cells needs about "
-            f"{_size(need)} to solve ({ARRAYS_PER_CELL} arrays of {itemsize} bytes per cell), this machine has "
-            f"{_size(have)} free; use a coarser geometry.spacing_mm or a smaller domain"
+            f"{size_text(need)} to solve ({ARRAYS_PER_CELL} arrays of {itemsize} bytes per cell), this machine has "
+            f"{size_text(have)} free; use a coarser geometry.spacing_mm or a smaller domain"
         )
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n / 2**10:.3g} KiB"
 
 
 def _planned_shape(extent_mm, spacing_mm: float) -> tuple[int, ...]:
