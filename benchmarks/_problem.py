@@ -79,7 +79,7 @@ def box_problem(
     domain = make_domain(labels, injury, dtype, grid.spacing)
     zeros = np.zeros(shape)
     state = State(*(jnp.asarray(a, dtype) for a in (tnf, il1, leuk, zeros, zeros, zeros)))
-    dt = StepPlan.choose("ssp_rk3", 1.0, params, state, options, 0.9).dt  # the step of a 1 h interval
+    dt = StepPlan.choose("ssp_rk3", 1.0, params, state, options, domain, 0.9).dt  # the step of a 1 h interval
     return Problem(options, params, domain, state, dt, dtype, labels, injury)
 
 

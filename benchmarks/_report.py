@@ -436,9 +436,11 @@ def markdown(result: dict) -> str:
                 ],
             ),
             "",
-            f"Stable-step limits of SSP-RK3 (h): diffusion {lim['diffusion']:.4g}, chemotaxis {lim['chemotaxis']:.4g}, "
-            f'reaction {lim["reaction"]:.4g} (drug binding). `run.stepper = "strang_ssp_rk3"` integrates decay '
-            'and binding exactly, so diffusion sets its step. `run.stepper = "strang_rkl2"` also splits diffusion '
+            f"Stable-step limits of SSP-RK3 (h): positivity {lim['positivity']:.4g} (the fastest-draining cell's "
+            f"diffusion, chemotaxis and reactions summed), of which diffusion alone {lim['diffusion']:.4g}, chemotaxis "
+            f'{lim["chemotaxis"]:.4g}, reaction {lim["reaction"]:.4g} (drug binding). `run.stepper = "strang_ssp_rk3"` '
+            "integrates decay and binding exactly, so diffusion and fluid mixing set its step. "
+            '`run.stepper = "strang_rkl2"` also splits diffusion '
             "off and advances it by RKL2 super-steps (explicit, stable for (s^2 + s - 2)/4 forward-Euler steps with "
             "s stages); its step is then bounded by an empirical accuracy cap (0.25 / k_T), chemotaxis and the "
             "remaining reactions.",

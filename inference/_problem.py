@@ -289,7 +289,9 @@ class Problem:
         extreme = [p.upper if math.isfinite(p.upper) else 4.0 * p.initial for p in self.parameters]
         params_hi = set_values(scenario.params, self.names, jnp.asarray(extreme, scenario.dtype))
         run = config.run
-        hi = StepPlan.choose(run.stepper, scenario.interval, params_hi, scenario.initial, scenario.options, run.safety, run.dt_h)
+        hi = StepPlan.choose(
+            run.stepper, scenario.interval, params_hi, scenario.initial, scenario.options, scenario.domain, run.safety, run.dt_h
+        )
         substeps = max(hi.substeps, scenario.plan.substeps)
         dt = scenario.interval / substeps
         stages = max(super_step_stages(run.stepper, dt, hi.limits, run.safety), scenario.plan.rkl2_stages)

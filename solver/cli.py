@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -233,13 +234,13 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-#: set by SIGTERM: the KeyboardInterrupt the handler raises is lost when it lands in a callback
+#: set by SIGTERM or SIGINT: the KeyboardInterrupt the handler raises is lost when it lands in a callback
 #: Python ignores exceptions from (a weakref's), so the run loop also checks this between frames
 _STOP = threading.Event()
 
 
 def stop_requested() -> bool:
-    """True once SIGTERM asked the command to stop: long loops check it between steps, since the
+    """True once SIGTERM or SIGINT asked the command to stop: long loops check it between steps, since the
     KeyboardInterrupt the signal raises can be lost."""
     return _STOP.is_set()
 
@@ -247,6 +248,20 @@ def stop_requested() -> bool:
 def _raise_interrupt(signum, frame) -> None:
     _STOP.set()
     raise KeyboardInterrupt
+
+
+def _report_unless_failed_write(report, kind, value, tb) -> None:
+    """``report`` (sys.excepthook), less h5py's reports of objects it cannot release after HDF5 failed
+    to write (it prints them itself, from its deallocators): the command reports that write once."""
+    if not (kind is RuntimeError and "file write failed" in str(value)):
+        report(kind, value, tb)
+
+
+def _report_unless_interrupt(unraisable) -> None:
+    """Python's report of an exception raised where it cannot propagate, less a signal's
+    KeyboardInterrupt lost that way (``_STOP`` holds it)."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def _summary_or_none(out: Path):
@@ -395,17 +410,23 @@ def main(argv: list[str] | None = None) -> int:
     # A job manager's SIGTERM (kill, timeout, a cluster's time limit) stops a command like Ctrl-C:
     # frames so far kept, files closed, exit 130.
     _STOP.clear()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, sys.unraisablehook = sys.unraisablehook, _report_unless_interrupt
+    excepthook, sys.excepthook = sys.excepthook, functools.partial(_report_unless_failed_write, sys.excepthook)
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        # a signal whose KeyboardInterrupt was lost in a callback, after the last check
+        return error("interrupted", EXIT_INTERRUPTED) if _STOP.is_set() else code
     except KeyboardInterrupt:
         return error("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:  # output piped to a reader that stopped (synovia info FILE | head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook, sys.excepthook = hook, excepthook
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

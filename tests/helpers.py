@@ -91,7 +91,7 @@ def setup(
 
 def integrate(options, params, domain, state, t_end: float, *, stepper="ssp_rk3", safety=0.9, dt=None, t0=0.0):
     """Advance to ``t0 + t_end`` in one interval of automatic (or given) steps."""
-    plan = StepPlan.choose(stepper, t_end, params, state, options, safety, dt)
+    plan = StepPlan.choose(stepper, t_end, params, state, options, domain, safety, dt)
     return plan.solver(options).advance(state, t0, plan.dt, params, domain), plan.substeps, plan.dt
 
 

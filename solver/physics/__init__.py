@@ -37,6 +37,12 @@ from ._drugs import drug_parameters as drug_parameters
 from ._drugs import drug_sources as drug_sources
 from ._drugs import plasma_concentration as plasma_concentration
 from ._drugs import plasma_peak_bound as plasma_peak_bound
+from ._forcing import Forcing as Forcing
+from ._forcing import event_times as event_times
+from ._forcing import forcing_at as forcing_at
+from ._forcing import forcing_moments as forcing_moments
+from ._forcing import injury_profile as injury_profile
+from ._forcing import plasma_drug as plasma_drug
 from ._operators import NO_FLUX as NO_FLUX
 from ._operators import WallCondition as WallCondition
 from ._operators import advection as advection
@@ -56,10 +62,11 @@ from ._rhs import diffusion_rhs as diffusion_rhs
 from ._rhs import fluid_mean as fluid_mean
 from ._rhs import loss_rates as loss_rates
 from ._rhs import masked_mean as masked_mean
-from ._rhs import plasma_drug as plasma_drug
 from ._rhs import reactions as reactions
 from ._rhs import rhs as rhs
 from ._rhs import split_losses as split_losses
 from ._rhs import without_drug as without_drug
 from ._stability import SPLIT_ACCURACY as SPLIT_ACCURACY
+from ._stability import Outflow as Outflow
+from ._stability import outflow_rates as outflow_rates
 from ._stability import stable_dt as stable_dt

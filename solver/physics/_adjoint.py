@@ -45,6 +45,7 @@ def rhs_with_adjoint(
     losses: bool = True,
     diffusion: bool = True,
     adjoint: bool = True,
+    forcing=None,
 ) -> State:
     """:func:`rhs`, with a hand-written reverse mode where ``adjoint`` and :func:`has_adjoint` allow.
 
@@ -56,9 +57,11 @@ def rhs_with_adjoint(
     says "can't apply forward-mode autodiff (jvp) to a custom_vjp function" otherwise).
     """
     if not (adjoint and has_adjoint(options)):
-        return rhs(state, t, params, coeffs, domain, options, losses, diffusion)
+        return rhs(state, t, params, coeffs, domain, options, losses, diffusion, forcing)
     d_cell, d_faces, constants = _split_coefficients(coeffs, state, options, diffusion)
-    return _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, constants, jax.lax.stop_gradient(domain))
+    return _rhs_custom(
+        options, losses, diffusion, state, t, forcing, params, d_cell, d_faces, constants, jax.lax.stop_gradient(domain)
+    )
 
 
 def _split_coefficients(coeffs: Coefficients, state: State, options: ModelOptions, diffusion: bool = True):
@@ -80,23 +83,24 @@ def _with_faces(coeffs: Coefficients, d_faces: dict) -> Coefficients:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _rhs_custom(options, losses, diffusion, state, t, params, d_cell, d_faces, coeffs, domain):
-    return rhs(state, t, params, _with_faces(coeffs, d_faces), domain, options, losses, diffusion)
+def _rhs_custom(options, losses, diffusion, state, t, forcing, params, d_cell, d_faces, coeffs, domain):
+    return rhs(state, t, params, _with_faces(coeffs, d_faces), domain, options, losses, diffusion, forcing)
 
 
-def _rhs_custom_fwd(options, losses, diffusion, state, t, params, d_cell, d_faces, coeffs, domain):
+def _rhs_custom_fwd(options, losses, diffusion, state, t, forcing, params, d_cell, d_faces, coeffs, domain):
     # nothing but the inputs is kept: the adjoint recomputes what it needs, inside its own stencils
     coeffs = _with_faces(coeffs, d_faces)
-    return rhs(state, t, params, coeffs, domain, options, losses, diffusion), (state, t, params, d_cell, coeffs, domain)
+    out = rhs(state, t, params, coeffs, domain, options, losses, diffusion, forcing)
+    return out, (state, t, forcing, params, d_cell, coeffs, domain)
 
 
 def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
-    state, t, params, d_cell, coeffs, domain = residuals
+    state, t, forcing, params, d_cell, coeffs, domain = residuals
     h = options.grid.spacing
     T, L = state.tnf, state.leukocytes
     # the reactions by JAX (pointwise terms and the means over the fluid and the cartilage)
-    _, pointwise = jax.vjp(lambda y, t, p: reactions(y, t, p, domain, options, losses), state, t, params)
-    state_bar, t_bar, params_bar = pointwise(g)
+    _, pointwise = jax.vjp(lambda y, t, fo, p: reactions(y, t, p, domain, options, losses, fo), state, t, forcing, params)
+    state_bar, t_bar, forcing_bar, params_bar = pointwise(g)
     # chemotaxis: the stencil adjoint, then the sensing f(T) by JAX
     with jax.named_scope("chemotaxis_adjoint"):
         s, sensing_vjp = jax.vjp(sensing, T, params)
@@ -108,7 +112,7 @@ def _rhs_custom_bwd(options, losses, diffusion, residuals, g):
     u_bar, d_bar = _diffusion_adjoint(state, g, d_cell, coeffs, h)
     state_bar = state_bar._replace(**{name: getattr(state_bar, name) + u for name, u in u_bar.items()})
     # None: no cotangent. The face diffusivities' part is in d_bar; masks and open faces are constants.
-    return state_bar, t_bar, params_bar, d_bar, None, None, None
+    return state_bar, t_bar, forcing_bar, params_bar, d_bar, None, None, None
 
 
 _rhs_custom.defvjp(_rhs_custom_fwd, _rhs_custom_bwd)

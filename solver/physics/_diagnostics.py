@@ -8,8 +8,9 @@ import jax.numpy as jnp
 from fields import State
 
 from ._domain import Domain, ModelOptions
+from ._forcing import plasma_drug
 from ._params import Params
-from ._rhs import masked_mean, plasma_drug
+from ._rhs import masked_mean
 
 #: Summary scalars written per frame, with units (2D totals are per mm of depth).
 SUMMARY_UNITS: dict[str, str] = {

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from fields import State, Tissue
 
 from ._domain import DRUG_FIELDS, TRANSPORTED, Domain, ModelOptions, layer_thickness, species_region
-from ._drugs import plasma_concentration
+from ._forcing import Forcing, forcing_at
 from ._operators import advection, diffusion, face_diffusivities, gradient_on_faces, lower, pad_faces, upper
 from ._params import DIFFUSIVITY_OF, Params
 
@@ -74,18 +74,6 @@ def coefficients(params: Params, domain: Domain) -> Coefficients:
         pad_faces(lower(domain.leukocyte, a) * upper(domain.leukocyte, a), a) for a in range(domain.labels.ndim)
     )
     return Coefficients(d_cell, d_faces, leukocyte_faces)
-
-
-def injury_profile(params: Params, t) -> jax.Array:
-    """Time profile of the injury source: exp(-(t - onset)/decay) while it lasts, else 0."""
-    since = t - params.injury_onset
-    on = (since >= 0) & (since < params.injury_duration)
-    return jnp.where(on, jnp.exp(-jnp.maximum(since, 0.0) / params.injury_decay), 0.0)
-
-
-def plasma_drug(params: Params, options: ModelOptions, t) -> jax.Array:
-    """The plasma drug concentration (ug/mL) at ``t`` (h) of the scenario's doses (solver._drugs)."""
-    return plasma_concentration(params, options.drug_route, options.dose_times, t)
 
 
 def il1_signal(A, params: Params, options: ModelOptions):
@@ -253,8 +241,13 @@ def sensing(T, params: Params):
     return T / (params.chemotaxis_half_saturation + T)
 
 
-def reactions(state: State, t, params: Params, domain: Domain, options: ModelOptions, losses: bool = True) -> State:
+def reactions(
+    state: State, t, params: Params, domain: Domain, options: ModelOptions, losses: bool = True, forcing: Forcing | None = None
+) -> State:
     """Every term of :func:`rhs` but diffusion and chemotaxis.
+
+    ``forcing`` gives the injury and plasma profiles' values (a stepper's stage values,
+    solver.physics._forcing); without it they are taken at ``t``.
 
     Most are pointwise; fluid mixing, entry into the fluid, the cartilage exposure and the
     fragment signal read means over the fluid or the cartilage. JAX
@@ -262,6 +255,7 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
     """
     p = params
     T, I, L, C, A, B = state
+    forcing = forcing_at(params, options, t) if forcing is None else forcing
     with jax.named_scope("reactions"):
         secreting = domain.synovium + domain.fluid
         t_bar, i_bar, l_bar = fluid_mean(T, domain), fluid_mean(I, domain), fluid_mean(L, domain)
@@ -273,7 +267,7 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
             i_seen, i_bar_seen = I * il1_signal(A, p, options), i_bar * il1_signal(fluid_mean(A, domain), p, options)
         amplification = p.il1_amplification_of_tnf * i_seen / (p.il1_half_saturation_amplification + i_seen)
         leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + amplification)
-        injury = p.injury_rate * injury_profile(p, t) * domain.injury
+        injury = p.injury_rate * forcing.injury * domain.injury
         # TNF bound by an anti-TNF and released from the complex: split off with the losses
         # (split_losses) when losses are, as one exact exchange
         binding = p.drug_tnf_binding * A * T if options.binds_tnf else 0.0
@@ -302,7 +296,7 @@ def reactions(state: State, t, params: Params, domain: Domain, options: ModelOpt
         dC = domain.cartilage * repair
         if options.drug:
             # from the plasma across the synovial vessels; TNF released from complexes frees drug
-            delivered = p.drug_vascular_exchange * plasma_drug(p, options, t) * domain.synovium
+            delivered = p.drug_vascular_exchange * forcing.plasma * domain.synovium
             dA = delivered + p.drug_per_tnf_bound * release + p.fluid_mixing * (fluid_mean(A, domain) - A) * domain.fluid
             dB = p.fluid_mixing * (fluid_mean(B, domain) - B) * domain.fluid
             if losses:
@@ -329,16 +323,17 @@ def rhs(
     options: ModelOptions,
     losses: bool = True,
     diffusion: bool = True,
+    forcing: Forcing | None = None,
 ) -> State:
     """Time derivative of every field (same units as the state, per hour).
 
     With the drug off, ``state.drug`` may be None (the stepper leaves it out); its derivative is then None.
     ``losses=False`` leaves out the loss terms of :func:`loss_rates` and ``diffusion=False`` the
-    terms of :func:`diffusion_rhs` (for a split stepper).
+    terms of :func:`diffusion_rhs` (for a split stepper); ``forcing`` is as for :func:`reactions`.
     """
     h = options.grid.spacing
     T, I, L, C, A, B = state
-    react = reactions(state, t, params, domain, options, losses)
+    react = reactions(state, t, params, domain, options, losses, forcing)
 
     def transport(name, u, term):
         return _transport(name, u, coeffs, options) + term if diffusion else term

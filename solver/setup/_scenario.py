@@ -43,7 +43,7 @@ from ..physics import (
     stable_dt,
     without_drug,
 )
-from ..time import Solver, SteadyState, StepPlan, StepTooLarge, binding_limits, relax, resting_params, stepper_class
+from ..time import Solver, SteadyState, StepPlan, StepTooLarge, binding_limits, limit_reason, relax, resting_params, stepper_class
 from ._config import RESTING_SPECIES, WALLS, Config, ConfigError, config_from_dict, frame_count
 
 #: Steps per output interval beyond which a scenario is refused (an extreme value, not a run to wait for).
@@ -104,7 +104,9 @@ class Scenario:
                 # drug (whose binding, or a small run.dt_h, may hold the run's own step far below it);
                 # a split stepper's fixed point moves with its step, so it relaxes with the run's.
                 run = self.config.run
-                free = StepPlan.choose(plan.stepper, run.output_interval_h, self.params, self.baseline, options, run.safety)
+                free = StepPlan.choose(
+                    plan.stepper, run.output_interval_h, self.params, self.baseline, options, self.domain, run.safety
+                )
                 plan = dataclasses.replace(plan, dt=free.dt, substeps=free.substeps)
             seed = initial_state(_seed_config(self.config), self.geometry, self.domain, self.dtype)
             result = relax(plan.solver(options), without_drug(seed), resting_params(self.params), self.domain, plan.dt)
@@ -295,16 +297,16 @@ def build_scenario(config: Config) -> Scenario:
     params = _params(config, dtype)
     state = initial_state(config, geometry, domain, dtype)  # the baseline: the step plan is made for it
     try:
-        plan = StepPlan.choose(run.stepper, run.output_interval_h, params, state, options, run.safety, run.dt_h)
+        plan = StepPlan.choose(run.stepper, run.output_interval_h, params, state, options, domain, run.safety, run.dt_h)
     except StepTooLarge as err:
         raise ConfigError(str(err)) from None
     if plan.substeps > MAX_SUBSTEPS:
         binding = binding_limits(plan.limits, run.stepper)
         worst = min(binding, key=binding.get)
         cls, causes = stepper_class(run.stepper), {}
-        stable_dt(params, state, options, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
+        stable_dt(params, state, options, domain, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
         raise ConfigError(
-            f"the stable time step is {plan.limits[worst]:.3g} h (set by {worst}: {causes[worst]}): "
+            f"the stable time step is {plan.limits[worst]:.3g} h ({limit_reason(worst, causes)}): "
             f"{plan.substeps:.3g} steps per output "
             f"interval of {run.output_interval_h:g} h, more than {MAX_SUBSTEPS:.0e}; check the initial values and "
             "[parameters] for an extreme value"

@@ -15,6 +15,7 @@ from ._plan import StepPlan as StepPlan
 from ._plan import StepTooLarge as StepTooLarge
 from ._plan import binding_limits as binding_limits
 from ._plan import choose_substeps as choose_substeps
+from ._plan import limit_reason as limit_reason
 from ._plan import super_step_stages as super_step_stages
 from ._rkl2 import StrangRKL2 as StrangRKL2
 from ._rkl2 import rkl2 as rkl2

@@ -3,7 +3,8 @@
 A stepper advances ``y`` (any pytree) for ``dy/dt = f(y, t)`` given as :class:`Terms`: ``rhs`` is
 ``f`` less what the stepper splits off, ``decay(y, tau)`` advances the split losses exactly over
 ``tau`` (a stepper with ``splits_losses``; solver.physics.split_losses) and ``diffuse(y)`` is the
-linear diffusion operator (a stepper with ``splits_diffusion``; solver.physics.diffusion_rhs).
+linear diffusion operator (a stepper with ``splits_diffusion``; solver.physics.diffusion_rhs) and
+``forcing`` the exact step integrals of the sources that switch on and off (solver.physics._forcing).
 Each has an ``order`` and an ``ssp_coefficient`` (the factor on the forward-Euler step limit under
 which positivity and stability carry over), ``step`` (one step) and ``steps`` (``n`` steps in a
 ``lax.fori_loop``, each wrapped in ``checkpoint``). A new scheme is a new file in this package,
@@ -38,11 +39,18 @@ PLATFORM_LAYOUTS = {"cpu": "conditional", "default": "barrier"}
 
 
 class Terms(NamedTuple):
-    """The parts of the right-hand side a stepper is given."""
+    """The parts of the right-hand side a stepper is given.
+
+    ``forcing(t, dt)``, if given, returns the means ``(m0, m1)`` over the step of the model's time
+    profiles g and of theta g (theta = (s - t)/dt; solver.physics.forcing_moments); a Runge-Kutta
+    stage then calls ``rhs(y, t_stage, values)`` with the values its scheme's ``stage_forcing`` makes
+    of them, instead of ``rhs(y, t_stage)`` sampling the profiles.
+    """
 
     rhs: Rhs
     decay: Callable[[Any, Any], Any] | None = None
     diffuse: Callable[[Any], Any] | None = None
+    forcing: Callable[[Any, Any], Any] | None = None
 
 
 def no_checkpoint(fn):

@@ -12,7 +12,7 @@ import math
 
 from fields import State
 
-from ..physics import ModelOptions, Params, stable_dt
+from ..physics import Domain, ModelOptions, Params, stable_dt
 from ._rkl2 import rkl2_stages
 from ._solver import get_solver
 from ._steppers import stepper_class
@@ -29,8 +29,22 @@ def binding_limits(limits: dict[str, float], stepper: str) -> dict[str, float]:
     return {k: v for k, v in limits.items() if not (k == "diffusion" and splits)}
 
 
+def limit_reason(key: str, causes: dict[str, str]) -> str:
+    """What sets limit ``key`` of ``stable_dt``, in words, from the ``causes`` it filled."""
+    if key == "positivity":
+        return f"set by positivity in the fastest-draining cell, {causes[key]}"
+    return f"set by {key}: {causes[key]}"
+
+
 def choose_substeps(
-    interval: float, params: Params, state: State, options: ModelOptions, stepper: str, safety: float, dt: float | None = None
+    interval: float,
+    params: Params,
+    state: State,
+    options: ModelOptions,
+    domain: Domain,
+    stepper: str,
+    safety: float,
+    dt: float | None = None,
 ) -> tuple[int, float, dict[str, float]]:
     """Sub-steps per output interval and the step (h) from the stability limits.
 
@@ -38,7 +52,7 @@ def choose_substeps(
     and rounded down so that a whole number of steps fits the interval.
     """
     cls = stepper_class(stepper)
-    limits = stable_dt(params, state, options, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion)
+    limits = stable_dt(params, state, options, domain, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion)
     # the "splitting" bound of a stepper that splits diffusion is one of accuracy, for the
     # automatic step only
     binding = binding_limits(limits, stepper)
@@ -47,10 +61,10 @@ def choose_substeps(
         worst = min(stability, key=stability.get)
         if dt > stability[worst] * (1 + 1e-12):
             causes: dict[str, str] = {}
-            stable_dt(params, state, options, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
+            stable_dt(params, state, options, domain, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
             raise StepTooLarge(
-                f"run.dt_h = {dt:g} h is above the stable limit {stability[worst]:.4g} h (set by {worst}: "
-                f"{causes[worst]}); use a value <= {stability[worst]:.4g} or 0 for automatic"
+                f"run.dt_h = {dt:g} h is above the stable limit {stability[worst]:.4g} h ({limit_reason(worst, causes)}); "
+                f"use a value <= {stability[worst]:.4g} or 0 for automatic"
             )
         target = dt
     else:
@@ -92,6 +106,7 @@ class StepPlan:
         params: Params,
         state: State,
         options: ModelOptions,
+        domain: Domain,
         safety: float = 0.9,
         dt: float | None = None,
         min_rkl2_stages: int = 0,
@@ -99,7 +114,7 @@ class StepPlan:
         """The plan for output intervals of ``interval`` (h) from the stability limits at ``state``
         (:func:`choose_substeps`; ``dt`` checked against them if given). ``min_rkl2_stages`` keeps at
         least that many RKL2 stages (a plan that must stay stable for another's diffusivities)."""
-        substeps, step, limits = choose_substeps(interval, params, state, options, stepper, safety, dt)
+        substeps, step, limits = choose_substeps(interval, params, state, options, domain, stepper, safety, dt)
         stages = super_step_stages(stepper, step, limits, safety)
         return cls(stepper, step, substeps, max(stages, int(min_rkl2_stages)) if stages else 0, limits)
 

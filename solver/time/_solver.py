@@ -22,6 +22,7 @@ from ..physics import (
     Params,
     coefficients,
     diffusion_rhs_with_adjoint,
+    forcing_moments,
     health,
     rhs_with_adjoint,
     split_losses,
@@ -79,14 +80,17 @@ class Solver:
         adjoint = self.gradient == "adjoint"
         losses, diffusion = not self.stepper.splits_losses, not self.stepper.splits_diffusion
 
-        def f(y, t):
+        def f(y, t, forcing=None):
             return rhs_with_adjoint(
-                y, t, params, coeffs, domain, self.options, losses=losses, diffusion=diffusion, adjoint=adjoint
+                y, t, params, coeffs, domain, self.options, losses=losses, diffusion=diffusion, adjoint=adjoint, forcing=forcing
             )
 
         decay = functools.partial(split_losses, params=params, domain=domain, options=self.options)
         diffuse = functools.partial(diffusion_rhs_with_adjoint, coeffs=coeffs, options=self.options, adjoint=adjoint)
-        return Terms(f, decay if self.stepper.splits_losses else None, diffuse if self.stepper.splits_diffusion else None)
+        forcing = functools.partial(forcing_moments, params=params, options=self.options)
+        return Terms(
+            f, decay if self.stepper.splits_losses else None, diffuse if self.stepper.splits_diffusion else None, forcing
+        )
 
     def _advance(self, state: State, t0, dt, params: Params, domain: Domain) -> State:
         """Advance ``state`` from ``t0`` by ``substeps`` steps of ``dt`` (hours)."""

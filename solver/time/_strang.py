@@ -43,7 +43,7 @@ class StrangSSPRK3:
 
     def step(self, terms: Terms, y, t, dt):
         half = 0.5 * jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
-        y = SSPRK3(self.layout).step(Terms(terms.rhs), terms.decay(y, half), t, dt)
+        y = SSPRK3(self.layout).step(Terms(terms.rhs, forcing=terms.forcing), terms.decay(y, half), t, dt)
         return terms.decay(y, half)
 
     def steps(self, terms: Terms, y, t0, dt, n: int, checkpoint=no_checkpoint):
@@ -54,7 +54,7 @@ class StrangSSPRK3:
 
         @checkpoint
         def body(i, y):
-            y = inner.step(Terms(terms.rhs), y, t0 + i * dt, dt)
+            y = inner.step(Terms(terms.rhs, forcing=terms.forcing), y, t0 + i * dt, dt)
             return decay(y, jnp.where(i == n - 1, 0.5 * dt, dt))
 
         # the opening half too: under reverse mode it keeps only its input, like the steps

@@ -162,7 +162,7 @@ def test_numba_stencil_matches_synovia_with_cartilage():
     fields = (tnf, il1, (100 + 80 * rng.random(shape)) * leu, (0.6 + 0.3 * rng.random(shape)) * cart)
     fields += (np.zeros(shape), np.zeros(shape))  # no drug, no drug-TNF complex
     state = State(*(jnp.asarray(a) for a in fields))
-    _, dt, _ = choose_substeps(1.0, params, state, options, "ssp_rk3", 0.9)
+    _, dt, _ = choose_substeps(1.0, params, state, options, domain, "ssp_rk3", 0.9)
     pb = Problem(options, params, domain, state, dt, jnp.float64, labels, injury)
     n = 12
     ref = Solver(options, "ssp_rk3", n).advance(state, jnp.asarray(0.0), jnp.asarray(dt), params, domain)

@@ -107,12 +107,23 @@ CASES = [
     ("run.stepper", {"c.toml": _box(run__stepper='"euler"')}, ["run", "c.toml"], ["run.stepper", "euler"]),
     ("run.safety 0", {"c.toml": _box(run__safety=0.0)}, ["run", "c.toml"], ["run.safety"]),
     ("run.dt_h negative", {"c.toml": _box(run__dt_h=-1.0)}, ["run", "c.toml"], ["run.dt_h"]),
-    ("run.dt_h too large", {"c.toml": _box(run__dt_h=0.9)}, ["run", "c.toml"], ["run.dt_h", "set by diffusion: diffusivity_"]),
+    (
+        "run.dt_h too large",
+        {"c.toml": _box(run__dt_h=0.9)},
+        ["run", "c.toml"],
+        ["run.dt_h", "set by positivity", "diffusion", "diffusivity_"],
+    ),
+    (
+        "run.dt_h too large beside a Dirichlet wall",
+        {"c.toml": _box(run__dt_h=0.5) + '[boundary.il1]\nx_min = {type = "dirichlet", value = 0.0}\n'},
+        ["run", "c.toml"],
+        ["run.dt_h", "IL-1 in synovial_fluid next to the dirichlet wall x_min", "diffusivity_il1"],
+    ),
     (
         "a parameter forcing a tiny step",
         {},
         ["run", "--set", "parameters.decay_tnf=1e12"],
-        ["set by reaction", "decay_tnf = 1e+12"],
+        ["set by positivity", "reaction 1e+12 /h from TNF loss", "decay_tnf = 1e+12"],
     ),
     # --- run: [geometry] ---
     ("geometry.spacing_mm 0", {"c.toml": BOX.replace("spacing_mm = 0.5", "spacing_mm = 0.0")}, ["run", "c.toml"], ["spacing_mm"]),
