@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [--only CASES] [--out DIR]``: run the suite, write JSON, Markdown and PNGs.
 
-Cases (``--only`` takes a comma-separated list): forward, ensemble, long, gradient, compile,
+Cases (``--only`` takes a comma-separated list): forward, ensemble, long, output, gradient, compile,
 profile, trace, layout, adjoint, roofline, numba, pypde; ``smallest`` runs only the smallest forward case (a smoke test).
 References (numba, pypde) are skipped with a note when their packages are not installed.
 """
@@ -26,6 +26,7 @@ ORDER = (
     "adjoint",
     "compile",
     "long",
+    "output",
 )
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "gradient": _cases.gradient,
         "compile": _cases.knee3d_compile,
         "long": _cases.long_scenario,
+        "output": _cases.output,
     }
     for name in selected:
         t = time.perf_counter()

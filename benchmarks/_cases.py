@@ -448,6 +448,74 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
 # ----------------------------------------------------------------------------- gradient
 
 
+class _TimedWriter:
+    """A RunWriter whose appends (the HDF5 frame and, when due, the XDMF sidecar) are timed."""
+
+    def __init__(self, writer):
+        self.writer, self.append_s = writer, 0.0
+
+    def append(self, *args, **kw):
+        t = now()
+        self.writer.append(*args, **kw)
+        self.append_s += now() - t
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
+
+
+def output(st: Settings, points: int = 4) -> list[dict]:
+    """The share of a small sweep's wall time spent writing its run files, the XDMF sidecar rewritten
+    after every frame (``sidecar_every_s = 0``) against at its interval (the default), the two
+    alternating over the points: the points of configs/sweep_knee2d.toml's scenario (knee2d, 1 h frames)
+    at 0.5 mm, 168 frames (quick: 48)."""
+    import tempfile
+
+    import solver.io._runfile as runfile
+    from solver.study import run
+    from solver.study._run import new_writer
+
+    frames = 48 if st.quick else 168
+    sc = build_scenario(load_config(ROOT / "configs" / "knee2d.toml", ["geometry.spacing_mm=0.5", f"run.t_end_h={frames}"]))
+    sidecar = {"s": 0.0}
+    write_xdmf = runfile.write_xdmf
+
+    def timed_xdmf(*args, **kw):
+        t = now()
+        write_xdmf(*args, **kw)
+        sidecar["s"] += now() - t
+
+    runfile.write_xdmf = timed_xdmf
+    totals = {label: {"wall_s": 0.0, "append_s": 0.0, "sidecar_s": 0.0} for label in ("every_frame", "interval")}
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            run(sc, _TimedWriter(new_writer(sc, Path(folder) / "warm.h5", config_dir=ROOT)), progress=False)  # compile
+            for k in range(points):
+                for label, every in (("every_frame", 0.0), ("interval", runfile.SIDECAR_EVERY_S))[:: 1 if k % 2 else -1]:
+                    sidecar["s"] = 0.0
+                    t = now()
+                    writer = new_writer(sc, Path(folder) / f"{label}_{k}.h5", config_dir=ROOT)
+                    writer._sidecar_every_s = every
+                    timed = _TimedWriter(writer)
+                    with writer:
+                        run(sc, timed, progress=False)
+                    totals[label]["wall_s"] += now() - t
+                    totals[label]["append_s"] += timed.append_s
+                    totals[label]["sidecar_s"] += sidecar["s"]
+    finally:
+        runfile.write_xdmf = write_xdmf
+    out = []
+    for label, tot in totals.items():
+        rec = {"case": "output", "sidecar": label, "points": points, "frames": frames + 1,
+               "grid": "x".join(map(str, sc.options.grid.shape)), **tot,
+               "output_share": tot["append_s"] / tot["wall_s"], "sidecar_share": tot["sidecar_s"] / tot["wall_s"]}  # fmt: skip
+        st.log(
+            f"output ({label}): {points} points x {frames + 1} frames: {tot['wall_s']:.1f} s, appends "
+            f"{tot['append_s']:.1f} s ({rec['output_share']:.0%}), sidecar {tot['sidecar_s']:.2f} s ({rec['sidecar_share']:.0%})"
+        )
+        out.append(rec)
+    return out
+
+
 def gradient(st: Settings) -> list[dict]:
     """value_and_grad over all parameters through ``solver.trajectory`` vs the forward pass.
 

@@ -501,6 +501,29 @@ def markdown(result: dict) -> str:
             "",
         ]
 
+    output = [r for r in recs if r.get("case") == "output" and "wall_s" in r]
+    if output:
+        lines += [
+            "## Output share of a small sweep (RunWriter appends and the XDMF sidecar)",
+            "",
+            _table(
+                ["sidecar written", "points x frames", "grid", "wall s", "appends s", "of which sidecar s", "output share"],
+                [
+                    [
+                        "after every frame" if r["sidecar"] == "every_frame" else "at its interval and on closing",
+                        f"{r['points']} x {r['frames']}",
+                        r["grid"],
+                        f"{r['wall_s']:.1f}",
+                        f"{r['append_s']:.2f}",
+                        f"{r['sidecar_s']:.2f}",
+                        f"{r['output_share']:.0%}",
+                    ]
+                    for r in output
+                ],
+            ),
+            "",
+        ]
+
     knee = [r for r in recs if r.get("case") == "knee3d_compile"]
     for r in knee:
         lines += [

@@ -18,6 +18,7 @@ writing); 3 the solution diverged (frames so far are kept); 130 interrupted by C
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import functools
 import os
@@ -176,6 +177,17 @@ def _report_rest(scenario) -> None:
     )
 
 
+def _list_points(sweep, chosen) -> int:
+    """``sweep --dry-run``: every point (or the chosen ones) and its values, one line each, as CSV on
+    stdout; how many on stderr. Nothing is written."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["point", *sweep.keys])
+    for k in chosen or range(len(sweep)):
+        writer.writerow([k, *sweep.values[k]])
+    info(f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points; a dry run: nothing was run or written")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     out = Path(args.output)
     try:
@@ -185,6 +197,8 @@ def _cmd_sweep(args) -> int:
             return error(f"--point {bad[0]}: this sweep has points 0..{len(sweep) - 1}")
         if args.jobs < 1:
             return error(f"--jobs {args.jobs}: must be at least 1")
+        if args.dry_run:
+            return _list_points(sweep, chosen)
         prepare_folder(sweep, out, overwrite=args.overwrite)
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         return error(str(err))
@@ -377,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--point", type=int, nargs="+", metavar="K", help="run only these points (0-based), e.g. one per cluster array task"
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different sweep's runs in the output folder")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their values (CSV); run and write nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("info", help="print what a run file or a study folder holds")

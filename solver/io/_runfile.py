@@ -41,8 +41,10 @@ normal open fails until the file is repaired. :func:`resume_writer` does that re
 without external tools.
 
 An XDMF sidecar (same stem, ``.xdmf``) next to the file lets ParaView open the run as a
-time series (cell data; a 2D run appears as a sheet one cell thick); the writer rewrites
-it atomically after every frame, listing the committed frames only.
+time series (cell data; a 2D run appears as a sheet one cell thick), listing the committed frames only.
+The writer writes it (atomically) after the first frame, then at most every :data:`SIDECAR_EVERY_S`
+seconds, and when it closes (a run's end, or an interruption); a killed run's sidecar may lag its
+frames until ``repair`` or a resume rewrites it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,7 +69,7 @@ import numpy.typing as npt
 
 from fields import TISSUE_NAMES, Grid, WriterLock, atomic_write_text, hdf5_problem, hdf5_shortfall, temporary_path
 
-__all__ = ["NotARunFile", "RunFile", "RunWriter", "check_output_name", "describe", "repair", "resume_writer", "write_xdmf"]
+__all__ = ["NotARunFile", "RunFile", "RunWriter", "SIDECAR_EVERY_S", "check_output_name", "describe", "repair", "resume_writer", "write_xdmf"]
 
 LAYOUT_VERSION = 1
 
@@ -89,6 +92,9 @@ _REQUIRED = ("time", "fields", "summary", "geometry/labels", "grid")
 _ABANDONED: list = []
 #: free disk space a frame leaves untouched, bytes
 _ROOM_MARGIN = 2**20
+#: Seconds between rewrites of the XDMF sidecar while frames come in (it lists every frame, so rewriting
+#: it per frame made output, not computing, the cost of small runs).
+SIDECAR_EVERY_S = 30.0
 
 
 def _quiet_failed_writes(unraisable) -> None:
@@ -203,6 +209,8 @@ class RunWriter:
         attrs: root attributes (str, int or float). ``units``, if present, is a JSON
             object mapping species/summary names to unit strings.
         overwrite: replace an existing file (and its sidecar) instead of refusing.
+        sidecar_every_s: seconds between rewrites of the XDMF sidecar while frames come in (it is
+            written after the first frame and on closing too); 0 rewrites it after every frame.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
@@ -222,6 +230,7 @@ class RunWriter:
         dtype: npt.DTypeLike,
         attrs: Mapping[str, AttrValue],
         overwrite: bool = False,
+        sidecar_every_s: float = SIDECAR_EVERY_S,
     ) -> None:
         path = Path(path)
         species = _check_names("species", species)
@@ -264,6 +273,7 @@ class RunWriter:
         # An old sidecar would describe frames this file does not have.
         _sidecar_path(path).unlink(missing_ok=True)
         self._init_open(f, path, grid, species, summary_names, dtype, times=[], lock=lock)
+        self._sidecar_every_s = float(sidecar_every_s)
 
     def _init_open(
         self,
@@ -285,6 +295,9 @@ class RunWriter:
         self._dtype = dtype
         self._times = times
         self._write_sidecar = True
+        self._sidecar_every_s = SIDECAR_EVERY_S
+        self._sidecar_at = -math.inf  # time.monotonic() of its last write
+        self._sidecar_frames = -1  # frames it lists
 
     @classmethod
     def _reopen(cls, path: Path, lock: WriterLock) -> RunWriter:
@@ -418,25 +431,27 @@ class RunWriter:
         self._abandoned = True
         self._lock.release()
 
-    def _update_sidecar(self) -> None:
-        if self._write_sidecar and self._times:
-            write_xdmf(
-                self._path,
-                grid=self._grid,
-                species=self._species,
-                times=self._times,
-                dtype=self._dtype,
-            )
+    def _update_sidecar(self, now: bool = False) -> None:
+        """Rewrite the XDMF sidecar if it lags the frames and ``now`` or its interval has passed."""
+        if not (self._write_sidecar and self._times) or self._sidecar_frames == len(self._times):
+            return
+        if not now and time.monotonic() - self._sidecar_at < self._sidecar_every_s:
+            return
+        write_xdmf(self._path, grid=self._grid, species=self._species, times=self._times, dtype=self._dtype)
+        self._sidecar_at, self._sidecar_frames = time.monotonic(), len(self._times)
 
     def close(self) -> None:
-        """Close the file (it then opens in any HDF5 reader) and let another writer in; further
-        appends raise. Safe to call twice."""
+        """Bring the sidecar up to date and close the file (it then opens in any HDF5 reader) and let
+        another writer in; further appends raise. Safe to call twice."""
         if self._f is not None:
             try:
-                self._f.close()
+                self._update_sidecar(now=True)
             finally:
-                self._f = None
-                self._lock.release()
+                try:
+                    self._f.close()
+                finally:
+                    self._f = None
+                    self._lock.release()
 
     def __enter__(self) -> RunWriter:
         return self

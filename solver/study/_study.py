@@ -4,7 +4,8 @@ The sweep config (TOML)::
 
     scenario = "knee2d.toml"      # a run config (path relative to this file), an inline [scenario]
                                   # table, or left out (all defaults: the 2D knee)
-    combine = "grid"              # "grid": every combination (default); "zip": the i-th values together
+    combine = "grid"              # "grid": every combination (default); "zip": the i-th values together;
+                                  # "latin_hypercube" or "sobol": ``samples`` points over the ranges
 
     [vary]                        # config keys, spelled as for --set, and their values
     "parameters.recruitment_rate" = [50, 100, 200, 400]
@@ -36,6 +37,7 @@ import multiprocessing
 import os
 import signal
 import tomllib
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,10 +68,12 @@ FORMAT = "synovia-study"
 MANIFEST = "study.toml"
 SUMMARY_CSV = "summary.csv"
 RUNS = "runs"
-TOP_KEYS = ("scenario", "set", "combine", "vary", "starts")
+TOP_KEYS = ("scenario", "set", "combine", "samples", "seed", "vary", "starts")
 #: The column that names a point's start when the sweep has ``[starts]``.
 START = "start"
-COMBINE = ("grid", "zip")
+#: Designs that sample ``samples`` points over ranges (scipy.stats.qmc) instead of combining listed values.
+SAMPLED = ("latin_hypercube", "sobol")
+COMBINE = ("grid", "zip", *SAMPLED)
 RANGE_KEYS = ("from", "to", "count", "spacing")
 #: Points beyond which a sweep is refused before any is made: a study of runs, not a grid of numbers.
 MAX_POINTS = 100_000
@@ -138,6 +142,7 @@ class Sweep:
     values: tuple[tuple[Any, ...], ...]  # per point, in the order of ``keys``
     configs: tuple[Config, ...]
     starts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> config keys it sets
+    design: dict[str, Any] = dataclasses.field(default_factory=dict)  # a sampled design's samples, seed, ranges
 
     def __len__(self) -> int:
         return len(self.values)
@@ -151,6 +156,7 @@ class Sweep:
             "config_dir": self.base_dir,
             "scenario": self.base,
             **({"starts": self.starts} if self.starts else {}),
+            **({"design": self.design} if self.design else {}),
             "points": [
                 {"index": i, "file": f"{RUNS}/{point_name(i)}.h5", "values": list(v), "t_end_h": c.run.t_end_h}
                 for i, (v, c) in enumerate(zip(self.values, self.configs))
@@ -238,18 +244,30 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
             "sweep key 'vary' is missing: add a [vary] table, e.g. \"parameters.chemotaxis\" = [0.01, 0.05, 0.1], "
             "or a [starts] table to find a scenario's steady states from several starts"
         )
-    columns = {key: _values(key, v) for key, v in _dotted(vary, "vary.", _is_range).items()}
+    for key in ("samples", "seed"):
+        if key in raw and combine not in SAMPLED:
+            raise ConfigError(f'sweep key \'{key}\' is for a sampled design: set combine = "latin_hypercube" or "sobol"')
+    design: dict[str, Any] = {}
+    if combine in SAMPLED:
+        columns, design = _sampled(combine, raw, _dotted(vary, "vary.", _is_range))
+    else:
+        columns = {key: _values(key, v) for key, v in _dotted(vary, "vary.", _is_range).items()}
     for key in columns:
         if len(key.split(".")) < 2:
             raise ConfigError(f"sweep key 'vary.{key}': name a section and a key, like \"parameters.chemotaxis\"")
     if START in columns:
         raise ConfigError(f"sweep key 'vary.{START}': '{START}' names the starts; give them in a [starts] table")
     keys = tuple(columns)
-    if combine == "zip":
+    if combine == "zip" or combine in SAMPLED:
         lengths = {k: len(v) for k, v in columns.items()}
         if len(set(lengths.values())) > 1:
             raise ConfigError(f'sweep: combine = "zip" needs as many values for every key, got {lengths}')
         values = tuple(zip(*columns.values()))
+        if len(values) * max(1, len(starts)) > MAX_POINTS:
+            raise ConfigError(
+                f"sweep: {len(values)} points x {len(starts)} starts = {len(values) * len(starts)} runs, more than "
+                f"{MAX_POINTS}; use fewer points or several sweeps"
+            )
     else:
         total = math.prod(len(v) for v in columns.values()) * max(1, len(starts))
         if total > MAX_POINTS:
@@ -280,7 +298,64 @@ def sweep_from_dict(raw: dict[str, Any], base_dir: Path, overrides: Sequence[str
             configs.append(config)
         except ConfigError as err:
             raise ConfigError(f"sweep point {i} ({where}): {err}") from None
-    return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs), starts)
+    return Sweep(base, str(Path(scenario_dir).resolve()), combine, keys, values, tuple(configs), starts, design)
+
+
+def _sampled(combine: str, raw: dict[str, Any], vary: dict[str, Any]) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """The columns of a sampled design: ``samples`` points of a seeded Latin hypercube or scrambled
+    Sobol sequence (scipy.stats.qmc) over the unit cube, mapped onto each key's range {from, to,
+    spacing} (log: uniform in the logarithm). Returns the columns and the design as recorded."""
+    from scipy.stats import qmc
+
+    samples = raw.get("samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_POINTS:
+        raise ConfigError(
+            f"sweep key 'samples' = {samples!r}: combine = \"{combine}\" needs samples, an integer from 1 to {MAX_POINTS}"
+        )
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"sweep key 'seed' = {seed!r}: must be an integer >= 0 (the same seed gives the same points)")
+    if not vary:
+        raise ConfigError(f'sweep: combine = "{combine}" needs ranges to sample in [vary], e.g. {{ from = 0.01, to = 0.1 }}')
+    ranges = {}
+    for key, spec in vary.items():
+        if not _is_range(spec):
+            raise ConfigError(
+                f"sweep key 'vary.{key}' = {spec!r}: combine = \"{combine}\" samples ranges; give "
+                '{from = A, to = B} (spacing = "log" to sample the logarithm)'
+            )
+        for k in spec:
+            if k not in ("from", "to", "spacing"):
+                hint = "; a sampled design takes the top-level 'samples' instead" if k == "count" else ""
+                raise ConfigError(f"sweep key 'vary.{key}.{k}': a sampled range has from, to and spacing{hint}")
+        for k in ("from", "to"):
+            if k not in spec:
+                raise ConfigError(f"sweep key 'vary.{key}': the range table has no '{k}' (it needs from and to)")
+        low = check_number(f"vary.{key}.from", spec["from"], what="sweep key")
+        high = check_number(f"vary.{key}.to", spec["to"], what="sweep key")
+        spacing = spec.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise ConfigError(f"sweep key 'vary.{key}.spacing' = {spacing!r}: allowed: linear, log")
+        if spacing == "log" and (low <= 0 or high <= 0):
+            raise ConfigError(f"sweep key 'vary.{key}': a log range needs from and to > 0, got {low:g} and {high:g}")
+        ranges[key] = (low, high, spacing)
+    if combine == "sobol":
+        # scrambled, so the points are not the sequence's first corner; a power of two keeps its balance
+        sampler = qmc.Sobol(len(ranges), scramble=True, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "balance properties ... require n = 2^m"
+            unit = sampler.random(samples)
+    else:
+        unit = qmc.LatinHypercube(len(ranges), seed=seed).random(samples)
+    columns = {}
+    for j, (key, (low, high, spacing)) in enumerate(ranges.items()):
+        if spacing == "log":
+            column = np.exp(np.log(low) + unit[:, j] * (np.log(high) - np.log(low)))
+        else:
+            column = low + unit[:, j] * (high - low)
+        columns[key] = [float(f"{v:.12g}") for v in column]
+    design = {"samples": samples, "seed": seed, "ranges": {k: list(v) for k, v in ranges.items()}}
+    return columns, design
 
 
 def _starts(raw) -> dict[str, dict[str, Any]]:

@@ -350,16 +350,50 @@ def test_read_while_writing(tmp_path: Path) -> None:
             assert out.stdout.strip() == "3"
 
 
+def test_the_sidecar_is_written_first_then_at_its_interval_and_on_closing(tmp_path: Path, monkeypatch) -> None:
+    """Not rewritten per frame (it lists every frame: per-frame rewrites made output the cost of small
+    runs): after the first frame, then once its interval has passed (a clock moved by hand), and when
+    the writer closes, also on an interruption."""
+    import solver.io._runfile as runfile
+
+    clock = [1000.0]
+    monkeypatch.setattr(runfile.time, "monotonic", lambda: clock[0])
+    grid, rng = GRIDS["2d"], np.random.default_rng(0)
+    path = tmp_path / "run.h5"
+
+    def listed():
+        return len(ET.parse(path.with_suffix(".xdmf")).getroot().findall("./Domain/Grid/Grid"))
+
+    def frame(w, t):
+        w.append(t, {s: rng.random(grid.shape) for s in SPECIES}, {n: t for n in SUMMARY})
+
+    with pytest.raises(KeyboardInterrupt):
+        with make_writer(path, grid, rng, sidecar_every_s=10.0) as w:
+            frame(w, 0.0)
+            assert listed() == 1
+            for t in (1.0, 2.0, 3.0):
+                clock[0] += 3.0
+                frame(w, t)
+            assert listed() == 1  # 9 s since the first write
+            clock[0] += 3.0
+            frame(w, 4.0)
+            assert listed() == 5  # 12 s
+            frame(w, 5.0)
+            assert listed() == 5
+            raise KeyboardInterrupt
+    assert listed() == 6
+
+
 @pytest.mark.parametrize("dim", ["2d", "3d"])
 def test_xdmf_sidecar(tmp_path: Path, dim: str) -> None:
     grid = GRIDS[dim]
     rng = np.random.default_rng(3)
     path = tmp_path / "run.h5"
     times = [0.0, 0.1, 12.5]
-    with make_writer(path, grid, rng) as w:
+    with make_writer(path, grid, rng, sidecar_every_s=0.0) as w:
         for t in times:
             w.append(t, {s: rng.random(grid.shape) for s in SPECIES}, {n: t for n in SUMMARY})
-            # Rewritten after each append, listing only committed frames.
+            # Rewritten after each append (sidecar_every_s = 0), listing only committed frames.
             frames = ET.parse(path.with_suffix(".xdmf")).getroot().findall("./Domain/Grid/Grid")
             assert len(frames) == w.n_frames
     xdmf = path.with_suffix(".xdmf")
