@@ -470,39 +470,25 @@ def output(st: Settings, points: int = 4) -> list[dict]:
     at 0.5 mm, 168 frames (quick: 48)."""
     import tempfile
 
-    import solver.io._runfile as runfile
-    from solver.study import run
-    from solver.study._run import new_writer
+    from solver.io import SIDECAR_EVERY_S
+    from solver.study import new_writer, run
 
     frames = 48 if st.quick else 168
     sc = build_scenario(load_config(ROOT / "configs" / "knee2d.toml", ["geometry.spacing_mm=0.5", f"run.t_end_h={frames}"]))
-    sidecar = {"s": 0.0}
-    write_xdmf = runfile.write_xdmf
-
-    def timed_xdmf(*args, **kw):
-        t = now()
-        write_xdmf(*args, **kw)
-        sidecar["s"] += now() - t
-
-    runfile.write_xdmf = timed_xdmf
     totals = {label: {"wall_s": 0.0, "append_s": 0.0, "sidecar_s": 0.0} for label in ("every_frame", "interval")}
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            run(sc, _TimedWriter(new_writer(sc, Path(folder) / "warm.h5", config_dir=ROOT)), progress=False)  # compile
-            for k in range(points):
-                for label, every in (("every_frame", 0.0), ("interval", runfile.SIDECAR_EVERY_S))[:: 1 if k % 2 else -1]:
-                    sidecar["s"] = 0.0
-                    t = now()
-                    writer = new_writer(sc, Path(folder) / f"{label}_{k}.h5", config_dir=ROOT)
-                    writer._sidecar_every_s = every
-                    timed = _TimedWriter(writer)
-                    with writer:
-                        run(sc, timed, progress=False)
-                    totals[label]["wall_s"] += now() - t
-                    totals[label]["append_s"] += timed.append_s
-                    totals[label]["sidecar_s"] += sidecar["s"]
-    finally:
-        runfile.write_xdmf = write_xdmf
+    with tempfile.TemporaryDirectory() as folder:
+        run(sc, _TimedWriter(new_writer(sc, Path(folder) / "warm.h5", config_dir=ROOT)), progress=False)  # compile
+        for k in range(points):
+            for label, every in (("every_frame", 0.0), ("interval", SIDECAR_EVERY_S))[:: 1 if k % 2 else -1]:
+                t = now()
+                writer = new_writer(sc, Path(folder) / f"{label}_{k}.h5", config_dir=ROOT)
+                writer.sidecar_every_s = every
+                timed = _TimedWriter(writer)
+                with writer:
+                    run(sc, timed, progress=False)
+                totals[label]["wall_s"] += now() - t
+                totals[label]["append_s"] += timed.append_s
+                totals[label]["sidecar_s"] += writer.sidecar_s
     out = []
     for label, tot in totals.items():
         rec = {"case": "output", "sidecar": label, "points": points, "frames": frames + 1,

@@ -298,6 +298,7 @@ class RunWriter:
         self._sidecar_every_s = SIDECAR_EVERY_S
         self._sidecar_at = -math.inf  # time.monotonic() of its last write
         self._sidecar_frames = -1  # frames it lists
+        self.sidecar_s = 0.0  # seconds spent writing the sidecar
 
     @classmethod
     def _reopen(cls, path: Path, lock: WriterLock) -> RunWriter:
@@ -437,8 +438,19 @@ class RunWriter:
             return
         if not now and time.monotonic() - self._sidecar_at < self._sidecar_every_s:
             return
+        start = time.monotonic()
         write_xdmf(self._path, grid=self._grid, species=self._species, times=self._times, dtype=self._dtype)
         self._sidecar_at, self._sidecar_frames = time.monotonic(), len(self._times)
+        self.sidecar_s += self._sidecar_at - start
+
+    @property
+    def sidecar_every_s(self) -> float:
+        """Seconds between sidecar rewrites while frames are appended (0: after every frame)."""
+        return self._sidecar_every_s
+
+    @sidecar_every_s.setter
+    def sidecar_every_s(self, seconds: float) -> None:
+        self._sidecar_every_s = float(seconds)
 
     def close(self) -> None:
         """Bring the sidecar up to date and close the file (it then opens in any HDF5 reader) and let

@@ -206,3 +206,16 @@ def test_pypde_target_says_what_30x_would_take_of_the_arithmetic_peak():
     )
     assert targets(records, {"device": "CPU"})[0]["note"].endswith(": 0.50x this CPU's measured FMA peak (60 GFLOP/s)")
     assert arithmetic_limit(records)["max_cell_updates_per_s"] == 60e9 / 300
+
+
+def test_output_case_times_appends_and_the_sidecar_of_each_policy(tmp_path):
+    """The output case (quick, 2 points): both sidecar policies timed through the writer's public counters."""
+    from benchmarks import _cases
+
+    st = _cases.Settings(quick=True, repeats=1, target_cell_updates=1e5, time_budget_s=10, log=lambda m: None, out=str(tmp_path))
+    recs = {r["sidecar"]: r for r in _cases.output(st, points=2)}
+    assert set(recs) == {"every_frame", "interval"}
+    for r in recs.values():
+        assert r["frames"] == 49 and r["points"] == 2
+        assert r["sidecar_s"] > 0
+        assert 0 < r["output_share"] < 1
