@@ -4,9 +4,9 @@ The layout is documented in ``_runfile``'s docstring and docs/hdf5.md.
 """
 
 from ._runfile import LAYOUT_VERSION as LAYOUT_VERSION
+from ._runfile import SIDECAR_EVERY_S as SIDECAR_EVERY_S
 from ._runfile import NotARunFile as NotARunFile
 from ._runfile import RunFile as RunFile
-from ._runfile import SIDECAR_EVERY_S as SIDECAR_EVERY_S
 from ._runfile import RunWriter as RunWriter
 from ._runfile import check_output_name as check_output_name
 from ._runfile import describe as describe

@@ -69,7 +69,17 @@ import numpy.typing as npt
 
 from fields import TISSUE_NAMES, Grid, WriterLock, atomic_write_text, hdf5_problem, hdf5_shortfall, temporary_path
 
-__all__ = ["NotARunFile", "RunFile", "RunWriter", "SIDECAR_EVERY_S", "check_output_name", "describe", "repair", "resume_writer", "write_xdmf"]
+__all__ = [
+    "NotARunFile",
+    "RunFile",
+    "RunWriter",
+    "SIDECAR_EVERY_S",
+    "check_output_name",
+    "describe",
+    "repair",
+    "resume_writer",
+    "write_xdmf",
+]
 
 LAYOUT_VERSION = 1
 
