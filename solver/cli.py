@@ -37,7 +37,22 @@ from .io import RunFile, check_output_name, describe, repair
 from .physics import summaries
 from .plot import plot_run, plot_study
 from .setup import ConfigError, build_scenario, config_from_toml, enable_precision, load_config
-from .study import Diverged, is_study, load_sweep, open_run, prepare_folder, read_study, run, run_study, write_summary
+from .study import (
+    ClusterError,
+    Diverged,
+    SlurmOptions,
+    is_study,
+    load_sweep,
+    open_run,
+    parse_slurm_time,
+    prepare_folder,
+    queued,
+    read_study,
+    run,
+    run_study,
+    submit_slurm,
+    write_summary,
+)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 COMMANDS, PLOTTERS = "synovia.commands", "synovia.plotters"
@@ -188,7 +203,133 @@ def _list_points(sweep, chosen) -> int:
     return 0
 
 
+#: A point's state for ``sweep --status``: what to do about it.
+STATUS_KINDS = ("done", "running", "queued", "pending", "failed", "refused", "diverged")
+
+
+def _status_kinds(table, in_queue: dict[int, str]) -> list[str]:
+    """Each point's state: done, running (a process holds it, or its SLURM task runs), queued (its SLURM
+    task waits), pending (not run or incomplete), or its marker (failed, refused, diverged)."""
+    kinds = []
+    for i, status in enumerate(table.status):
+        kind = status.split(" (")[0]
+        if kind == "complete":
+            kinds.append("done")
+        elif kind == "running" or in_queue.get(i) in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            kinds.append("running")
+        elif i in in_queue:
+            kinds.append("queued")
+        elif kind in ("not run", "incomplete"):
+            kinds.append("pending")
+        else:
+            kinds.append(kind)
+    return kinds
+
+
+def _unfinished(kinds: list[str]) -> list[int]:
+    """Points to (re)submit: neither done, nor running or queued, nor diverged (not retried)."""
+    return [i for i, k in enumerate(kinds) if k in ("pending", "failed", "refused")]
+
+
+def _cmd_status(folder: Path) -> int:
+    """``sweep --status DIR``: each point's state, counts, and the points still to run."""
+    try:
+        table = read_study(folder, series=False)
+        in_queue = queued(folder)
+    except (OSError, ValueError) as err:
+        return error(str(err))
+    kinds = _status_kinds(table, in_queue)
+    print(table.text(), end="")
+    counts = ", ".join(f"{kinds.count(k)} {k}" for k in STATUS_KINDS if k in kinds)
+    print(f"status: {counts}")
+    todo = _unfinished(kinds)
+    if todo:
+        print(f"to run: {' '.join(map(str, todo))}")
+        info(
+            f"{len(todo)} point(s) to run: the same sweep command runs (or with --slurm submits) only these; "
+            f"or --point {' '.join(map(str, todo))}"
+        )
+    return 0
+
+
+def _cmd_collect(folder: Path) -> int:
+    """``sweep --collect DIR``: summary.csv and study.h5 from the points' rows."""
+    try:
+        table = write_summary(folder)
+    except (OSError, ValueError) as err:
+        return error(str(err))
+    print(table.text(), end="")
+    info(f"{int(table.complete.sum())} of {len(table.values)} points complete; wrote '{folder / 'summary.csv'}' and "
+         f"'{folder / 'study.h5'}'")  # fmt: skip
+    return 0
+
+
+def _slurm_options(args) -> SlurmOptions:
+    """The --slurm options, checked (ValueError names the flag)."""
+    for flag, value, least in (
+        ("--points-per-task", args.points_per_task, 1),
+        ("--max-parallel", args.max_parallel, 1),
+        ("--cpus-per-task", args.cpus_per_task, 1),
+        ("--gpus-per-task", args.gpus_per_task, 0),
+    ):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} {value}: must be at least {least}")
+    if args.mem_gb is not None and not args.mem_gb > 0:
+        raise ValueError(f"--mem-gb {args.mem_gb}: must be positive")
+    extra = {}
+    for item in args.slurm_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--slurm-arg {item!r}: expected KEY=VALUE (an sbatch option without its dashes)")
+        extra[key.strip().lstrip("-").replace("-", "_")] = value
+    return SlurmOptions(
+        partition=args.partition,
+        time_min=parse_slurm_time(args.time),
+        points_per_task=args.points_per_task,
+        max_parallel=args.max_parallel,
+        cpus_per_task=args.cpus_per_task,
+        gpus_per_task=args.gpus_per_task,
+        mem_gb=args.mem_gb,
+        additional=extra,
+    )
+
+
+def _cmd_slurm(args, sweep, out: Path, chosen) -> int:
+    """``sweep --slurm``: submit the unfinished points (of the chosen ones) as one job array."""
+    try:
+        options = _slurm_options(args)
+        table = read_study(out, series=False)
+        kinds = _status_kinds(table, queued(out))
+    except (OSError, ValueError) as err:
+        return error(str(err))
+    todo = [i for i in _unfinished(kinds) if chosen is None or i in chosen]
+    busy = sum(k in ("running", "queued") for k in kinds)
+    if not todo:
+        info(
+            f"nothing to submit: of {len(sweep)} points {kinds.count('done')} done, {busy} running or queued, "
+            f"{kinds.count('diverged')} diverged; see synovia sweep --status {out}"
+        )
+        return 0
+    try:
+        job, tasks = submit_slurm(sweep, out, todo, options)
+    except (ClusterError, OSError, ValueError) as err:
+        return error(str(err))
+    print(job)
+    info(
+        f"submitted job array {job}: {len(todo)} point(s) in {len(tasks)} task(s) of up to {options.points_per_task}"
+        + (f" ({busy} already running or queued)" if busy else "")
+        + f"; track with: synovia sweep --status {out}"
+    )
+    return 0
+
+
 def _cmd_sweep(args) -> int:
+    if args.status or args.collect:
+        if args.config or args.output:
+            return error("--status and --collect take the study folder alone: synovia sweep --status DIR")
+        return _cmd_status(Path(args.status)) if args.status else _cmd_collect(Path(args.collect))
+    if not args.config or not args.output:
+        return error("synovia sweep needs a sweep config and -o DIR (or --status DIR, --collect DIR)")
     out = Path(args.output)
     try:
         sweep = load_sweep(args.config, args.set or [])
@@ -199,9 +340,13 @@ def _cmd_sweep(args) -> int:
             return error(f"--jobs {args.jobs}: must be at least 1")
         if args.dry_run:
             return _list_points(sweep, chosen)
+        if args.slurm:
+            _slurm_options(args)  # bad flags before the folder is made
         prepare_folder(sweep, out, overwrite=args.overwrite)
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         return error(str(err))
+    if args.slurm:
+        return _cmd_slurm(args, sweep, out, chosen)
     count = len(chosen) if chosen else len(sweep)
     info(
         f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points"
@@ -229,7 +374,8 @@ def _cmd_sweep(args) -> int:
         return error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         return error(str(err))
-    table = _summary_or_none(out)
+    # An array task (--point) leaves the study's shared files to whichever task finishes it, or to --collect.
+    table = _summary_or_none(out) if chosen is None or _settled(out) else None
     if table is not None:
         print(table.text(), end="")
         info(
@@ -276,6 +422,14 @@ def _report_unless_interrupt(unraisable) -> None:
     KeyboardInterrupt lost that way (``_STOP`` holds it)."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         sys.__unraisablehook__(unraisable)
+
+
+def _settled(out: Path) -> bool:
+    """Whether every point of a study is done, diverged or refused (none pending, running or failed)."""
+    try:
+        return all(s in ("complete", "diverged", "refused") for s in read_study(out, series=False).status)
+    except (OSError, ValueError):
+        return False
 
 
 def _summary_or_none(out: Path):
@@ -383,8 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("sweep", help="run a scenario at every combination of chosen config values (a study folder)")
-    p.add_argument("config", help="sweep config TOML (e.g. configs/sweep_knee2d.toml)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="study folder (created; run again to continue it)")
+    p.add_argument("config", nargs="?", help="sweep config TOML (e.g. configs/sweep_knee2d.toml)")
+    p.add_argument("-o", "--output", metavar="DIR", help="study folder (created; run again to continue it)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key of the base scenario (repeatable)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="run points in N worker processes (default 1)")
     p.add_argument(
@@ -392,7 +546,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different sweep's runs in the output folder")
     p.add_argument("--dry-run", action="store_true", help="list the points and their values (CSV); run and write nothing")
+    p.add_argument("--status", metavar="DIR", help="each point's state in study DIR (done, running, queued, pending, ...)")
+    p.add_argument("--collect", metavar="DIR", help="write study DIR's summary.csv and study.h5 from its points")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("SLURM (pip install 'synovia[cluster]')")
+    g.add_argument("--slurm", action="store_true", help="submit the unfinished points as one SLURM job array and return")
+    g.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    g.add_argument("--time", default="1:00:00", help="time limit of a task, as for sbatch (default 1:00:00); requeued at it")
+    g.add_argument("--points-per-task", type=int, default=1, metavar="M", help="points each task runs in one process (default 1)")
+    g.add_argument("--max-parallel", type=int, metavar="N", help="tasks running at once (default: no limit)")
+    g.add_argument("--cpus-per-task", type=int, default=1, metavar="N", help="CPU cores of a task (default 1)")
+    g.add_argument("--gpus-per-task", type=int, default=0, metavar="N", help="GPUs of a task (default 0)")
+    g.add_argument("--mem-gb", type=float, metavar="G", help="memory of a task, GB (default: the partition's)")
+    g.add_argument("--slurm-arg", action="append", metavar="KEY=VALUE", help="any other sbatch option, e.g. account=abc")
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("info", help="print what a run file or a study folder holds")
     p.add_argument("file", help="run file (.h5) or study folder")

@@ -1,8 +1,15 @@
 """Strict numerics for every test: float64 available, no silent rank or dtype promotion."""
 
+import contextlib
+
 import jax
 import numpy as np
 import pytest
+
+# submitit configures logging when first imported, which closes absl's handler (jax's) unless its stream is the
+# current sys.stderr: imported under a test's capsys, that closes pytest's own capture. Import it here, once.
+with contextlib.suppress(ImportError):
+    import submitit  # noqa: F401
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

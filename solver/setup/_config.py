@@ -48,6 +48,13 @@ class RunSection:
     chemotaxis_scheme: str = option(
         "upwind", "chemotaxis flux: first-order upwind or minmod-limited second order", choices=("upwind", "limited")
     )
+    devices: int = option(
+        1,
+        "devices (GPUs, or CPU devices) a run's grid is split over along its slowest axis (z in 3D, y in 2D), each "
+        "stepping its slab and exchanging halos; that axis's cell count must be a multiple of it (runs and sweeps; "
+        "fits use one device). 1: one device",
+        lower=1,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,32 @@ class Scenario:
     def interval(self) -> float:
         return self.config.run.output_interval_h
 
+    @functools.cached_property
+    def mesh(self) -> jax.sharding.Mesh | None:
+        """The devices the grid is split over (``run.devices`` > 1, one mesh axis ``"slab"`` with Auto
+        sharding: XLA's partitioner splits the stencils and adds the halo exchanges), else None."""
+        n = self.config.run.devices
+        if n == 1:
+            return None
+        kind = {"axis_types": (jax.sharding.AxisType.Auto,)} if hasattr(jax.sharding, "AxisType") else {}
+        return jax.sharding.Mesh(np.array(jax.devices()[:n]), ("slab",), **kind)
+
+    def place(self, tree):
+        """``tree``'s arrays on :attr:`mesh`: those of the grid's shape split along its slowest axis, the
+        rest (parameters, scalars) copied to every device. Unchanged with one device."""
+        mesh = self.mesh
+        if mesh is None:
+            return tree
+        shape = self.geometry.grid.shape
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("slab"))
+        copied = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+        def put(x):
+            x = jnp.asarray(x)
+            return jax.device_put(x, split if x.shape == shape else copied)
+
+        return jax.tree.map(put, tree)
+
     @property
     def solver(self) -> Solver:
         """The solver that follows :attr:`plan` (cached: equal scenarios share compiled code)."""
@@ -311,7 +337,27 @@ def build_scenario(config: Config) -> Scenario:
             f"interval of {run.output_interval_h:g} h, more than {MAX_SUBSTEPS:.0e}; check the initial values and "
             "[parameters] for an extreme value"
         )
+    _check_devices(run.devices, grid.shape)
     return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, plan)
+
+
+def _check_devices(n: int, shape: tuple[int, ...]) -> None:
+    """``run.devices`` must be at hand and split the slowest axis evenly (ConfigError naming both)."""
+    if n == 1:
+        return
+    have = jax.devices()
+    if n > len(have):
+        raise ConfigError(
+            f"config key 'run.devices' = {n}: this process has {len(have)} {have[0].platform.upper()} device(s); "
+            "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N"
+        )
+    if shape[0] % n:
+        fits = [k for k in range(2, min(len(have), shape[0]) + 1) if shape[0] % k == 0]
+        raise ConfigError(
+            f"config key 'run.devices' = {n}: the grid's slowest axis has {shape[0]} cells, not a multiple of {n}"
+            + (f"; {', '.join(map(str, fits))} would split it" if fits else "")
+            + " (or change geometry.spacing_mm)"
+        )
 
 
 def enable_precision(config: Config) -> None:

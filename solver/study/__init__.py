@@ -11,6 +11,13 @@ from ._run import open_run as open_run
 from ._run import resume_run as resume_run
 from ._run import run as run
 from ._run import time_courses as time_courses
+from ._slurm import ClusterError as ClusterError
+from ._slurm import PointsTask as PointsTask
+from ._slurm import SlurmOptions as SlurmOptions
+from ._slurm import parse_slurm_time as parse_slurm_time
+from ._slurm import queued as queued
+from ._slurm import read_jobs as read_jobs
+from ._slurm import submit_slurm as submit_slurm
 from ._study import MEASURES as MEASURES
 from ._study import START as START
 from ._study import Measure as Measure
@@ -21,9 +28,11 @@ from ._study import is_study as is_study
 from ._study import load_sweep as load_sweep
 from ._study import measure as measure
 from ._study import point_name as point_name
+from ._study import point_running as point_running
 from ._study import prepare_folder as prepare_folder
 from ._study import read_study as read_study
 from ._study import run_point as run_point
 from ._study import run_study as run_study
 from ._study import sweep_from_dict as sweep_from_dict
+from ._study import write_study_h5 as write_study_h5
 from ._study import write_summary as write_summary

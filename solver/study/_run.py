@@ -102,9 +102,10 @@ def run(
     solver = scenario.solver
     species = scenario.options.species
     interval, dt = scenario.interval, scenario.plan.dt
-    params, domain = scenario.params, scenario.domain
     dtype = scenario.dtype
     state = scenario.initial if state is None else State(*(jax.numpy.asarray(u, dtype) for u in state))
+    # run.devices > 1: the grid's arrays split over the devices; the compiled step follows their placement
+    state, params, domain = scenario.place((state, scenario.params, scenario.domain))
 
     def frame_out(st: State, summ: dict):
         fields = {s: np.asarray(getattr(st, s)) for s in species}

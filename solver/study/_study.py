@@ -32,6 +32,7 @@ import dataclasses
 import fcntl
 import io
 import itertools
+import json
 import math
 import multiprocessing
 import os
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from fields import atomic_write_text
+from fields import atomic_write_text, temporary_path
 
 from ..io import RunFile
 from ..setup import (
@@ -67,6 +68,7 @@ from ._run import Diverged, open_run, run
 FORMAT = "synovia-study"
 MANIFEST = "study.toml"
 SUMMARY_CSV = "summary.csv"
+STUDY_H5 = "study.h5"
 RUNS = "runs"
 TOP_KEYS = ("scenario", "set", "combine", "samples", "seed", "vary", "starts")
 #: The column that names a point's start when the sweep has ``[starts]``.
@@ -429,7 +431,7 @@ def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> No
     if not folder.exists() and not folder.parent.is_dir():
         raise ValueError(f"cannot create '{folder}': folder '{folder.parent}' does not exist (create it first)")
     if folder.exists() and any(
-        not p.name.startswith(".") and p.name not in (RUNS, MANIFEST, SUMMARY_CSV) for p in folder.iterdir()
+        not p.name.startswith(".") and p.name not in (RUNS, MANIFEST, SUMMARY_CSV, STUDY_H5) for p in folder.iterdir()
     ):
         raise ValueError(f"'{folder}' is not empty and is not a study folder; choose a new or empty output folder")
     folder.mkdir(exist_ok=True)
@@ -475,10 +477,12 @@ def _difference(old: dict, new: dict) -> str:
 
 
 def _remove_runs(folder: Path) -> None:
-    """Every point's run file, sidecar and marker, the summary and the manifest (to be replaced)."""
-    for path in (folder / RUNS).glob("point_*"):
-        path.unlink()
+    """Every point's run file, sidecar, marker and row, the summary and the manifest (to be replaced)."""
+    for pattern in ("point_*", ".point_*.json"):
+        for path in (folder / RUNS).glob(pattern):
+            path.unlink()
     (folder / SUMMARY_CSV).unlink(missing_ok=True)
+    (folder / STUDY_H5).unlink(missing_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
 
 
@@ -530,6 +534,10 @@ def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
             result = PointResult(index, "failed", f"{type(err).__name__}: {err}")
         if result.status in MARKERS:
             path.with_suffix(f".{result.status}").write_text(result.message + "\n")
+        try:
+            _write_row(path)
+        except OSError:  # a cache only: the collector reads the run file instead
+            pass
         return result
 
 
@@ -711,44 +719,126 @@ class StudyTable:
         return "\n".join(lines) + "\n"
 
 
-def read_study(folder: str | os.PathLike[str]) -> StudyTable:
-    """Read a study folder: the manifest and every point's run file, complete or not."""
+def _row_path(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.json")
+
+
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _point_data(path: Path) -> tuple[dict[str, np.ndarray] | None, dict[str, str]]:
+    """A run file's times and summary series, and their units (None if missing or unreadable)."""
+    if not path.is_file():
+        return None, {}
+    try:
+        with RunFile.open(path) as run:
+            return {"time": run.time, **run.summary}, {k: v for k, v in run.units.items() if v}
+    except (OSError, KeyError):
+        return None, {}
+
+
+def _write_row(path: Path) -> None:
+    """Cache what the study table needs of a point's run file (its last time and outcome measures) in
+    ``runs/.point_NNN.json``, stamped with the run file's size and mtime: collecting 1000 points then
+    reads 1000 small files instead of opening 1000 HDF5 files."""
+    if not path.is_file():
+        return
+    stamp = _file_stamp(path)
+    data, units = _point_data(path)
+    if data is None:
+        return
+    row = {
+        "stamp": stamp,
+        "times": len(data["time"]),
+        "last_h": float(data["time"][-1]) if len(data["time"]) else None,
+        "measures": {m.name: measure(m, data["time"], data[m.summary]) for m in (*MEASURES, DRIFT) if m.summary in data}
+        if len(data["time"])
+        else {},
+        "units": units,
+    }
+    atomic_write_text(_row_path(path), json.dumps(row, allow_nan=True))
+
+
+def _read_row(path: Path) -> dict | None:
+    """The cached row of a point if it matches its run file as it is now, else None."""
+    try:
+        row = json.loads(_row_path(path).read_text())
+        return row if row.get("stamp") == _file_stamp(path) else None
+    except (OSError, ValueError):
+        return None
+
+
+def point_running(path: Path) -> bool:
+    """Whether a process holds the lock of the point whose run file is ``path`` (it is running it)."""
+    lock_path = path.with_name(f".{path.stem}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def read_study(folder: str | os.PathLike[str], *, series: bool = True) -> StudyTable:
+    """Read a study folder: the manifest and every point's run file, complete or not.
+
+    With ``series=False`` each point's summary time series are not read (``table.series`` holds None)
+    and a point's cached row (written when the point last ran, valid while its run file is unchanged)
+    stands in for its run file: the fast path for status and summaries of large studies.
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     points = manifest["points"]
     n = len(points)
     measures = {m.name: np.full(n, np.nan) for m in (*MEASURES, DRIFT)}
-    status, series, files, units = [], [], [], {}
+    status, series_out, files, units = [], [], [], {}
     for i, point in enumerate(points):
         path = folder / point["file"]
         files.append(path)
-        data = None
-        if path.is_file():
-            try:
-                with RunFile.open(path) as run:
-                    data = {"time": run.time, **run.summary}
-                    units.update({k: v for k, v in run.units.items() if v})
-            except (OSError, KeyError):
-                data = None
-        series.append(data)
         expected = point["t_end_h"]
-        complete = data is not None and len(data["time"]) and math.isclose(data["time"][-1], expected, rel_tol=1e-9, abs_tol=1e-9)
+        row = None if series or not path.is_file() else _read_row(path)
+        data = None
+        if row is None:
+            data, point_units = _point_data(path)
+            if data is not None:
+                row = {
+                    "times": len(data["time"]),
+                    "last_h": float(data["time"][-1]) if len(data["time"]) else None,
+                    "units": point_units,
+                }
+        series_out.append(data if series else None)
+        complete = row is not None and row["times"] > 0 and math.isclose(row["last_h"], expected, rel_tol=1e-9, abs_tol=1e-9)
         marked = [m for m in MARKERS if path.with_suffix(f".{m}").is_file()]
-        if marked and not complete:
-            status.append(marked[0])
-        elif data is None:
-            status.append("not run")
-        elif complete:
+        if row is not None:
+            units.update(row["units"])
+        if complete:
             status.append("complete")
             for m in (*MEASURES, DRIFT):
-                if m.summary in data:
-                    measures[m.name][i] = measure(m, data["time"], data[m.summary])
+                if data is not None:
+                    if m.summary in data:
+                        measures[m.name][i] = measure(m, data["time"], data[m.summary])
+                elif m.name in row["measures"]:
+                    measures[m.name][i] = row["measures"][m.name]
+        elif point_running(path):
+            status.append("running")
+        elif marked:
+            status.append(marked[0])
+        elif row is None:
+            status.append("not run")
         else:
-            last = data["time"][-1] if len(data["time"]) else 0.0
-            status.append(f"incomplete (to {last:g} of {expected:g} h)")
+            status.append(f"incomplete (to {row['last_h'] or 0.0:g} of {expected:g} h)")
     return StudyTable(
         folder, list(manifest["keys"]), manifest["combine"], [list(p["values"]) for p in points], files, status, measures,
-        series, units,
+        series_out, units,
     )  # fmt: skip
 
 
@@ -757,10 +847,56 @@ def _key(v):
 
 
 def write_summary(folder: Path) -> StudyTable:
-    """Write ``summary.csv`` of a study folder from its run files; returns the table."""
-    table = read_study(folder)
+    """Collect a study: write ``summary.csv`` and ``study.h5`` of a study folder from its points' rows
+    (their run files where a row is missing or stale); returns the table."""
+    table = read_study(folder, series=False)
     atomic_write_text(Path(folder) / SUMMARY_CSV, table.csv())
+    write_study_h5(table, Path(folder) / STUDY_H5)
     return table
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """One varied key's values as an HDF5-friendly array: numbers as float64, anything else as text."""
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.array([v if isinstance(v, str) else json.dumps(v) for v in values], dtype=object)
+
+
+def write_study_h5(table: StudyTable, path: Path) -> None:
+    """The study table as one HDF5 file that h5py, netCDF tools and xarray read: a ``point`` dimension
+    (an HDF5 dimension scale) and, along it, each varied key (named as in the config), ``status``,
+    ``file`` and each outcome measure (with ``units`` and ``long_name``)."""
+    import h5py
+
+    tmp = temporary_path(path, ".h5.tmp")
+    strings = h5py.string_dtype()
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["Conventions"] = "CF-1.8"
+            f.attrs["title"] = f"synovia study: {', '.join(table.keys)} ({table.combine})"
+            f.attrs["varied_keys"] = json.dumps(table.keys)
+            point = f.create_dataset("point", data=np.arange(len(table.values), dtype=np.int64))
+            point.make_scale("point")
+            point.attrs["long_name"] = "sweep point (runs/point_NNN.h5)"
+            columns: dict[str, tuple[np.ndarray, dict[str, str]]] = {}
+            for j, key in enumerate(table.keys):
+                columns[key] = (_column([v[j] for v in table.values]), {"long_name": f"config key {key}"})
+            columns["status"] = (np.array([s.split(" (")[0] for s in table.status], dtype=object), {"long_name": "point status"})
+            folder = table.folder
+            columns["file"] = (
+                np.array([p.relative_to(folder).as_posix() for p in table.files], dtype=object),
+                {"long_name": "run file, relative to the study folder"},
+            )
+            for m in (*MEASURES, DRIFT):
+                columns[m.name] = (table.measures[m.name], {"units": m.unit, "long_name": m.label})
+            for name, (data, attrs) in columns.items():
+                dset = f.create_dataset(name, data=data, dtype=strings if data.dtype == object else data.dtype)
+                dset.dims[0].attach_scale(point)
+                for k, v in attrs.items():
+                    dset.attrs[k] = v
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def is_study(path: str | os.PathLike[str]) -> bool:

@@ -107,6 +107,8 @@ CASES = [
     ("run.stepper", {"c.toml": _box(run__stepper='"euler"')}, ["run", "c.toml"], ["run.stepper", "euler"]),
     ("run.safety 0", {"c.toml": _box(run__safety=0.0)}, ["run", "c.toml"], ["run.safety"]),
     ("run.dt_h negative", {"c.toml": _box(run__dt_h=-1.0)}, ["run", "c.toml"], ["run.dt_h"]),
+    ("run.devices 0", {"c.toml": _box(run__devices=0)}, ["run", "c.toml"], ["run.devices", ">= 1"]),
+    ("run.devices more than here", {"c.toml": _box(run__devices=64)}, ["run", "c.toml"], ["run.devices", "device(s)"]),
     (
         "run.dt_h too large",
         {"c.toml": _box(run__dt_h=0.9)},
@@ -289,6 +291,20 @@ CASES = [
         ["sweep", "s.toml", "-o", "s", "--point", "5"],
         ["--point 5"],
     ),
+    (
+        "sweep --slurm --points-per-task 0",
+        {"box.toml": BOX, "s.toml": SWEEP + '"injury.rate" = [1.0]\n'},
+        ["sweep", "s.toml", "-o", "s", "--slurm", "--points-per-task", "0"],
+        ["--points-per-task 0"],
+    ),
+    (
+        "sweep --slurm --time",
+        {"box.toml": BOX, "s.toml": SWEEP + '"injury.rate" = [1.0]\n'},
+        ["sweep", "s.toml", "-o", "s", "--slurm", "--time", "1h"],
+        ["--time '1h'"],
+    ),
+    ("sweep --status not a study", {"x.txt": "x"}, ["sweep", "--status", "x.txt"], ["x.txt", "not a study folder"]),
+    ("sweep --collect missing", {}, ["sweep", "--collect", "nowhere"], ["nowhere"]),
     # --- fit ---
     ("fit missing config", {}, ["fit", "no.toml"], ["no.toml"]),
     ("fit config not UTF-8", {"f.toml": b'scenario = "caf\xe9.toml"\n'}, ["fit", "f.toml"], ["f.toml", "UTF-8"]),
