@@ -1,7 +1,7 @@
 """A study on a SLURM cluster, through submitit (the ``cluster`` extra): one job array, several points
 per task, requeued at its time limit, tracked from the study folder.
 
-``submit`` runs on the login node: it submits the study's unfinished points as one job array whose
+``submit_slurm`` runs on the login node: it submits the study's unfinished points as one job array whose
 tasks each run ``points_per_task`` points in one process (one JAX import; one compile per point shape,
 kept in a persistent compilation cache in the study folder, ``.jax_cache``). A task that reaches its
 time limit or is preempted is requeued by submitit (:class:`PointsTask` is checkpointable) and
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -28,10 +27,10 @@ from typing import Any
 
 from fields import atomic_write_text
 
-from ._study import RUNS, PointResult, Sweep, point_name, run_point
+from ._study import RUNS, SLURM_JOBS, PointResult, Sweep, point_name, run_point
 
-SLURM_DIR = ".slurm"
-JOBS = "jobs.json"
+SLURM_DIR = SLURM_JOBS.parent.name
+JOBS = SLURM_JOBS.name
 JAX_CACHE = ".jax_cache"
 #: Job states after which a task runs no more (squeue's names).
 ENDED = frozenset(
@@ -144,8 +143,6 @@ def submit_slurm(sweep: Sweep, folder: Path, points: Sequence[int], options: Slu
         [(sweep.configs[i].to_toml(), sweep.base_dir, str(folder / RUNS / f"{point_name(i)}.h5")) for i in chunk]
         for chunk in chunks
     ]
-    # Fresh processes share a node's GPU only if none takes 75% of it.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         jobs = executor.map_array(PointsTask(), [str(folder)] * len(chunks), args)
     except Exception as err:  # submitit's FailedSubmissionError carries sbatch's message

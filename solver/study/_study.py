@@ -69,6 +69,8 @@ FORMAT = "synovia-study"
 MANIFEST = "study.toml"
 SUMMARY_CSV = "summary.csv"
 STUDY_H5 = "study.h5"
+#: The study's SLURM submissions (solver.study._slurm): forgotten with the runs they were for.
+SLURM_JOBS = Path(".slurm") / "jobs.json"
 RUNS = "runs"
 TOP_KEYS = ("scenario", "set", "combine", "samples", "seed", "vary", "starts")
 #: The column that names a point's start when the sweep has ``[starts]``.
@@ -483,6 +485,7 @@ def _remove_runs(folder: Path) -> None:
             path.unlink()
     (folder / SUMMARY_CSV).unlink(missing_ok=True)
     (folder / STUDY_H5).unlink(missing_ok=True)
+    (folder / SLURM_JOBS).unlink(missing_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
 
 
