@@ -1,8 +1,9 @@
 """``python -m benchmarks [--quick] [--only CASES] [--out DIR]``: run the suite, write JSON, Markdown and PNGs.
 
 Cases (``--only`` takes a comma-separated list): forward, ensemble, long, output, gradient, compile,
-profile, trace, layout, adjoint, roofline, numba, pypde; ``smallest`` runs only the smallest forward case (a smoke test).
-References (numba, pypde) are skipped with a note when their packages are not installed.
+profile, trace, layout, adjoint, roofline, numba, pypde, cluster; ``smallest`` runs only the smallest forward case (a
+smoke test). References (numba, pypde) are skipped with a note when their packages are not installed; ``cluster``
+(a study on a SLURM cluster it starts) when not root or without the slurm packages or submitit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ORDER = (
     "compile",
     "long",
     "output",
+    "cluster",
 )
 
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": _cases.knee3d_compile,
         "long": _cases.long_scenario,
         "output": _cases.output,
+        "cluster": _cases.cluster,
     }
     for name in selected:
         t = time.perf_counter()

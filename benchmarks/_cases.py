@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import math
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -445,7 +448,7 @@ def long_scenario(st: Settings, weeks: float = 4.0) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------- gradient
+# ----------------------------------------------------------------------------- output
 
 
 class _TimedWriter:
@@ -500,6 +503,160 @@ def output(st: Settings, points: int = 4) -> list[dict]:
         )
         out.append(rec)
     return out
+
+
+# ----------------------------------------------------------------------------- cluster
+
+#: The ``cluster`` case's study: knee2d at 0.5 mm (100x88), ``hours`` of the injury with 4 h frames, injury rate
+#: x recruitment rate (quick: 2 x 4 points, full: 3 x 4).
+CLUSTER_SWEEP = """\
+scenario = {scenario}
+combine = "grid"
+
+[set]
+"geometry.spacing_mm" = 0.5
+"run.t_end_h" = {hours}
+"run.output_interval_h" = 4.0
+
+[vary]
+"injury.rate" = {rates}
+"parameters.recruitment_rate" = {{ from = 50, to = 400, count = 4, spacing = "log" }}
+"""
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _sweep(argv: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """``synovia ARGV`` in a fresh process (as the command runs it); its CPU seconds, and those of the processes
+    it waited for (a local sweep's workers), from this process's rusage of its children."""
+    before = _children_cpu_s()
+    proc = subprocess.run([sys.executable, "-m", "synovia_command", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    cpu = _children_cpu_s() - before
+    if proc.returncode != 0:
+        raise RuntimeError(f"synovia {' '.join(argv[:2])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc, cpu
+
+
+def _check_study(folder: Path, points: int) -> None:
+    runs = folder / "runs"
+    missing = [k for k in range(points) if not (runs / f"point_{k:03d}.h5").is_file()]
+    marked = sorted(p.name for p in runs.glob("point_*.*") if p.suffix in (".diverged", ".refused", ".failed"))
+    if missing or marked:
+        raise RuntimeError(f"study {folder}: points without a run file {missing}, marked {marked}")
+
+
+def _on_slurm(cluster, cfg: Path, folder: Path, points: int, per_task: int) -> dict:
+    """``synovia sweep --slurm`` of ``cfg``, from its submission until the reaper has collected every process of
+    its job array: wall seconds and CPU seconds (the submitting command, the job processes, the daemons)."""
+    env = {**os.environ, **cluster.env}
+    mark, daemons_before = len(cluster.reaped()), sum(cluster.daemon_cpu_s().values())
+    t = now()
+    argv = ["sweep", str(cfg), "-o", str(folder), "--slurm", "--partition", cluster.partition, "--time", "30"]
+    proc, submit_cpu = _sweep([*argv, "--points-per-task", str(per_task)], env)
+    submit_s = now() - t
+    job = proc.stdout.strip().splitlines()[-1]
+    cluster.wait(job, timeout=900)
+    cluster.settle()
+    wall = now() - t
+    reaped = cluster.reaped()[mark:]
+    daemons = sum(cluster.daemon_cpu_s().values()) - daemons_before
+    jobs_cpu = sum(r["user_s"] + r["system_s"] for r in reaped)
+    _check_study(folder, points)
+    logged = sum(log.read_text().count("synovia: point") for log in folder.glob(".slurm/*/*_log.out"))
+    if logged != points:
+        raise RuntimeError(f"{folder}: the tasks' logs report {logged} points, not {points}")
+    tasks = math.ceil(points / per_task)
+    return {"way": "slurm", "points_per_task": per_task, "tasks": tasks, "wall_s": wall, "submit_wall_s": submit_s,
+            "submit_cpu_s": submit_cpu, "jobs_cpu_s": jobs_cpu, "daemons_cpu_s": daemons,
+            "cpu_s": submit_cpu + jobs_cpu + daemons, "processes_collected": len(reaped),
+            "slurmstepd": sum(r["comm"] == "slurmstepd" for r in reaped)}  # fmt: skip
+
+
+def _local(cfg: Path, folder: Path, points: int, jobs: int) -> dict:
+    """``synovia sweep --jobs JOBS`` of ``cfg`` on this machine: wall and CPU seconds (the command and its workers)."""
+    t = now()
+    _, cpu = _sweep(["sweep", str(cfg), "-o", str(folder), "-q", "--jobs", str(jobs)])
+    wall = now() - t
+    _check_study(folder, points)
+    return {"way": "local", "jobs": jobs, "wall_s": wall, "cpu_s": cpu}
+
+
+def cluster(st: Settings, per_task: int | None = None, jobs: int = 2) -> list[dict]:
+    """CPU seconds per point of a small study (``CLUSTER_SWEEP``) run three ways: ``synovia sweep --slurm`` with
+    one point per array task, the same with ``per_task`` points per task (quick 4 of 8 points, full 3 of 12),
+    and ``synovia sweep --jobs 2`` on this machine; in rounds (quick 2, full 3), the order reversed every other
+    round, so that a busy machine weighs on the three alike; medians over the rounds. The SLURM cluster is a
+    real single-node one that the case starts and stops (benchmarks._slurm); its slurmd runs under a reaper
+    process, so the CPU time of every job process comes back through ``wait4`` (no accounting needed).
+    Skipped without root, the slurm packages or submitit, or when the cluster does not start."""
+    import tempfile
+
+    from . import _slurm
+
+    reason = _slurm.unavailable() or (None if has("submitit") else "needs submitit: pip install 'synovia[cluster]'")
+    if reason:
+        st.log(f"cluster: skipped ({reason})")
+        return [{"case": "cluster", "skipped": reason}]
+    rates, hours = ("[5000.0, 15000.0]", 24.0) if st.quick else ("[5000.0, 15000.0, 45000.0]", 48.0)
+    points = 4 * (rates.count(",") + 1)
+    per_task = per_task or (4 if st.quick else 3)
+    rounds = 2 if st.quick else 3
+    ways = ["slurm_1", f"slurm_{per_task}", "local"]
+    runs: dict[str, list[dict]] = {way: [] for way in ways}
+    with tempfile.TemporaryDirectory(prefix="synovia-cluster-") as tmp, contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        cfg = folder / "sweep.toml"
+        text = CLUSTER_SWEEP.format(scenario=json.dumps(str(ROOT / "configs" / "knee2d.toml")), hours=hours, rates=rates)
+        cfg.write_text(text)
+        try:
+            running = stack.enter_context(_slurm.running_cluster(folder / "slurm"))
+        except _slurm.ClusterStartError as err:
+            reason = f"could not start a SLURM cluster: {str(err).splitlines()[0]}"
+            st.log(f"cluster: skipped ({reason})")
+            return [{"case": "cluster", "skipped": reason}]
+        for r in range(rounds):
+            for way in ways[:: -1 if r % 2 else 1]:
+                study = folder / f"{way}_{r}"
+                if way == "local":
+                    res = _local(cfg, study, points, jobs)
+                else:
+                    res = _on_slurm(running, cfg, study, points, int(way.split("_")[1]))
+                runs[way].append(res)
+                st.log(f"cluster round {r + 1}/{rounds}: {way}: {res['wall_s']:.1f} s, {res['cpu_s']:.1f} CPU-s")
+    out = []
+    for way in ways:
+        rec = {"case": "cluster", "points": points, "grid": "100x88", "hours": hours, "rounds": rounds}
+        rec.update({k: v for k, v in runs[way][0].items() if not isinstance(v, float)})
+        for key in runs[way][0]:
+            if isinstance(runs[way][0][key], float):  # medians over the rounds
+                rec[key] = statistics.median(res[key] for res in runs[way])
+        rec["cpu_s_per_point"] = rec["cpu_s"] / points
+        rec["cpu_s_per_point_runs"] = [res["cpu_s"] / points for res in runs[way]]
+        rec["wall_s_runs"] = [res["wall_s"] for res in runs[way]]
+        out.append(rec)
+    local = out[-1]
+    for way, rec in zip(ways, out):
+        rec["cpu_vs_local"] = rec["cpu_s"] / local["cpu_s"]
+        rec["wall_vs_local"] = rec["wall_s"] / local["wall_s"]
+        # the same ratio in each round (the rounds' conditions differ)
+        rec["cpu_vs_local_runs"] = [a["cpu_s"] / b["cpu_s"] for a, b in zip(runs[way], runs["local"])]
+        how = f"SLURM, {rec['points_per_task']} per task" if rec["way"] == "slurm" else f"here, --jobs {jobs}"
+        st.log(
+            f"cluster ({how}): {points} points, {rec['wall_s']:.1f} s, {rec['cpu_s']:.1f} CPU-s = "
+            f"{rec['cpu_s_per_point']:.2f} per point ({rec['cpu_vs_local']:.2f}x here; rounds "
+            + ", ".join(f"{x:.2f}x" for x in rec["cpu_vs_local_runs"])
+            + ")"
+        )
+    a, b = out[0], out[1]
+    if a["tasks"] > b["tasks"]:  # the CPU time of one more task: import, scenario, compile, start and end
+        b["cpu_s_per_extra_task"] = (a["cpu_s"] - b["cpu_s"]) / (a["tasks"] - b["tasks"])
+    return out
+
+
+# ----------------------------------------------------------------------------- gradient
 
 
 def gradient(st: Settings) -> list[dict]:

@@ -524,6 +524,46 @@ def markdown(result: dict) -> str:
             "",
         ]
 
+    clus = [r for r in recs if r.get("case") == "cluster"]
+    if clus:
+        lines += ["## A study on a single-node SLURM cluster against one machine (CPU seconds per point)", ""]
+    for r in (r for r in clus if "skipped" in r):
+        lines += [f"Skipped: {r['skipped']}.", ""]
+    clus = [r for r in clus if "skipped" not in r]
+    if clus:
+        rows = []
+        for r in clus:
+            slurm = r["way"] == "slurm"
+            rows.append(
+                [
+                    f"`--slurm --points-per-task {r['points_per_task']}`" if slurm else f"`--jobs {r['jobs']}` here",
+                    f"{r['points']} x {r['tasks']}" if slurm else f"{r['points']} x -",
+                    f"{r['wall_s']:.1f}",
+                    f"{r['cpu_s']:.1f}",
+                    f"{r['submit_cpu_s']:.1f} / {r['jobs_cpu_s']:.1f} / {r['daemons_cpu_s']:.2f}" if slurm else "-",
+                    f"{r['cpu_s_per_point']:.2f} ({', '.join(f'{x:.2f}' for x in r['cpu_s_per_point_runs'])})",
+                    f"{r['cpu_vs_local']:.2f}x ({', '.join(f'{x:.2f}' for x in r['cpu_vs_local_runs'])})",
+                    f"{r['wall_vs_local']:.2f}x",
+                ]
+            )
+        header = ["how", "points x tasks", "wall s", "CPU s", "submit / jobs / daemons CPU s", "CPU s per point (rounds)",
+                  "CPU vs here (rounds)", "wall vs here"]  # fmt: skip
+        r = clus[0]
+        lines += [
+            _table(header, rows),
+            "",
+            f"knee2d at 0.5 mm ({r['grid']}), {r['hours']:g} h with 4 h frames, {r['points']} points; medians of "
+            f"{r['rounds']} rounds (the order reversed every other round). The cluster is a single-node one the case "
+            "starts (benchmarks._slurm). CPU seconds: user + system of the submitting `synovia sweep` and of a local "
+            "sweep's workers (this process's rusage of its children), of every process of the job array (the reaper "
+            "that started slurmd collects each slurmstepd; wait4's rusage holds the processes it waited for) and of the "
+            "daemons (/proc/PID/stat, including their answers to the case's squeue polls every 0.25 s).",
+            "",
+        ]
+        extra = next((x["cpu_s_per_extra_task"] for x in clus if "cpu_s_per_extra_task" in x), None)
+        if extra is not None:
+            lines += [f"One array task more costs {extra:.2f} CPU s (JAX import, scenario, compile, task start and end).", ""]
+
     knee = [r for r in recs if r.get("case") == "knee3d_compile"]
     for r in knee:
         lines += [

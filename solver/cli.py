@@ -41,6 +41,7 @@ from .study import (
     ClusterError,
     Diverged,
     SlurmOptions,
+    describe_batches,
     is_study,
     load_sweep,
     open_run,
@@ -192,14 +193,22 @@ def _report_rest(scenario) -> None:
     )
 
 
-def _list_points(sweep, chosen) -> int:
+def _list_points(sweep, chosen, ensemble: bool = False) -> int:
     """``sweep --dry-run``: every point (or the chosen ones) and its values, one line each, as CSV on
-    stdout; how many on stderr. Nothing is written."""
+    stdout; how many on stderr (with ``--ensemble``, the batches too). Nothing is written."""
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["point", *sweep.keys])
     for k in chosen or range(len(sweep)):
         writer.writerow([k, *sweep.values[k]])
     info(f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points; a dry run: nothing was run or written")
+    if ensemble:
+        batches, refused = describe_batches(sweep, chosen or range(len(sweep)))
+        for indices, line in batches:
+            info(f"batch of point(s) {' '.join(map(str, indices))}: {line}")
+        for k, why in refused.items():
+            info(f"point {k} would be refused: {why}")
+        if len(batches) > 1:
+            info("points batch together when their grids and step plans agree; run.dt_h = the smallest dt above makes them agree")
     return 0
 
 
@@ -286,6 +295,7 @@ def _slurm_options(args) -> SlurmOptions:
         partition=args.partition,
         time_min=parse_slurm_time(args.time),
         points_per_task=args.points_per_task,
+        ensemble=args.ensemble,
         max_parallel=args.max_parallel,
         cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task,
@@ -328,9 +338,9 @@ def _cmd_sweep(args) -> int:
         if args.config or args.output:
             return error("--status and --collect take the study folder alone: synovia sweep --status DIR")
         return _cmd_status(Path(args.status)) if args.status else _cmd_collect(Path(args.collect))
-    if not args.config or not args.output:
+    if not args.config or not (args.output or args.dry_run):
         return error("synovia sweep needs a sweep config and -o DIR (or --status DIR, --collect DIR)")
-    out = Path(args.output)
+    out = Path(args.output or ".")
     try:
         sweep = load_sweep(args.config, args.set or [])
         chosen = sorted(set(args.point)) if args.point else None
@@ -338,8 +348,10 @@ def _cmd_sweep(args) -> int:
             return error(f"--point {bad[0]}: this sweep has points 0..{len(sweep) - 1}")
         if args.jobs < 1:
             return error(f"--jobs {args.jobs}: must be at least 1")
+        if args.ensemble and args.jobs > 1:
+            return error("--ensemble and --jobs N: choose one (--ensemble runs the points in one process, over its devices)")
         if args.dry_run:
-            return _list_points(sweep, chosen)
+            return _list_points(sweep, chosen, args.ensemble)
         if args.slurm:
             _slurm_options(args)  # bad flags before the folder is made
         prepare_folder(sweep, out, overwrite=args.overwrite)
@@ -352,6 +364,7 @@ def _cmd_sweep(args) -> int:
         f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points"
         + (f", running {count} of them" if chosen else "")
         + (f" in {args.jobs} processes" if args.jobs > 1 and count > 1 else "")
+        + (" in vmapped batches" if args.ensemble else "")
         + f" -> {out}/"
     )
     bar = tqdm(total=count, unit="point", disable=args.quiet, desc="synovia sweep", dynamic_ncols=True)
@@ -368,7 +381,7 @@ def _cmd_sweep(args) -> int:
 
     try:  # main() turns SIGTERM into KeyboardInterrupt: it stops the workers like Ctrl-C
         with bar:
-            run_study(sweep, out, points=chosen, jobs=args.jobs, on_result=on_result)
+            run_study(sweep, out, points=chosen, jobs=args.jobs, ensemble=args.ensemble, on_result=on_result)
     except KeyboardInterrupt:
         _summary_or_none(out)
         return error(f"interrupted; finished frames are kept; run the same command again to continue '{out}'", EXIT_INTERRUPTED)
@@ -546,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different sweep's runs in the output folder")
     p.add_argument("--dry-run", action="store_true", help="list the points and their values (CSV); run and write nothing")
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="advance points with the same grid and step plan together (jax.vmap), split over the process's "
+        "devices (with --slurm: in each task)",
+    )
     p.add_argument("--status", metavar="DIR", help="each point's state in study DIR (done, running, queued, pending, ...)")
     p.add_argument("--collect", metavar="DIR", help="write study DIR's summary.csv and study.h5 from its points")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

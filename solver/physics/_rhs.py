@@ -102,10 +102,12 @@ def exposure_weight(domain: Domain, options: ModelOptions, diffusivity: jax.Arra
     below a cell). Zero outside cartilage.
     """
     delta = jnp.sqrt(jnp.maximum(diffusivity[int(Tissue.CARTILAGE)], 1e-30) / jnp.maximum(decay, 1e-30))
-    delta = jnp.maximum(delta, 1e-9)
-    x = layer_thickness(options.grid.spacing) / delta
+    # one reciprocal, multiplied: XLA turns a division by a scalar into that, but not by a batch of them
+    # (jax.vmap over parameters), and a member of a batch must compute what a run of its own does
+    per_mm = 1.0 / jnp.maximum(delta, 1e-9)
+    x = layer_thickness(options.grid.spacing) * per_mm
     mean_over_layer = jnp.where(x > 1e-6, -jnp.expm1(-jnp.minimum(x, 1e3)) / jnp.maximum(x, 1e-6), 1.0 - 0.5 * x)
-    return jnp.exp(-domain.cartilage_depth / delta) * mean_over_layer * domain.cartilage
+    return jnp.exp(-domain.cartilage_depth * per_mm) * mean_over_layer * domain.cartilage
 
 
 def exposure_weights(params: Params, domain: Domain, options: ModelOptions) -> tuple[jax.Array, jax.Array]:

@@ -37,6 +37,7 @@ from ._config import set_key as set_key
 from ._memory import CHECKPOINT_SHARE as CHECKPOINT_SHARE
 from ._memory import checkpoint_budget_bytes as checkpoint_budget_bytes
 from ._memory import host_memory_bytes as host_memory_bytes
+from ._scenario import ARRAYS_PER_CELL as ARRAYS_PER_CELL
 from ._scenario import MAX_SUBSTEPS as MAX_SUBSTEPS
 from ._scenario import Scenario as Scenario
 from ._scenario import build_scenario as build_scenario

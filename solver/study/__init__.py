@@ -3,6 +3,9 @@ resumed one) and many (sweeps over config values, their study folders and tables
 read from each run).
 """
 
+from ._ensemble import batch_key as batch_key
+from ._ensemble import describe_batches as describe_batches
+from ._ensemble import run_batched as run_batched
 from ._run import Diverged as Diverged
 from ._run import RunResult as RunResult
 from ._run import file_attrs as file_attrs

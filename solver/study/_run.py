@@ -64,7 +64,8 @@ def new_writer(scenario: Scenario, out: Path, *, config_dir: Path, overwrite: bo
     )
 
 
-def _check(state_host: State, checks: dict, t: float) -> None:
+def check_frame(state_host: State, checks: dict, t: float) -> None:
+    """Raise :class:`Diverged` if a frame's state (on the host) is not finite or went negative."""
     if not bool(checks["finite"]):
         bad = [s for s, u in state_host._asdict().items() if not np.all(np.isfinite(u))]
         raise Diverged(f"the solution diverged at t = {t:g} h: {', '.join(bad)} not finite")
@@ -138,7 +139,7 @@ def run(
             # queue the next interval before waiting on this one's data
             pending = solver.advance_with_summary(new_state, k * interval, dt, params, domain) if k < scenario.n_frames else None
             host_state, summ, checks = jax.device_get((new_state, summ, checks))
-            _check(host_state, checks, k * interval)
+            check_frame(host_state, checks, k * interval)
             fields, summ = frame_out(host_state, summ)
             writer.append(k * interval, fields, summ)
             state = new_state

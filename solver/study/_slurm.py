@@ -27,6 +27,7 @@ from typing import Any
 
 from fields import atomic_write_text
 
+from ._ensemble import run_batched
 from ._study import RUNS, SLURM_JOBS, PointResult, Sweep, point_name, run_point
 
 SLURM_DIR = SLURM_JOBS.parent.name
@@ -51,6 +52,7 @@ class SlurmOptions:
     cpus_per_task: int = 1
     gpus_per_task: int = 0
     mem_gb: float | None = None
+    ensemble: bool = False  # a task advances its points in vmapped batches (solver.study._ensemble)
     signal_delay_s: int = 90  # submitit signals the task this long before its time limit, to requeue it
     additional: dict[str, str] = dataclasses.field(default_factory=dict)  # any other sbatch option
 
@@ -76,17 +78,27 @@ class PointsTask:
     """One array task: run some points of a study folder, one after another, in this process.
 
     submitit calls :meth:`checkpoint` when the task is about to reach its time limit (or is preempted):
-    it asks to be requeued with the same points; on the rerun the finished ones are skipped.
+    it asks to be requeued with the same points; on the rerun the finished ones are skipped. With
+    ``ensemble`` the points that share a step plan are advanced together in vmapped batches.
     """
+
+    def __init__(self, ensemble: bool = False):
+        self.ensemble = ensemble
 
     def __call__(self, folder: str, tasks: Sequence[tuple[str, str, str]]) -> list[tuple[int, str, str]]:
         _use_compilation_cache(Path(folder) / JAX_CACHE)
         results = []
-        for task in tasks:
-            result: PointResult = run_point(*task)
+
+        def report(result: PointResult) -> None:
             message = f": {result.message}" if result.message else ""
             print(f"synovia: point {result.index} {result.status}{message}", flush=True)
             results.append((result.index, result.status, result.message))
+
+        if self.ensemble:
+            run_batched(tasks, on_result=report)
+        else:
+            for task in tasks:
+                report(run_point(*task))
         return results
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -144,7 +156,7 @@ def submit_slurm(sweep: Sweep, folder: Path, points: Sequence[int], options: Slu
         for chunk in chunks
     ]
     try:
-        jobs = executor.map_array(PointsTask(), [str(folder)] * len(chunks), args)
+        jobs = executor.map_array(PointsTask(options.ensemble), [str(folder)] * len(chunks), args)
     except Exception as err:  # submitit's FailedSubmissionError carries sbatch's message
         raise ClusterError(f"sbatch refused the job array: {str(err).strip().splitlines()[-1]}") from None
     job_id = str(jobs[0].job_id).split("_")[0]

@@ -26,6 +26,7 @@ running the same sweep again continues it. A point whose solution diverges is re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -52,6 +53,7 @@ from ..io import RunFile
 from ..setup import (
     Config,
     ConfigError,
+    Scenario,
     apply_overrides,
     build_scenario,
     check_number,
@@ -501,7 +503,7 @@ class PointResult:
     message: str = ""
 
 
-def _stored(path: Path) -> tuple[int, str]:
+def stored_run(path: Path) -> tuple[int, str]:
     """Committed frames of a run file and the config it holds ((0, "") if missing or unreadable)."""
     try:
         with RunFile.open(path) as run:
@@ -513,6 +515,34 @@ def _stored(path: Path) -> tuple[int, str]:
 MARKERS = ("diverged", "refused", "failed")  # runs/point_NNN.<status>: why a point has no complete run
 
 
+def point_lock(path: Path, stack: contextlib.ExitStack) -> PointResult | None:
+    """Take the lock of the point whose run file is ``path`` (held until ``stack`` closes) and clear its
+    earlier refused/failed markers; or the point's result if it is not to run: it diverged before (not
+    retried), or another process holds it ("busy")."""
+    index = int(path.stem.rsplit("_", 1)[-1])
+    if path.with_suffix(".diverged").is_file():
+        return PointResult(index, "diverged", path.with_suffix(".diverged").read_text().strip())
+    lock = stack.enter_context(open(path.with_name(f".{path.stem}.lock"), "a"))
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return PointResult(index, "busy", "another process is running this point")
+    for status in ("refused", "failed"):
+        path.with_suffix(f".{status}").unlink(missing_ok=True)
+    return None
+
+
+def finish_point(path: Path, result: PointResult) -> PointResult:
+    """Record a point's result: its marker file (MARKERS) and its row (``_write_row``)."""
+    if result.status in MARKERS:
+        path.with_suffix(f".{result.status}").write_text(result.message + "\n")
+    try:
+        _write_row(path)
+    except OSError:  # a cache only: the collector reads the run file instead
+        pass
+    return result
+
+
 def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
     """Run (or finish) one point's run file; safe to call in a fresh worker process.
 
@@ -521,37 +551,38 @@ def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
     error ("failed") is recorded in a marker file beside the run file and retried next time.
     """
     path = Path(path)
-    index = int(path.stem.rsplit("_", 1)[-1])
-    if path.with_suffix(".diverged").is_file():
-        return PointResult(index, "diverged", path.with_suffix(".diverged").read_text().strip())
-    with open(path.with_name(f".{path.stem}.lock"), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return PointResult(index, "busy", "another process is running this point")
-        for status in ("refused", "failed"):
-            path.with_suffix(f".{status}").unlink(missing_ok=True)
-        try:
-            result = _run_point(index, config_toml, config_dir, path)
-        except Exception as err:  # one point's trouble (I/O, memory) must not stop the others
-            result = PointResult(index, "failed", f"{type(err).__name__}: {err}")
-        if result.status in MARKERS:
-            path.with_suffix(f".{result.status}").write_text(result.message + "\n")
-        try:
-            _write_row(path)
-        except OSError:  # a cache only: the collector reads the run file instead
-            pass
-        return result
+    with contextlib.ExitStack() as stack:
+        early = point_lock(path, stack)
+        if early is not None:
+            return early
+        return finish_point(path, run_point_locked(int(path.stem.rsplit("_", 1)[-1]), config_toml, config_dir, path))
 
 
-def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
+def run_point_locked(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
+    """:func:`run_point`'s run, its lock held; an unexpected error is returned as "failed"."""
+    try:
+        return _run_point(index, config_toml, config_dir, path)
+    except Exception as err:  # one point's trouble (I/O, memory) must not stop the others
+        return PointResult(index, "failed", f"{type(err).__name__}: {err}")
+
+
+def point_scenario(index: int, config_toml: str, config_dir: str) -> Scenario | PointResult:
+    """A point's scenario, or its "refused" result."""
     try:
         config = config_from_toml(config_toml, config_dir)
         enable_precision(config)  # a worker process is an entry point
-        scenario = build_scenario(config)
+        return build_scenario(config)
     except ConfigError as err:  # found only when the scenario is built (an unstable step, a bad geometry file)
         return PointResult(index, "refused", str(err))
-    n_frames, stored_config = _stored(path)
+
+
+def prepare_point(index: int, config_toml: str, config_dir: str, path: Path) -> tuple[Scenario, int] | PointResult:
+    """A point's scenario and the frames its run file holds, or its result if it is not to run: its config
+    is refused, the file holds another config's run, or the run is complete."""
+    scenario = point_scenario(index, config_toml, config_dir)
+    if isinstance(scenario, PointResult):
+        return scenario
+    n_frames, stored_config = stored_run(path)
     if n_frames > 0 and stored_config != scenario.config.to_toml():
         return PointResult(
             index, "refused", f"'{path}' holds a run of another config (not this sweep's point {index}); "
@@ -559,6 +590,14 @@ def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> Poi
         )  # fmt: skip
     if n_frames == scenario.n_frames + 1:
         return PointResult(index, "complete")
+    return scenario, n_frames
+
+
+def _run_point(index: int, config_toml: str, config_dir: str, path: Path) -> PointResult:
+    prepared = prepare_point(index, config_toml, config_dir, path)
+    if isinstance(prepared, PointResult):
+        return prepared
+    scenario, n_frames = prepared
     writer, start_frame, state = open_run(scenario, path, resume=n_frames > 0, config_dir=Path(config_dir), overwrite=True)
     try:
         with writer:
@@ -583,9 +622,12 @@ def run_study(
     *,
     points: Sequence[int] | None = None,
     jobs: int = 1,
+    ensemble: bool = False,
     on_result: Callable[[PointResult], None] | None = None,
 ) -> list[PointResult]:
-    """Run the chosen points (default all) of a prepared study folder, in order or in ``jobs`` processes.
+    """Run the chosen points (default all) of a prepared study folder, in order, in ``jobs`` processes, or
+    (``ensemble``) in batches of points with the same step plan advanced together by one vmapped function
+    over this process's devices (solver.study._ensemble).
 
     ``on_result`` is called as each point finishes. A KeyboardInterrupt stops the work; every
     finished frame is kept, and running the sweep again resumes it.
@@ -600,6 +642,11 @@ def run_study(
         if on_result is not None:
             on_result(result)
 
+    if ensemble:
+        from ._ensemble import run_batched  # it builds on this module
+
+        run_batched(tasks, on_result=done)
+        return sorted(results, key=lambda r: r.index)
     if jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
             done(run_point(*task))

@@ -90,3 +90,56 @@ def test_devices_that_do_not_split_the_grid_or_are_missing_are_refused():
         build_scenario(load_config(ROOT / "configs" / "knee2d.toml", ["run.devices=2", "geometry.spacing_mm=1.0"]))
     with pytest.raises(ConfigError, match=r"'run.devices' = 0: must be >= 1"):
         load_config(ROOT / "configs" / "knee2d.toml", ["run.devices=0"])
+
+
+ENSEMBLE = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from solver.cli import main
+    from solver.study import _ensemble, _study, load_sweep
+
+    cfg, out = sys.argv[1], sys.argv[2]
+    # three points over four devices: the batch is padded to four members, one per device
+    code = main(["sweep", cfg, "-o", out, "-q", "--ensemble", "--point", "0", "1", "2"])
+    sweep = load_sweep(cfg)
+    members = [_study.point_scenario(i, sweep.configs[i].to_toml(), sweep.base_dir) for i in range(4)]
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("members",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+    args = [jax.device_put(_ensemble._stacked([getattr(m, k) for m in members]), split) for k in ("initial", "params", "domain")]
+    state, params, domain = args
+    advance = _ensemble._batched(members[0].solver)
+    hlo = advance.lower(state, 0.0, members[0].plan.dt, params, domain).compile().as_text()
+    new_state = advance(state, 0.0, members[0].plan.dt, params, domain)[0]
+    collectives = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+    print(json.dumps({
+        "code": code,
+        "devices": len(jax.devices()),
+        "collectives": {c: hlo.count(c) for c in collectives},
+        "sharding": list(new_state.tnf.sharding.spec),
+        "member_devices": [sorted(d.id for d in shard.data.devices()) for shard in new_state.tnf.addressable_shards],
+    }))
+    """
+)
+
+
+@pytest.mark.filterwarnings("ignore:grid spacing .* under-resolved:UserWarning")
+def test_an_ensemble_splits_its_members_over_devices_without_collectives(study, tmp_path):
+    """``sweep --ensemble`` over 4 CPU devices: one member per device, nothing exchanged between them, and
+    every point's run the one it has run point by point (tests/study/test_ensemble.py)."""
+    from tests.study.test_ensemble import assert_same_runs
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "ensemble"
+    done = subprocess.run(
+        [sys.executable, "-c", ENSEMBLE, str(study.parent / "sweep.toml"), str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and result["devices"] == 4
+    assert result["sharding"][0] == "members"
+    assert result["member_devices"] == [[0], [1], [2], [3]]
+    assert result["collectives"] == dict.fromkeys(result["collectives"], 0), result
+    assert_same_runs(out, study, points=range(3))
