@@ -40,6 +40,7 @@ from .setup import ConfigError, build_scenario, config_from_toml, enable_precisi
 from .study import (
     ClusterError,
     Diverged,
+    FrameCount,
     SlurmOptions,
     describe_batches,
     is_study,
@@ -51,6 +52,7 @@ from .study import (
     read_study,
     run,
     run_study,
+    start_processes,
     submit_slurm,
     write_summary,
 )
@@ -108,6 +110,17 @@ def _no_file(path: Path) -> str:
 
 def _cmd_run(args) -> int:
     try:
+        processes = start_processes()  # under srun -n K: one run over every process's devices
+    except Exception as err:  # the coordinator unreachable, a process missing
+        return error(f"could not join the other processes of this job step (jax.distributed): {err}", EXIT_FAILED)
+    if processes > 1:
+        if args.resume:
+            return error("--resume in a multi-process job step: resume it with one process (srun -n 1), then go on")
+        import jax
+
+        if jax.process_index() > 0:  # process 0 checks and writes the file
+            return _run_follower(args)
+    try:
         if args.resume:
             if args.config or args.set:
                 return error("--resume continues a file with the config stored in it: give no CONFIG and no --set")
@@ -133,6 +146,7 @@ def _cmd_run(args) -> int:
             if scenario.config.initial["start"] == "rest":
                 _report_rest(scenario)
             config_dir = Path(args.config).resolve().parent if args.config else Path.cwd()
+            _all_checked(processes)
             writer, start_frame, state = open_run(scenario, out, config_dir=config_dir, overwrite=args.overwrite)
     except ConfigError as err:
         return error(str(err))
@@ -177,6 +191,36 @@ def _cmd_run(args) -> int:
         f"done: {result.steps} steps in {result.wall_s:.1f} s "
         f"({result.steps / max(result.wall_s, 1e-9):.0f} steps/s); wrote '{out}'"
     )
+    return 0
+
+
+def _all_checked(processes: int) -> None:
+    """In a multi-process run, wait until every process has checked the input and the output path (each
+    sees the same files), so that process 0 creates the file only after the others looked for it."""
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("synovia: input checked")
+
+
+def _run_follower(args) -> int:
+    """A process other than the first of a multi-process run: the same checks and computation, no file, no
+    messages (process 0 reports and writes)."""
+    try:
+        out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+        if output_problem(out) or (out.exists() and not args.overwrite):
+            return EXIT_USAGE  # process 0 says why
+        config = load_config(args.config, args.set or [])
+        enable_precision(config)
+        scenario = build_scenario(config)
+        _all_checked(2)
+        run(scenario, FrameCount(), progress=False, stop=stop_requested)
+    except (ConfigError, OSError, ValueError):
+        return EXIT_USAGE  # process 0 says why
+    except Diverged:
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return 0
 
 

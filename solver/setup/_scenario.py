@@ -100,7 +100,8 @@ class Scenario:
         copied = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
         def put(x):
-            x = jnp.asarray(x)
+            # from the host: every process of a multi-process run holds the same value
+            x = np.asarray(x)
             return jax.device_put(x, split if x.shape == shape else copied)
 
         return jax.tree.map(put, tree)

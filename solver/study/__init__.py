@@ -7,13 +7,16 @@ from ._ensemble import batch_key as batch_key
 from ._ensemble import describe_batches as describe_batches
 from ._ensemble import run_batched as run_batched
 from ._run import Diverged as Diverged
+from ._run import FrameCount as FrameCount
 from ._run import RunResult as RunResult
 from ._run import file_attrs as file_attrs
 from ._run import new_writer as new_writer
 from ._run import open_run as open_run
 from ._run import resume_run as resume_run
 from ._run import run as run
+from ._run import start_processes as start_processes
 from ._run import time_courses as time_courses
+from ._run import to_host as to_host
 from ._slurm import ClusterError as ClusterError
 from ._slurm import PointsTask as PointsTask
 from ._slurm import SlurmOptions as SlurmOptions

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,50 @@ def new_writer(scenario: Scenario, out: Path, *, config_dir: Path, overwrite: bo
     )
 
 
+def start_processes() -> int:
+    """Join the other processes of a multi-process job step (``srun -n K``, K > 1: ``SLURM_STEP_NUM_TASKS``)
+    with ``jax.distributed.initialize()``, which reads the coordinator, process count and id from SLURM's
+    environment; ``jax.devices()`` then lists every process's devices, so ``run.devices`` can span hosts.
+    Call before JAX makes any array. Returns the number of processes (1 outside such a step)."""
+    try:
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        tasks = 1
+    if tasks > 1 and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    return jax.process_count()
+
+
+def to_host(tree):
+    """``tree``'s arrays as NumPy arrays on this host: gathered from every process when the arrays span
+    several (``jax.device_get`` alone reads only this process's shards)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+class FrameCount:
+    """The writer of a process other than the first in a multi-process run: it counts frames and writes
+    nothing (process 0 writes the file)."""
+
+    def __init__(self, n_frames: int = 0):
+        self.n_frames = n_frames
+
+    def append(self, time_h: float, fields, summaries) -> None:
+        self.n_frames += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def check_frame(state_host: State, checks: dict, t: float) -> None:
     """Raise :class:`Diverged` if a frame's state (on the host) is not finite or went negative."""
     if not bool(checks["finite"]):
@@ -113,7 +158,7 @@ def run(
         return fields, {k: float(v) for k, v in summ.items()}
 
     if writer.n_frames == 0:  # a new file (a resumed one holding only frame 0 has it already)
-        fields, summ = frame_out(state, jax.device_get(summaries(state, domain, scenario.options, params, 0.0)))
+        fields, summ = frame_out(*to_host((state, summaries(state, domain, scenario.options, params, 0.0))))
         writer.append(0.0, fields, summ)
 
     t_end = scenario.n_frames * interval
@@ -138,7 +183,7 @@ def run(
             k += 1
             # queue the next interval before waiting on this one's data
             pending = solver.advance_with_summary(new_state, k * interval, dt, params, domain) if k < scenario.n_frames else None
-            host_state, summ, checks = jax.device_get((new_state, summ, checks))
+            host_state, summ, checks = to_host((new_state, summ, checks))
             check_frame(host_state, checks, k * interval)
             fields, summ = frame_out(host_state, summ)
             writer.append(k * interval, fields, summ)
