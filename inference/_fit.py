@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -136,6 +137,17 @@ def _initial_guesses(problem: Problem, starts: int, spread: float, seed: int) ->
     return np.stack(out)
 
 
+def place_starts(u: jax.Array) -> jax.Array:
+    """The starts (``u``'s leading axis) split over this process's devices: as many devices as divide the
+    number of starts. Each start's arithmetic is unchanged and needs nothing from the others."""
+    devices = jax.local_devices()
+    n = math.gcd(len(devices), u.shape[0])
+    if n == 1:
+        return u
+    mesh = jax.sharding.Mesh(np.array(devices[:n]), ("starts",))
+    return jax.device_put(u, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("starts")))
+
+
 def _over_starts(make, in_axes):
     """``jax.vmap(make(n))`` over the n starts (the first argument's leading axis): ``make(n)`` is the
     function of one start that tells the trajectory's checkpointing n run at once."""
@@ -243,7 +255,7 @@ class Progress:
         """The starts at ``theta_init`` (starts x parameters); ``started``: ``time.perf_counter()`` when the fit began."""
         if theta_init.ndim != 2 or theta_init.shape[1] != problem.n:
             raise FitError(f"initial must have shape (starts, {problem.n}), got {theta_init.shape}")
-        u = jnp.asarray(problem.transform.u(theta_init), problem.scenario.dtype)
+        u = place_starts(jnp.asarray(problem.transform.u(theta_init), problem.scenario.dtype))
         value, grad = step.value_and_grad(u, problem)
         history = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
         n = len(theta_init)
@@ -260,7 +272,7 @@ class Progress:
             raise FitError(f"cannot resume '{report}': it fits {list(saved['names'])}, this fit {list(problem.names)}")
         if saved["optimizer"] != optimizer:
             raise FitError(f"cannot resume '{report}': it used fit.optimizer = '{saved['optimizer']}', not '{optimizer}'")
-        u = jnp.asarray(saved["u"], problem.scenario.dtype)
+        u = place_starts(jnp.asarray(saved["u"], problem.scenario.dtype))
         leaves, treedef = jax.tree.flatten(step.init(u))
         state = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=t.dtype) for v, t in zip(saved["state"], leaves)])
         value, grad = step.value_and_grad(u, problem)

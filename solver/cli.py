@@ -246,12 +246,12 @@ def _list_points(sweep, chosen, ensemble: bool = False) -> int:
         writer.writerow([k, *sweep.values[k]])
     info(f"sweep of {', '.join(sweep.keys)} ({sweep.combine}): {len(sweep)} points; a dry run: nothing was run or written")
     if ensemble:
-        batches, refused = describe_batches(sweep, chosen or range(len(sweep)))
+        batches, refused, by_step = describe_batches(sweep, chosen or range(len(sweep)))
         for indices, line in batches:
             info(f"batch of point(s) {' '.join(map(str, indices))}: {line}")
         for k, why in refused.items():
             info(f"point {k} would be refused: {why}")
-        if len(batches) > 1:
+        if by_step:
             info("points batch together when their grids and step plans agree; run.dt_h = the smallest dt above makes them agree")
     return 0
 

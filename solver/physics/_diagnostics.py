@@ -10,7 +10,7 @@ from fields import State
 from ._domain import Domain, ModelOptions
 from ._forcing import plasma_drug
 from ._params import Params
-from ._rhs import masked_mean
+from ._rhs import grid_sum, masked_mean
 
 #: Summary scalars written per frame, with units (2D totals are per mm of depth).
 SUMMARY_UNITS: dict[str, str] = {
@@ -44,7 +44,11 @@ def summaries(state: State, domain: Domain, options: ModelOptions, params: Param
     Totals integrate over the grid: pg/mL * mm^3 * 1e-3 mL/mm^3 = pg; cells/uL * mm^3 = cells.
     """
     vol = options.grid.cell_volume
-    mean = masked_mean
+    exact = options.fixed_order_sums
+
+    def mean(u, mask):
+        return masked_mean(u, mask, exact)
+
     out = {
         "synovial_fluid_tnf": mean(state.tnf, domain.fluid),
         "synovial_fluid_il1": mean(state.il1, domain.fluid),
@@ -53,11 +57,11 @@ def summaries(state: State, domain: Domain, options: ModelOptions, params: Param
         "synovial_fluid_complex": mean(state.complex, domain.fluid),
         "plasma_drug": plasma_drug(params, options, t) if options.drug else None,
         "cartilage_integrity": mean(state.cartilage, domain.cartilage),
-        "total_tnf": jnp.sum(state.tnf) * vol * 1e-3,
-        "total_il1": jnp.sum(state.il1) * vol * 1e-3,
-        "total_leukocytes": jnp.sum(state.leukocytes) * vol,
-        "total_drug": jnp.sum(state.drug) * vol * 1e-3,
-        "total_complex": jnp.sum(state.complex) * vol * 1e-3,
+        "total_tnf": grid_sum(state.tnf, exact) * vol * 1e-3,
+        "total_il1": grid_sum(state.il1, exact) * vol * 1e-3,
+        "total_leukocytes": grid_sum(state.leukocytes, exact) * vol,
+        "total_drug": grid_sum(state.drug, exact) * vol * 1e-3,
+        "total_complex": grid_sum(state.complex, exact) * vol * 1e-3,
     }
     return {name: out[name] for name in summary_names(options)}
 

@@ -53,6 +53,7 @@ class ModelOptions:
     dose_times: tuple[float, ...] = ()  # h
     chemotaxis_scheme: str = "upwind"
     walls: tuple[tuple[str, tuple[tuple[WallCondition, WallCondition], ...]], ...] = ()
+    fixed_order_sums: bool = False  # grid sums in an order fixed by the shape (solver.physics.grid_sum)
 
     def walls_for(self, species: str) -> tuple[tuple[WallCondition, WallCondition], ...]:
         for name, walls in self.walls:

@@ -42,7 +42,9 @@ def injury_profile(params: Params, t) -> jax.Array:
     """Time profile of the injury source: exp(-(t - onset)/decay) while it lasts, else 0."""
     since = t - params.injury_onset
     on = (since >= 0) & (since < params.injury_duration)
-    return jnp.where(on, jnp.exp(-jnp.maximum(since, 0.0) / params.injury_decay), 0.0)
+    # times the reciprocal, not divided: XLA compiled the division to other roundings in a batch of
+    # parameters (jax.vmap, sweep --ensemble) than in a run alone, whose results a batch must repeat
+    return jnp.where(on, jnp.exp(-jnp.maximum(since, 0.0) * (1.0 / params.injury_decay)), 0.0)
 
 
 def plasma_drug(params: Params, options: ModelOptions, t) -> jax.Array:

@@ -79,17 +79,37 @@ def coefficients(params: Params, domain: Domain) -> Coefficients:
 def il1_signal(A, params: Params, options: ModelOptions):
     """The fraction of IL-1 signalling left by an IL-1 receptor antagonist at ``A`` (ug/mL): 1/(1 + A/K_B),
     the competitive shift of IL-1's dose-response; 1 without one."""
-    return 1.0 / (1.0 + A / params.drug_il1_block) if options.blocks_il1 else 1.0
+    return 1.0 / (1.0 + A * (1.0 / params.drug_il1_block)) if options.blocks_il1 else 1.0
 
 
-def masked_mean(u: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of ``u`` over the cells of a 0/1 ``mask`` (0 for an empty mask)."""
-    return jnp.sum(u * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+def grid_sum(u: jax.Array, fixed_order: bool = False) -> jax.Array:
+    """The sum of a grid field. XLA chooses the order of a reduction's additions per program: another one
+    where the field is one of a batch (``jax.vmap``, ``sweep --ensemble``) or split over devices
+    (``run.devices``). With ``fixed_order`` (``run.reproducible``) the values are added pairwise in an
+    order fixed by the shape alone, the same in every program: each axis from the last halved again and
+    again (an odd length padded with a zero)."""
+    if not fixed_order:
+        return jnp.sum(u)
+    for _ in range(u.ndim):
+        n = u.shape[-1]
+        while n > 1:
+            if n % 2:
+                u = jnp.concatenate([u, jnp.zeros_like(u[..., :1])], axis=-1)
+                n += 1
+            u = u[..., : n // 2] + u[..., n // 2 :]
+            n //= 2
+        u = u[..., 0]
+    return u
 
 
-def fluid_mean(u: jax.Array, domain: Domain) -> jax.Array:
+def masked_mean(u: jax.Array, mask: jax.Array, fixed_order: bool = False) -> jax.Array:
+    """Mean of ``u`` over the cells of a 0/1 ``mask`` (0 for an empty mask); ``fixed_order``: :func:`grid_sum`'s."""
+    return grid_sum(u * mask, fixed_order) / jnp.maximum(grid_sum(mask, fixed_order), 1.0)
+
+
+def fluid_mean(u: jax.Array, domain: Domain, options: ModelOptions) -> jax.Array:
     """Mean of ``u`` over the synovial fluid (0 without fluid)."""
-    return masked_mean(u, domain.fluid)
+    return masked_mean(u, domain.fluid, options.fixed_order_sums)
 
 
 def exposure_weight(domain: Domain, options: ModelOptions, diffusivity: jax.Array, decay: jax.Array) -> jax.Array:
@@ -102,8 +122,7 @@ def exposure_weight(domain: Domain, options: ModelOptions, diffusivity: jax.Arra
     below a cell). Zero outside cartilage.
     """
     delta = jnp.sqrt(jnp.maximum(diffusivity[int(Tissue.CARTILAGE)], 1e-30) / jnp.maximum(decay, 1e-30))
-    # one reciprocal, multiplied: XLA turns a division by a scalar into that, but not by a batch of them
-    # (jax.vmap over parameters), and a member of a batch must compute what a run of its own does
+    # times the reciprocal, as every field divided by a parameter (solver.physics._forcing.injury_profile)
     per_mm = 1.0 / jnp.maximum(delta, 1e-9)
     x = layer_thickness(options.grid.spacing) * per_mm
     mean_over_layer = jnp.where(x > 1e-6, -jnp.expm1(-jnp.minimum(x, 1e3)) / jnp.maximum(x, 1e-6), 1.0 - 0.5 * x)
@@ -122,17 +141,17 @@ def exposure_weights(params: Params, domain: Domain, options: ModelOptions) -> t
 def cartilage_exposure(state: State, params: Params, domain: Domain, options: ModelOptions) -> tuple[jax.Array, jax.Array]:
     """(e_T, e_I): the TNF and IL-1 (pg/mL) each cartilage cell sees, w(x) x the fluid mean."""
     w_t, w_i = exposure_weights(params, domain, options)
-    return w_t * fluid_mean(state.tnf, domain), w_i * fluid_mean(state.il1, domain)
+    return w_t * fluid_mean(state.tnf, domain, options), w_i * fluid_mean(state.il1, domain, options)
 
 
-def fragment_signal(cartilage: jax.Array, w_i: jax.Array) -> jax.Array:
+def fragment_signal(cartilage: jax.Array, w_i: jax.Array, fixed_order: bool = False) -> jax.Array:
     """Phi in [0, 1]: the mean damage (1 - C) of the surface layer that IL-1 reaches (weights ``w_i``,
     :func:`exposure_weights`).
 
     Matrix fragments are shed from damaged surface matrix into the well-mixed fluid and cleared
     within hours, so their level in the fluid follows this damage. 0 without cartilage.
     """
-    return jnp.sum(w_i * (1.0 - cartilage)) / jnp.maximum(jnp.sum(w_i), 1e-30)
+    return grid_sum(w_i * (1.0 - cartilage), fixed_order) / jnp.maximum(grid_sum(w_i, fixed_order), 1e-30)
 
 
 def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptions) -> State:
@@ -148,7 +167,7 @@ def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptio
     T, I, L, C, A, B = state
     e_t, e_i = cartilage_exposure(state, params, domain, options)
     if options.blocks_il1:
-        e_i = e_i * il1_signal(fluid_mean(A, domain), p, options)
+        e_i = e_i * il1_signal(fluid_mean(A, domain, options), p, options)
     binds = options.binds_tnf
     drained = (p.drug_vascular_exchange + p.drug_clearance) * domain.synovium
     return State(
@@ -260,13 +279,13 @@ def reactions(
     forcing = forcing_at(params, options, t) if forcing is None else forcing
     with jax.named_scope("reactions"):
         secreting = domain.synovium + domain.fluid
-        t_bar, i_bar, l_bar = fluid_mean(T, domain), fluid_mean(I, domain), fluid_mean(L, domain)
+        t_bar, i_bar, l_bar = (fluid_mean(u, domain, options) for u in (T, I, L))
         w_t, w_i = exposure_weights(p, domain, options)
-        fragments = fragment_signal(C, w_i)
+        fragments = fragment_signal(C, w_i, options.fixed_order_sums)
         # IL-1 as cells sense it: less an IL-1 receptor antagonist's share
         i_seen, i_bar_seen = I, i_bar
         if options.blocks_il1:
-            i_seen, i_bar_seen = I * il1_signal(A, p, options), i_bar * il1_signal(fluid_mean(A, domain), p, options)
+            i_seen, i_bar_seen = I * il1_signal(A, p, options), i_bar * il1_signal(fluid_mean(A, domain, options), p, options)
         amplification = p.il1_amplification_of_tnf * i_seen / (p.il1_half_saturation_amplification + i_seen)
         leuk_tnf = p.tnf_per_leukocyte * L * (1.0 + amplification)
         injury = p.injury_rate * forcing.injury * domain.injury
@@ -277,9 +296,9 @@ def reactions(
         activated = p.recruitment_from_fragments * fragments  # chemokines of the fragment-activated lining
         drive = T + p.il1_weight_recruitment * i_seen + activated
         fluid_drive = t_bar + p.il1_weight_recruitment * i_bar_seen + activated
-        capacity = 1.0 - L / p.leukocyte_capacity
+        capacity = 1.0 - L * (1.0 / p.leukocyte_capacity)
         e_t, e_i = w_t * t_bar, w_i * i_bar_seen
-        inhibition = 1.0 + (e_t + e_i) / p.repair_inhibition_half_saturation
+        inhibition = 1.0 + (e_t + e_i) * (1.0 / p.repair_inhibition_half_saturation)
         dT = injury + leuk_tnf + p.basal_tnf * secreting
         dI = p.il1_per_leukocyte * L * T / (p.tnf_half_saturation_il1 + T) + p.basal_il1 * secreting
         recruited = p.recruitment_rate * drive / (p.recruitment_half_saturation + drive) * domain.synovium
@@ -299,8 +318,8 @@ def reactions(
         if options.drug:
             # from the plasma across the synovial vessels; TNF released from complexes frees drug
             delivered = p.drug_vascular_exchange * forcing.plasma * domain.synovium
-            dA = delivered + p.drug_per_tnf_bound * release + p.fluid_mixing * (fluid_mean(A, domain) - A) * domain.fluid
-            dB = p.fluid_mixing * (fluid_mean(B, domain) - B) * domain.fluid
+            dA = delivered + p.drug_per_tnf_bound * release + p.fluid_mixing * (fluid_mean(A, domain, options) - A) * domain.fluid
+            dB = p.fluid_mixing * (fluid_mean(B, domain, options) - B) * domain.fluid
             if losses:
                 drained = (p.drug_vascular_exchange + p.drug_clearance) * domain.synovium
                 dA = dA - drained * A - p.drug_per_tnf_bound * binding

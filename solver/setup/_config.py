@@ -55,6 +55,13 @@ class RunSection:
         "fits use one device). 1: one device",
         lower=1,
     )
+    reproducible: bool = option(
+        False,
+        "sums over the grid (the fluid's means, totals) added pairwise in an order fixed by the grid's shape, so "
+        "that a run gives the same results to the bit alone, in a sweep --ensemble batch or split over devices; "
+        "about a third more time per step on a CPU. false: XLA's own order (the same run repeats itself to the bit, "
+        "but a batch or a split run agrees with it to round-off)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -320,6 +320,7 @@ def build_scenario(config: Config) -> Scenario:
         dose_times=dose_times(drug.first_dose_h, drug.loading_h, drug.interval_h, run.t_end_h) if drug.enabled else (),
         chemotaxis_scheme=run.chemotaxis_scheme,
         walls=_walls(config, grid.ndim),
+        fixed_order_sums=run.reproducible,
     )
     params = _params(config, dtype)
     state = initial_state(config, geometry, domain, dtype)  # the baseline: the step plan is made for it

@@ -2,11 +2,13 @@
 step plan are stacked into batches that one compiled ``jax.vmap`` of the interval function advances,
 each batch split over this process's devices along its member axis.
 
-A member's arithmetic is the same as in a run of its own, so every point's file is bit-identical to
-the one ``synovia sweep`` (or ``synovia run``) writes. Points whose step plans differ (the automatic
-step follows each point's stability limits) go to different batches; setting ``run.dt_h`` in the
-sweep's scenario gives every point the same step (each run file records it as ``dt_h``) and so one
-batch per grid.
+A member's arithmetic is that of a run of its own; XLA orders the additions of the grid's sums its own way
+in the batched program, so a point's file agrees with the one ``synovia sweep`` (or ``synovia run``)
+writes to round-off, and with ``run.reproducible`` (sums in a fixed order) to the bit.
+
+Points whose step plans differ (the automatic step follows each point's stability limits) go to
+different batches; setting ``run.dt_h`` in the sweep's scenario gives every point the same step (each
+run file records it as ``dt_h``) and so one batch per grid.
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ def batch_limit(scenario: Scenario, devices: Sequence | None = None) -> int:
     return max(1, int(BATCH_SHARE * memory // per_member))
 
 
-def describe_batches(sweep, points: Sequence[int]) -> tuple[list[tuple[list[int], str]], dict[int, str]]:
+def describe_batches(sweep, points: Sequence[int]) -> tuple[list[tuple[list[int], str]], dict[int, str], bool]:
     """The batches ``--ensemble`` makes of these points of ``sweep`` (as new files), each with a line on
-    its grid and step plan, and the points whose configs are refused (with why)."""
+    its grid and step plan; the points whose configs are refused (with why); and whether some points are
+    apart only for their step plans (:func:`split_by_step`)."""
     scenarios, refused = {}, {}
     for k in points:
         scenario = point_scenario(k, sweep.configs[k].to_toml(), sweep.base_dir)
@@ -79,9 +82,16 @@ def describe_batches(sweep, points: Sequence[int]) -> tuple[list[tuple[list[int]
     for indices in _batches(scenarios):
         s = scenarios[indices[0]]
         shape = "x".join(map(str, s.geometry.grid.shape))
-        what = f"{np.dtype(s.dtype).name}, {s.plan.stepper}, dt {s.plan.dt:.4g} h x {s.plan.substeps} per frame"
+        drug = f", drug on {s.options.drug_target} ({s.options.drug_route})" if s.options.drug else ""
+        what = f"{np.dtype(s.dtype).name}, {s.plan.stepper}, dt {s.plan.dt:.4g} h x {s.plan.substeps} per frame{drug}"
         lines.append((indices, f"{len(indices)} point(s) on {shape}, {what}"))
-    return lines, refused
+    return lines, refused, split_by_step(scenarios)
+
+
+def split_by_step(scenarios: dict[int, Scenario]) -> bool:
+    """Whether some of these points would batch together but for their step plans."""
+    keys = {batch_key(s) for s in scenarios.values()}
+    return len({k[:3] + k[4:] for k in keys}) < len(keys)
 
 
 def _batches(scenarios: dict[int, Scenario]) -> list[list[int]]:

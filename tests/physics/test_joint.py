@@ -114,7 +114,8 @@ def test_leukocytes_enter_the_fluid_as_the_fluid_cytokines_drive_them():
     st = sc.baseline._replace(leukocytes=sc.baseline.leukocytes * 0)  # no death, no secretion from cells
     p = sc.params
     d = reactions(st, 0.0, p, sc.domain, sc.options).leukocytes
-    drive = float(fluid_mean(st.tnf, sc.domain) + p.il1_weight_recruitment * fluid_mean(st.il1, sc.domain))
+    t_bar, i_bar = (fluid_mean(u, sc.domain, sc.options) for u in (st.tnf, st.il1))
+    drive = float(t_bar + p.il1_weight_recruitment * i_bar)
     expected = float(p.fluid_recruitment) * drive / (float(p.recruitment_half_saturation) + drive)
     fluid = np.asarray(sc.domain.fluid, bool)
     assert_close(np.asarray(d)[fluid], expected, rtol=1e-12)
@@ -197,7 +198,7 @@ def test_relaxation_from_two_starts_finds_both_stable_states_of_a_bistable_joint
         solver = sc.plan.solver(dataclasses.replace(sc.options, drug=False))
         result = relax(solver, sc.baseline._replace(drug=None), resting_params(sc.params), sc.domain, sc.plan.dt)
         assert result.converged
-        states[name] = float(fluid_mean(result.state.leukocytes, sc.domain))
+        states[name] = float(fluid_mean(result.state.leukocytes, sc.domain, sc.options))
     assert states["inflamed"] > 500 and states["rest"] < 1, states
 
 
