@@ -166,7 +166,9 @@ class _OptimiserStep:
             return jax.value_and_grad(functools.partial(problem.loss, members=members))
 
         self._value_and_grad = jax.jit(_over_starts(value_and_grad, in_axes=(0, None, None)))
-        self.init = jax.jit(jax.vmap(opt.init))
+        # strong dtypes from the start: optax's L-BFGS state holds weakly typed scalars that its update
+        # returns strongly typed, which made the step compile a second time in the second iteration
+        self.init = jax.jit(lambda u: jax.tree.map(lambda x: jnp.asarray(x, x.dtype), jax.vmap(opt.init)(u)))
 
         def one(u, state, value, grad, done, data, sigma, members):
             vg = value_and_grad(members)

@@ -457,3 +457,21 @@ def test_gauss_newton_standard_error_equals_the_exact_one_for_decay():
     uq = inference.gauss_newton(problem, np.array([k]))
     assert_close(uq["relative_stderr"][0], fisher**-0.5, rtol=1e-9)
     assert_close(uq["stderr"][0], k * fisher**-0.5, rtol=1e-9)
+
+
+@pytest.mark.slow  # an L-BFGS fit compiles its line search (~35 s on 2 cores)
+def test_the_optimiser_step_compiles_once():
+    """The L-BFGS state starts strongly typed: the step's second iteration reuses the first's compile."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sets = ["geometry.spacing_mm=1.5", "run.t_end_h=4", "run.output_interval_h=2", "run.precision='float64'",
+                "injury.rate=500", "parameters.fluid_mixing=0", "initial.start=baseline"]  # fmt: skip
+        config = load_config("configs/knee2d.toml", sets)
+        spec = {"tnf_per_leukocyte": RECOVER["tnf_per_leukocyte"]}
+        problem = inference.Problem(config, inference.synthesize(config, noise=0.0), spec)
+    result = inference.fit(problem=problem, optimizer="lbfgs", max_iterations=3, starts=2, tolerance=0.0)
+    assert result.iterations == 3
+    step = inference.FitSettings(optimizer="lbfgs").compiled_step(problem)
+    assert step._step._cache_size() == 1
