@@ -139,7 +139,7 @@ def _run_synth(args) -> int:
 
 
 def _fit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="fit config TOML (e.g. configs/fit_synthetic.toml)")
+    p.add_argument("config", help="fit config TOML (e.g. configs/fit_synthetic.toml) or a preset's name (fit_synthetic)")
     p.add_argument(
         "-o", "--output", default="fit.h5", help="fit report (default fit.h5); also writes NAME.png and NAME_fitted.toml"
     )
@@ -150,7 +150,7 @@ def _fit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config TOML whose parameters are the truth")
+    p.add_argument("config", help="run config TOML whose parameters are the truth, or a preset's name (fit_truth)")
     p.add_argument("-o", "--output", required=True, help="observation file (.h5, or .csv without maps)")
     p.add_argument("--noise", type=float, default=0.0, help="relative standard deviation of the Gaussian noise (default 0)")
     p.add_argument("--times", type=float, nargs="+", metavar="H", help="observation times, h (default: every output interval)")

@@ -1,6 +1,7 @@
 """The ``synovia`` command: ``run`` a scenario, ``sweep`` it over parameter values, ``info`` on a run
-file or study, ``plot`` their figures; other packages add commands (inference: ``synth`` synthetic
-observations and ``fit`` parameters to observations).
+file or study, ``plot`` their figures, ``configs`` to list, show and copy the shipped presets; other
+packages add commands (inference: ``synth`` synthetic observations and ``fit`` parameters to observations).
+A command's ``config`` argument is a file or a preset's name (``synovia run ra`` from any folder).
 
 The command sits at the top of the stack and composes everything below it; ``solver`` never imports
 ``inference``. Another package adds a command through the entry-point group ``synovia.commands``
@@ -31,12 +32,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fields import FileBusy, temporary_path
+from fields import FileBusy, __version__, temporary_path
 
 from .io import RunFile, check_output_name, describe, repair
 from .physics import summaries
 from .plot import plot_run, plot_study
-from .setup import ConfigError, build_scenario, config_from_toml, enable_precision, load_config
+from .setup import (
+    ConfigError,
+    build_scenario,
+    config_from_toml,
+    copy_preset,
+    enable_precision,
+    find_config,
+    load_config,
+    preset,
+    presets,
+)
 from .study import (
     ClusterError,
     Diverged,
@@ -582,11 +593,57 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_configs(args) -> int:
+    """``configs list | show NAME | copy NAME [DIR]``: the shipped presets."""
+    try:
+        if args.action == "list":
+            table = presets()
+            width = max(map(len, table))
+            for p in table.values():
+                print(f"{p.name:<{width}}  {p.kind:<5}  {p.description}")
+            info("run one from any folder: synovia run NAME (sweep NAME, fit NAME); read it: synovia configs show NAME; "
+                 "copy it here to edit: synovia configs copy NAME")  # fmt: skip
+        elif args.action == "show":
+            print(preset(args.name).path.read_text(encoding="utf-8"), end="")
+        else:
+            copied = copy_preset(args.name, args.dest, overwrite=args.overwrite)
+            for c in copied:
+                print(c.path)
+            notes = "".join(f"; '{c.path}' {c.status}" for c in copied if c.status != "copied")
+            kind = preset(args.name).kind
+            info(f"copied preset '{args.name}' ({len(copied)} file(s)){notes}; run it with: synovia {kind} {copied[0].path}")
+    except ConfigError as err:
+        return error(str(err))
+    except BrokenPipeError:  # synovia configs list | head: main() ends quietly
+        raise
+    except OSError as err:  # no room, no right to write
+        what = f"cannot copy preset '{args.name}'" if args.action == "copy" else "cannot read the presets"
+        return error(f"{what}: {err.strerror or err} ({err.filename})" if err.filename else f"{what}: {err}")
+    return 0
+
+
+def _config_argument(args) -> None:
+    """A command's CONFIG is a file or a preset's name (synovia configs list): ``args.config`` becomes the
+    file's path; :class:`ConfigError` (listing the presets) if it names neither. Left as given where the
+    command takes no CONFIG in that mode (``run --resume``, ``sweep --status``/``--collect``): it says so."""
+    if not getattr(args, "config", None):
+        return
+    if (args.command == "run" and args.resume) or (args.command == "sweep" and (args.status or args.collect)):
+        return
+    args.config = find_config(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synovia", description="Simulate inflammation in a synovial joint (JAX PDE solver).")
+    parser.add_argument("--version", action="version", version=f"synovia {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a scenario and write an HDF5 file")
-    p.add_argument("config", nargs="?", help="TOML scenario (e.g. configs/knee2d.toml); omitted: all defaults (2D knee)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="TOML scenario (e.g. configs/knee2d.toml) or a preset's name (e.g. knee2d, ra: synovia configs list); "
+        "omitted: all defaults (2D knee)",
+    )
     p.add_argument("-o", "--output", help="output HDF5 file (default: CONFIG's name with .h5)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -594,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("sweep", help="run a scenario at every combination of chosen config values (a study folder)")
-    p.add_argument("config", nargs="?", help="sweep config TOML (e.g. configs/sweep_knee2d.toml)")
+    p.add_argument("config", nargs="?", help="sweep config TOML (e.g. configs/sweep_knee2d.toml) or a preset's name")
     p.add_argument("-o", "--output", metavar="DIR", help="study folder (created; run again to continue it)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key of the base scenario (repeatable)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="run points in N worker processes (default 1)")
@@ -643,6 +700,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species", default="tnf", help="species of the movie (default: tnf)")
     p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default: 120)")
     p.set_defaults(func=_cmd_plot, log=None)
+    p = sub.add_parser("configs", help="list, show or copy the shipped presets (run, sweep and fit configs)")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="each preset's name, kind (the command that takes it) and description")
+    q = actions.add_parser("show", help="print a preset's TOML")
+    q.add_argument("name", help="preset name (synovia configs list)")
+    q = actions.add_parser("copy", help="copy a preset and the files it reads into a folder, to edit")
+    q.add_argument("name", help="preset name (synovia configs list)")
+    q.add_argument("dest", nargs="?", default=".", metavar="DIR", help="folder (default: the current one; made if missing)")
+    q.add_argument("--overwrite", action="store_true", help="replace files that are there and differ")
+    p.set_defaults(func=_cmd_configs)
     for command in _plugins(COMMANDS).values():  # other packages' commands (inference: fit, synth)
         p = sub.add_parser(command.name, help=command.help)
         command.add_arguments(p)
@@ -659,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
     excepthook, sys.excepthook = sys.excepthook, functools.partial(_report_unless_failed_write, sys.excepthook)
     try:
         args = build_parser().parse_args(argv)
+        try:
+            _config_argument(args)
+        except ConfigError as err:
+            return error(str(err))
         code = args.func(args)
         # a signal whose KeyboardInterrupt was lost in a callback, after the last check
         return error("interrupted", EXIT_INTERRUPTED) if _STOP.is_set() else code

@@ -1,6 +1,7 @@
 """From a config to a runnable scenario: the config schema and its checks (one "did you mean", one
 number check), the scenario (geometry, parameters, masks, initial state, step plan), the generated
-config reference (docs/config.md; ``python -m solver.setup.reference``) and the memory budget of this machine.
+config reference (docs/config.md; ``python -m solver.setup.reference``), the memory budget of this machine,
+and the shipped presets (:func:`presets`, :func:`find_config`: a config by its name, from any folder).
 
 A :class:`Scenario` holds its :class:`~solver.time.StepPlan` and builds its solver
 (``scenario.solver``); :func:`enable_precision` is what an entry point calls once for float64.
@@ -37,6 +38,14 @@ from ._config import set_key as set_key
 from ._memory import CHECKPOINT_SHARE as CHECKPOINT_SHARE
 from ._memory import checkpoint_budget_bytes as checkpoint_budget_bytes
 from ._memory import host_memory_bytes as host_memory_bytes
+from ._presets import Copied as Copied
+from ._presets import Preset as Preset
+from ._presets import copy_preset as copy_preset
+from ._presets import find_config as find_config
+from ._presets import preset as preset
+from ._presets import preset_files as preset_files
+from ._presets import presets as presets
+from ._presets import presets_folder as presets_folder
 from ._scenario import ARRAYS_PER_CELL as ARRAYS_PER_CELL
 from ._scenario import MAX_SUBSTEPS as MAX_SUBSTEPS
 from ._scenario import Scenario as Scenario
