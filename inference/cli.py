@@ -25,7 +25,11 @@ from ._synth import synthesize
 
 
 def _run_fit(args) -> int:
-    out = Path(args.output)
+    if isinstance(args.resume, str):  # --resume FILE, as synovia run takes it
+        if args.output and Path(args.output) != Path(args.resume):
+            return error(f"--resume {args.resume} and -o {args.output}: give the report to continue once")
+        args.output = args.resume
+    out = Path(args.output or "fit.h5")
     try:
         if problem := output_problem(out):
             return error(problem)
@@ -109,7 +113,7 @@ def _sidecar_clash(out: Path, replace: bool) -> str | None:
 
 
 def _run_synth(args) -> int:
-    out = Path(args.output)
+    out = Path(args.output) if args.output else Path(f"{Path(args.config).stem}_observations.h5")
     if problem := output_problem(out):
         return error(problem)
     if out.exists() and not args.overwrite:
@@ -140,18 +144,24 @@ def _run_synth(args) -> int:
 
 def _fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="fit config TOML (e.g. configs/fit_synthetic.toml) or a preset's name (fit_synthetic)")
-    p.add_argument(
-        "-o", "--output", default="fit.h5", help="fit report (default fit.h5); also writes NAME.png and NAME_fitted.toml"
-    )
+    p.add_argument("-o", "--output", help="fit report (default fit.h5); also writes NAME.png and NAME_fitted.toml")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a fit config value, e.g. fit.starts=4")
-    p.add_argument("--resume", action="store_true", help="continue the fit stored in the output file to fit.max_iterations")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="FILE",
+        help="continue the fit stored in FILE (or the -o report) to fit.max_iterations",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config TOML whose parameters are the truth, or a preset's name (fit_truth)")
-    p.add_argument("-o", "--output", required=True, help="observation file (.h5, or .csv without maps)")
+    p.add_argument(
+        "-o", "--output", help="observation file (.h5, or .csv without maps; default: CONFIG's name with _observations.h5)"
+    )
     p.add_argument("--noise", type=float, default=0.0, help="relative standard deviation of the Gaussian noise (default 0)")
     p.add_argument("--times", type=float, nargs="+", metavar="H", help="observation times, h (default: every output interval)")
     p.add_argument(

@@ -393,9 +393,9 @@ def _cmd_sweep(args) -> int:
         if args.config or args.output:
             return error("--status and --collect take the study folder alone: synovia sweep --status DIR")
         return _cmd_status(Path(args.status)) if args.status else _cmd_collect(Path(args.collect))
-    if not args.config or not (args.output or args.dry_run):
-        return error("synovia sweep needs a sweep config and -o DIR (or --status DIR, --collect DIR)")
-    out = Path(args.output or ".")
+    if not args.config:
+        return error("synovia sweep needs a sweep config (or --status DIR, --collect DIR)")
+    out = Path(args.output) if args.output else Path(Path(args.config).stem)  # sweep_ra.toml -> sweep_ra/
     try:
         sweep = load_sweep(args.config, args.set or [])
         chosen = sorted(set(args.point)) if args.point else None
@@ -554,6 +554,8 @@ def _slice_point(text: str) -> tuple[float, float, float]:
 
 def _cmd_plot(args) -> int:
     path = Path(args.file)
+    if not args.output:
+        args.output = str(path.with_name(f"{path.name.removesuffix('.h5')}_figs"))
     if is_study(path):
         if given := [o for o, v in (("--times", args.times), ("--slice", args.slice), ("--movie", args.movie)) if v]:
             return error(f"{given[0]} applies to a run file; plot one point with: synovia plot {path}/runs/point_000.h5 -o DIR")
@@ -652,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("sweep", help="run a scenario at every combination of chosen config values (a study folder)")
     p.add_argument("config", nargs="?", help="sweep config TOML (e.g. configs/sweep_knee2d.toml) or a preset's name")
-    p.add_argument("-o", "--output", metavar="DIR", help="study folder (created; run again to continue it)")
+    p.add_argument(
+        "-o", "--output", metavar="DIR", help="study folder (default: CONFIG's name; created; run again to continue it)"
+    )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key of the base scenario (repeatable)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="run points in N worker processes (default 1)")
     p.add_argument(
@@ -688,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_repair)
     p = sub.add_parser("plot", help="draw the figures of a run file, a fit report or a study folder")
     p.add_argument("file", help="run file (.h5), fit report (.h5) or study folder (from synovia sweep)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the figures (created if needed)")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder for the figures (default: FILE's name with _figs; created)")
     p.add_argument(
         "--times", type=float, nargs="+", metavar="H", help="times to map, h (nearest frame; default: 4 spread over the run)"
     )

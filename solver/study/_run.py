@@ -167,7 +167,7 @@ def run(
         initial=round(start_frame * interval, 6),
         unit="h",
         disable=not progress,
-        bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.4g}/{total:.4g} h simulated [{elapsed}<{remaining}{postfix}]",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4g}/{total:.4g} h simulated [{elapsed}<{remaining}{postfix}]",
         desc="synovia",
         mininterval=0.5,
         dynamic_ncols=True,

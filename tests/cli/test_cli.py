@@ -72,6 +72,27 @@ def test_run_writes_every_frame_and_info_reads_it(tmp_path, capsys):
     assert "frames: 7" in text and "synovial_fluid_tnf" in text
 
 
+def test_outputs_default_to_the_inputs_name_and_progress_reads_cleanly(tmp_path):
+    """run CONFIG -> CONFIG.h5, plot FILE -> FILE_figs/, sweep CONFIG -> CONFIG/, synth CONFIG ->
+    CONFIG_observations.h5; the progress bar reads "synovia: 100%|"."""
+    _write(tmp_path, SMALL.replace("t_end_h = 3.0", "t_end_h = 1.0"))
+    done = _cli("run", "case.toml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "synovia: 100%|" in done.stderr
+    assert (tmp_path / "case.h5").is_file()
+    assert _cli("plot", "case.h5", "--dpi", "40", cwd=tmp_path).returncode == 0
+    assert any((tmp_path / "case_figs").glob("*.png"))
+    _write(tmp_path, 'scenario = "case.toml"\n[vary]\n"injury.rate" = [100.0]\n', "sw.toml")
+    done = _cli("sweep", "sw.toml", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "sw" / "study.toml").is_file() and (tmp_path / "sw" / "runs" / "point_000.h5").is_file()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    synth = ["synovia", "synth", "case.toml", "--times", "1"]
+    done = subprocess.run(synth, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "case_observations.h5").is_file()
+
+
 def test_existing_output_is_refused_without_overwrite(tmp_path, capsys):
     cfg = _write(tmp_path, SMALL.replace("t_end_h = 3.0", "t_end_h = 0.5"))
     out = tmp_path / "run.h5"

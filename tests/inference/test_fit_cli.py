@@ -107,9 +107,14 @@ def test_fit_command_writes_report_figure_and_runnable_toml(case, tmp_path, caps
     assert main(["fit", str(fit_toml), "-o", str(out), "-q", "--resume", "--set", "fit.max_iterations=4"]) == 0
     assert inference.read_report(out)["loss_history"].shape == (5, 2)
     assert tomllib.loads(inference.read_report(out)["fit_toml"])["fit"]["max_iterations"] == 4
-    # `synovia plot` recognises a fit report
-    assert main(["plot", str(out), "-o", str(tmp_path / "figs"), "--dpi", "50"]) == 0
-    assert (tmp_path / "figs" / "fit.png").is_file()
+    # --resume FILE, as synovia run takes it; a different -o beside it is refused
+    assert main(["fit", str(fit_toml), "-q", "--resume", str(out), "--set", "fit.max_iterations=5"]) == 0
+    assert inference.read_report(out)["loss_history"].shape == (6, 2)
+    assert main(["fit", str(fit_toml), "-q", "--resume", str(out), "-o", str(tmp_path / "other.h5")]) == 2
+    assert "give the report to continue once" in capsys.readouterr().err
+    # `synovia plot` recognises a fit report; the figures go to FILE_figs/ by default
+    assert main(["plot", str(out), "--dpi", "50"]) == 0
+    assert (tmp_path / "fit_figs" / "fit.png").is_file()
 
 
 def _csv(tmp_path, rows):
