@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,14 @@ def _initial_guesses(problem: Problem, starts: int, spread: float, seed: int) ->
         z = rng.uniform(np.log(lo), np.log(hi))
         out.append(np.clip(np.exp(z), lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo)))
     return np.stack(out)
+
+
+def interactive() -> bool:
+    """Whether a person is likely watching: an IPython kernel or shell, or stderr on a terminal."""
+    shell = sys.modules.get("IPython")
+    if shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None:
+        return True
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def place_starts(u: jax.Array) -> jax.Array:
@@ -395,7 +404,7 @@ def fit(
     seed: int = 0,
     log_residuals: bool = False,
     initial: np.ndarray | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     report: str | os.PathLike[str] | None = None,
     resume: bool = False,
     settings_toml: str = "",
@@ -415,6 +424,8 @@ def fit(
             (starts x n parameter values).
         report: HDF5 report path, rewritten (atomically) as the fit goes, so an interrupted fit loses
             nothing and ``resume=True`` continues it (optimiser state included) to ``max_iterations``.
+        progress: a progress bar (tqdm; a widget in a notebook); None (default): on in a notebook, an
+            IPython shell or a terminal, off when stderr goes to a file or a pipe.
 
     The pieces, for a loop of your own: :class:`FitSettings`, :class:`Progress` (start or resume),
     :func:`optimise`, :func:`fit_result` and :func:`write_report`.
@@ -438,7 +449,7 @@ def fit(
             write_report(report, problem, state, optimizer=optimizer, status=status, settings_toml=settings_toml, final=final)
 
     bar = None
-    if progress:
+    if progress if progress is not None else interactive():
         bar = tqdm(total=max_iterations, initial=min(state.iteration, max_iterations), unit="it", desc="fit", dynamic_ncols=True)
     try:
         status = optimise(problem, step, state, settings, on_iteration, checkpoint=save, bar=bar)

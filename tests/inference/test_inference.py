@@ -475,3 +475,25 @@ def test_the_optimiser_step_compiles_once():
     assert result.iterations == 3
     step = inference.FitSettings(optimizer="lbfgs").compiled_step(problem)
     assert step._step._cache_size() == 1
+
+
+def test_a_fit_shows_progress_by_default_only_to_a_person(monkeypatch):
+    import io
+    import sys
+    import types
+
+    from inference._fit import interactive
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a file or a pipe: no bar
+    assert not interactive()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert interactive()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: object()))  # a notebook
+    assert interactive()
