@@ -462,6 +462,7 @@ def box(size_mm: Sequence[float], spacing_mm: float, tissue: str = "synovial_flu
 # --------------------------------------------------------------------------------------------------
 
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _per_axis(value: Any, ndim: int, name: str, positive: bool) -> tuple[float, ...]:
@@ -520,11 +521,12 @@ def from_file(
     origin_mm: float | Sequence[float] | None = None,
     label_map: Mapping[int, str] | None = None,
 ) -> Geometry:
-    """Read a labelled geometry (e.g. segmented from imaging) from ``.npy`` or HDF5.
+    """Read a labelled geometry (e.g. segmented from imaging) from ``.npy``, NIfTI or HDF5.
 
     Args:
-        path: a ``.npy`` file holding a 2D/3D integer array, or an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``,
-            ``.he5``, or any file HDF5 recognises) holding one.
+        path: a ``.npy`` file holding a 2D/3D integer array, a NIfTI label map (``.nii``, ``.nii.gz``: its
+            header's voxel sizes and orientation are used, see :func:`_read_nifti`; needs nibabel), or an
+            HDF5 file (``.h5``, ``.hdf5``, ``.hdf``, ``.he5``, or any file HDF5 recognises) holding one.
         dataset: HDF5 dataset name; default ``'labels'``. Ignored for ``.npy``.
         spacing_mm: cell size in mm, one number or one per axis. Required for ``.npy``; for HDF5 it defaults
             to the dataset attribute ``'spacing_mm'`` or ``'spacing'``. When both exist the argument wins, with
@@ -560,10 +562,14 @@ def from_file(
             if "labels in" in str(exc):
                 raise
             raise ValueError(f"could not read {path!r} as a .npy array: {exc}") from exc
+    elif path.lower().endswith(_NIFTI_SUFFIXES):
+        data, file_spacing, file_origin = _read_nifti(path)
     elif suffix in _HDF5_SUFFIXES or _is_hdf5(path):
         data, file_spacing, file_origin = _read_hdf5(path, dataset)
     else:
-        raise ValueError(f"unsupported geometry file {path!r}: expected .npy or HDF5 ({', '.join(_HDF5_SUFFIXES)})")
+        raise ValueError(
+            f"unsupported geometry file {path!r}: expected .npy, NIfTI (.nii, .nii.gz) or HDF5 ({', '.join(_HDF5_SUFFIXES)})"
+        )
 
     if data.ndim not in (2, 3):
         raise ValueError(f"labels in {path!r} must be 2D or 3D, got {data.ndim}D with shape {data.shape}")
@@ -608,6 +614,52 @@ def from_file(
 
     grid = Grid(shape=labels.shape, spacing=spacing, origin=origin)
     return Geometry(grid=grid, labels=labels, landmarks=_file_landmarks(grid, labels))
+
+
+#: NIfTI's spatial units (the header's xyzt_units) in mm
+_NIFTI_UNITS_MM = {"mm": 1.0, "meter": 1000.0, "micron": 1e-3, "unknown": 1.0}
+
+
+def _read_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
+    """Labels, spacing (mm) and origin (mm) of a NIfTI label map (segmented MRI or CT), on synovia's axes.
+
+    The image is turned to the closest canonical (RAS+) orientation, so whatever the scanner's axes its
+    voxel axes run right, anterior, superior; synovia's axes are slowest first, so 3D labels are
+    (superior, anterior, right) = (z, y, x) and one slice (a third axis of length 1) gives 2D (y, x).
+    The spacing comes from the header's voxel sizes in its spatial unit; the origin is the lower corner
+    of the first voxel in scanner coordinates.
+    """
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise ValueError(f"reading NIfTI file {path!r} needs nibabel: pip install 'synovia[imaging]'") from exc
+    try:
+        image = nibabel.load(path)
+    except Exception as exc:  # nibabel's errors for a bad header or a truncated file vary
+        raise ValueError(f"could not read {path!r} as NIfTI: {exc}") from exc
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"labels in {path!r} must be a 3D volume (or one slice of one), got shape {tuple(image.shape)}")
+    _check_labels_shape(path, shape if shape[2] > 1 else shape[:2], image.get_data_dtype().itemsize)
+    image = nibabel.as_closest_canonical(nibabel.squeeze_image(image) if len(image.shape) == 4 else image)
+    data = np.asarray(image.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):  # label maps stored as floats (common in NIfTI)
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise ValueError(f"labels in {path!r} must be whole numbers (tissue codes), got {data.dtype} with fractions")
+        data = data.astype(np.int64)
+    unit = image.header.get_xyzt_units()[0] or "unknown"
+    if unit not in _NIFTI_UNITS_MM:
+        raise ValueError(f"labels in {path!r}: unknown spatial unit {unit!r} in the NIfTI header")
+    scale = _NIFTI_UNITS_MM[unit]
+    zooms = [float(z) * scale for z in image.header.get_zooms()[:3]]
+    corner = (image.affine @ np.array([-0.5, -0.5, -0.5, 1.0]))[:3] * scale  # RAS: x right, y anterior, z superior
+    labels = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    spacing, origin = (zooms[2], zooms[1], zooms[0]), (float(corner[2]), float(corner[1]), float(corner[0]))
+    if labels.shape[0] == 1:  # one slice: 2D (y, x)
+        return labels[0], spacing[1:], origin[1:]
+    return labels, spacing, origin
 
 
 def _is_hdf5(path: str) -> bool:

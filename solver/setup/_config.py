@@ -87,9 +87,16 @@ class GeometrySection:
     capsule_thickness_mm: float = option(0.0, "joint: capsule thickness (0: preset)", "mm", lower=0)
     size_mm: tuple = option((10.0, 10.0), "box: extent per axis, slowest first (2 or 3 values)", "mm")
     tissue: str = option("synovial_fluid", "box: its tissue", choices=TISSUE_NAMES)
-    path: str = option("", "file: .npy or HDF5 file of integer tissue labels (relative to the config file)")
+    path: str = option(
+        "", "file: .npy, NIfTI (.nii, .nii.gz: spacing and orientation from its header) or HDF5 file of integer "
+        "tissue labels (relative to the config file)",
+    )  # fmt: skip
     dataset: str = option("labels", "file: HDF5 dataset name")
     file_spacing_mm: tuple = option((), "file: spacing per axis (default: the file's spacing attribute)", "mm")
+    file_tissues: str = option(
+        "", 'file: the tissue of each label value, e.g. "0=excluded, 1=bone, 2=cartilage, 5=synovial_fluid" '
+        "(a segmentation's own codes; default: the values are synovia's codes 0..5)",
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from fields import (
     SPECIES,
+    TISSUE_NAMES,
     Geometry,
     JointDimensions,
     State,
@@ -216,7 +217,7 @@ def _geometry(config: Config, itemsize: int) -> tuple[Geometry, Config]:
         if not path.is_absolute():
             path = Path(config.base_dir) / path
         spacing = g.file_spacing_mm or None
-        geometry = file_geometry(path, dataset=g.dataset, spacing_mm=spacing)
+        geometry = file_geometry(path, dataset=g.dataset, spacing_mm=spacing, label_map=_file_tissues(g.file_tissues))
         check_grid_memory(geometry.grid.shape, itemsize, "geometry.path", g.path)
         if geometry.grid.ndim != g.ndim:
             raise ConfigError(f"config key 'geometry.ndim' = {g.ndim}: the label file '{g.path}' is {geometry.grid.ndim}D")
@@ -341,6 +342,26 @@ def build_scenario(config: Config) -> Scenario:
         )
     _check_devices(run.devices, grid.shape)
     return Scenario(config, geometry, options, params, domain, state, dtype, n_frames, plan)
+
+
+def _file_tissues(text: str) -> dict[int, str] | None:
+    """``geometry.file_tissues`` ("VALUE=TISSUE, ...") as a label map (None when empty)."""
+    if not text.strip():
+        return None
+    table = {}
+    for item in text.split(","):
+        value, sep, tissue = item.partition("=")
+        try:
+            code = int(value)
+        except ValueError:
+            code = None
+        if not sep or code is None or tissue.strip() not in TISSUE_NAMES:
+            raise ConfigError(
+                f"config key 'geometry.file_tissues': {item.strip()!r} is not VALUE=TISSUE with an integer value and "
+                f"a tissue of {', '.join(TISSUE_NAMES)}"
+            )
+        table[code] = tissue.strip()
+    return table
 
 
 def _check_devices(n: int, shape: tuple[int, ...]) -> None:

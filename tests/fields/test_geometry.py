@@ -351,3 +351,49 @@ def test_geometry_validation() -> None:
         Geometry(grid, np.zeros((3, 4), np.uint8), {"joint_centre": (1.5, 2.0)})
     with pytest.raises(ValueError, match="coordinates"):
         Geometry(grid, np.zeros((3, 4), np.uint8), {**centre, "injury_site": (1.0, 2.0, 3.0)})
+
+
+def test_a_nifti_label_map_is_read_on_synovias_axes(tmp_path):
+    """A segmentation stored LPS-oriented (x towards the left, y posterior) with its own codes: turned to
+    RAS and synovia's (z, y, x) axes, voxel sizes from the header (in micrometres here), codes mapped."""
+    nibabel = pytest.importorskip("nibabel")
+    from fields import from_file
+
+    rng = np.random.default_rng(0)
+    ras = rng.choice([0, 10, 20], size=(4, 5, 6)).astype(np.int16)  # (x right, y anterior, z superior)
+    lps = ras[::-1, ::-1, :]  # the same volume stored with x and y reversed
+    sizes_um = (500.0, 400.0, 300.0)
+    affine = np.diag([-sizes_um[0], -sizes_um[1], sizes_um[2], 1.0])
+    affine[:3, 3] = (1500.0, 1600.0, -900.0)  # the first stored voxel's centre, um
+    image = nibabel.Nifti1Image(lps, affine)
+    image.header.set_xyzt_units("micron")
+    path = tmp_path / "knee_seg.nii.gz"
+    nibabel.save(image, path)
+    geometry = from_file(path, label_map={0: "excluded", 10: "bone", 20: "synovial_fluid"})
+    assert geometry.grid.shape == (6, 5, 4)  # (z, y, x)
+    np.testing.assert_allclose(geometry.grid.spacing, (0.3, 0.4, 0.5))
+    codes = {0: 0, 10: 1, 20: 3}
+    expected = np.vectorize(codes.get)(np.transpose(ras, (2, 1, 0)))
+    np.testing.assert_array_equal(geometry.labels, expected)
+    # the lower corner of the first voxel: x and y from the far end of the stored axes
+    np.testing.assert_allclose(geometry.grid.origin, (-0.9 - 0.15, 1.6 - 4 * 0.4 - 0.2, 1.5 - 3 * 0.5 - 0.25))
+    with pytest.raises(ValueError, match=r"hold values \[10, 20\] that are not tissue codes"):
+        from_file(path)  # its own codes, unmapped
+
+
+def test_a_nifti_label_map_from_a_config(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    from solver import ConfigError, build_scenario, load_config
+
+    labels = np.full((40, 32, 1), 3, np.uint8)  # one slice: a 2D geometry
+    labels[:8] = 7
+    labels[8:12] = 9
+    nibabel.save(nibabel.Nifti1Image(labels, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "slice.nii")
+    geometry = '[geometry]\nkind = "file"\npath = "slice.nii"\nfile_tissues = "3=synovial_fluid, 7=bone, 9=cartilage"\n'
+    (tmp_path / "run.toml").write_text("[run]\nt_end_h = 1.0\n[injury]\nenabled = false\n" + geometry)
+    scenario = build_scenario(load_config(tmp_path / "run.toml"))
+    assert scenario.geometry.grid.shape == (32, 40) and scenario.geometry.grid.spacing == (0.5, 0.5)
+    assert set(np.unique(scenario.geometry.labels)) == {1, 2, 3}
+    (tmp_path / "bad.toml").write_text(geometry.replace("9=cartilage", "9=meniscus"))
+    with pytest.raises(ConfigError, match=r"geometry.file_tissues.*'9=meniscus' is not VALUE=TISSUE"):
+        build_scenario(load_config(tmp_path / "bad.toml"))
