@@ -9,10 +9,13 @@ from ._run import GROUP_COLOUR as GROUP_COLOUR
 from ._run import RC as RC
 from ._run import SPECIES_STYLE as SPECIES_STYLE
 from ._run import ClinicalRange as ClinicalRange
+from ._run import RunEvents as RunEvents
 from ._run import SpeciesStyle as SpeciesStyle
 from ._run import map_figure as map_figure
+from ._run import mark_events as mark_events
 from ._run import new_figure as new_figure
 from ._run import plot_run as plot_run
+from ._run import run_events as run_events
 from ._run import save_figure as save_figure
 from ._run import shade_range as shade_range
 from ._run import species_style as species_style

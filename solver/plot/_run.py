@@ -4,15 +4,20 @@
 
 ``map_<species>.png``
     One figure per species (``tnf``, ``il1``, ``leukocytes``, ``cartilage``, ``drug`` and ``complex`` when the run
-    has it), one column per chosen time, sharing one colour scale and colour bar. A 2D run is one
+    has it), one column per chosen time, sharing one colour scale and colour bar, after a first
+    column that is the tissue key (each tissue in its own colour). A 2D run is one
     row; a 3D run has three rows, orthogonal slices through one point (default: the domain centre,
     which is the joint centre): the vertical x-z plane (the 2D section), the vertical y-z plane and
     the horizontal x-y plane. Cells where the species does not live are left out (bone is grey,
     other tissues without the species light grey, excluded cells white); thin dark lines are the
-    boundaries between tissues.
+    boundaries between tissues. A legend under the maps names them; a joint preset's bones are
+    named on the vertical views (upper and lower bone: femur and tibia, metacarpal and proximal
+    phalanx); the column at the synovial-fluid TNF peak is marked with the peak value.
 ``timecourses.png``
     The four clinical summaries (synovial-fluid TNF, IL-1 beta and white-cell count, mean cartilage
-    integrity) against time, with the clinical ranges of :data:`CLINICAL_RANGES` shaded.
+    integrity) against time, with the clinical ranges of :data:`CLINICAL_RANGES` shaded, the
+    injury's end and every drug dose (from the run's stored config) as vertical lines, and a
+    legend that explains the lines, the range colours and the two OA IL-1 beta ranges.
 ``movie_<species>.mp4`` (or ``.gif``)
     With ``movie=True``: one species over all frames (at most 100), MP4 through ffmpeg when it is
     on the PATH, else an animated GIF.
@@ -27,6 +32,7 @@ import dataclasses
 import math
 import os
 import shutil
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +48,7 @@ from fields import SPECIES_TISSUES, Tissue
 
 from ..io import RunFile
 
-__all__ = ["CLINICAL_RANGES", "ClinicalRange", "plot_run"]
+__all__ = ["CLINICAL_RANGES", "ClinicalRange", "RunEvents", "mark_events", "plot_run", "run_events"]
 
 # --------------------------------------------------------------------------------------------
 # Style: the one place for fonts, colours and sizes.
@@ -65,10 +71,36 @@ RC = {
 BONE_RGB = (0.62, 0.62, 0.62)  # bone
 OTHER_TISSUE_RGB = (0.88, 0.88, 0.88)  # a tissue the plotted species does not enter
 EXCLUDED_RGB = (1.0, 1.0, 1.0)  # outside the body
+#: Colours of the tissue key (the first column of a map figure): which ring is which.
+TISSUE_KEY_RGB = {
+    Tissue.EXCLUDED: EXCLUDED_RGB,
+    Tissue.BONE: BONE_RGB,
+    Tissue.CARTILAGE: (0.55, 0.75, 0.92),
+    Tissue.SYNOVIAL_FLUID: (1.0, 0.93, 0.55),
+    Tissue.SYNOVIUM: (0.86, 0.36, 0.45),
+    Tissue.CAPSULE: (0.78, 0.64, 0.42),
+}
+TISSUE_TEXT = {
+    Tissue.EXCLUDED: "outside the model (not simulated)",
+    Tissue.BONE: "bone",
+    Tissue.CARTILAGE: "cartilage",
+    Tissue.SYNOVIAL_FLUID: "synovial fluid",
+    Tissue.SYNOVIUM: "synovium (lining)",
+    Tissue.CAPSULE: "capsule",
+}
+#: The bones of each joint preset, (upper, lower): fields' joint puts the femoral condyle / metacarpal
+#: head above the joint space and the tibial plateau / phalanx base below it (JointDimensions).
+PRESET_BONES = {"knee": ("femur", "tibia"), "mcp": ("metacarpal", "proximal phalanx")}
+INJURY_END_STYLE = {"color": "#e07b00", "ls": "--", "lw": 1.0}
+DOSE_STYLE = {"color": "#7b3fa0", "ls": ":", "lw": 1.1}
+#: At most this many doses get their own text label; beyond it only the first one is labelled.
+MAX_DOSE_LABELS = 6
+IL1_NOTE_WIDTH = 150  # characters per line of the time-course figure's IL-1 note
 OUTLINE = {"colors": "#1f1f1f", "linewidths": 0.4, "alpha": 0.6}  # tissue boundaries
 PANEL_WIDTH_IN = 2.5  # width of one map panel, inches
 COLORBAR_IN = 1.0  # room for the colour bar and the y labels, inches
-TIMECOURSE_SIZE_IN = (9.0, 6.5)
+TIMECOURSE_SIZE_IN = (9.0, 7.75)
+LEGEND_IN = 0.55  # room under a map figure for its tissue legend, inches
 MOVIE_MAX_FRAMES = 100
 MOVIE_FPS = 8
 #: Colormaps whose dark low end is cut off (fraction of the map skipped).
@@ -159,6 +191,42 @@ def _unit(run: RunFile, name: str) -> str:
     return _UNIT_TEXT.get(unit, unit)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunEvents:
+    """What a run's config says about its anatomy and its events (from the file's ``config_toml``)."""
+
+    bones: tuple[str, str] | None = None  # (upper, lower) bone names of a joint preset; None otherwise
+    injury_end_h: float | None = None  # injury onset + duration, h; None without an injury
+    dose_times_h: tuple[float, ...] = ()  # dose (start) times, h
+    drug: str = ""  # e.g. "etanercept 50 mg sc"
+
+
+def run_events(run: RunFile) -> RunEvents:
+    """The bones, the injury's end and the dose times of a run, read from its stored config.
+
+    A file without a config (or one this version cannot read) gives no events and no bone names.
+    """
+    text = run.config_toml
+    if not text:
+        return RunEvents()
+    try:
+        from ..physics import dose_times
+        from ..setup import config_from_toml
+
+        config = config_from_toml(text)
+    except Exception:  # an older or foreign config: plot without the events
+        return RunEvents()
+    geometry, injury, drug = config.geometry, config.injury, config.drug
+    bones = PRESET_BONES.get(geometry.preset) if geometry.kind == "joint" else None
+    injury_end = float(injury.onset_h + injury.duration_h) if injury.enabled else None
+    doses: tuple[float, ...] = ()
+    name = ""
+    if drug.enabled:
+        doses = dose_times(drug.first_dose_h, drug.loading_h, drug.interval_h, config.run.t_end_h)
+        name = f"{drug.name} {drug.dose:g} mg {drug.route}"
+    return RunEvents(bones, injury_end, doses, name)
+
+
 def new_figure(size_in: tuple[float, float]) -> Figure:
     fig = Figure(figsize=size_in, layout="constrained")
     FigureCanvasAgg(fig)
@@ -233,6 +301,7 @@ class _View:
     xlabel: str
     ylabel: str
     name: str  # "" in 2D, e.g. "y = 22.0 mm" in 3D
+    long_axis_vertical: bool = False  # the bones' long axis (grid axis 0) runs up the picture
 
 
 def _views(run: RunFile, slice_point_mm: Sequence[float] | None) -> list[_View]:
@@ -250,6 +319,7 @@ def _views(run: RunFile, slice_point_mm: Sequence[float] | None) -> list[_View]:
             xlabel=f"{names[h_axis]} (mm)",
             ylabel=f"{names[v_axis]} (mm)",
             name=name,
+            long_axis_vertical=v_axis == 0,
         )
 
     if grid.ndim == 2:
@@ -350,6 +420,70 @@ def _draw_map(ax, field2d, labels2d, habitat2d, view: _View, cmap, norm) -> Axes
     return image
 
 
+def _draw_tissue_key(ax, labels2d: np.ndarray, view: _View) -> None:
+    """The tissues of a view in the key colours (a QuadMesh, so the maps stay the only images)."""
+    codes = [int(t) for t in Tissue]
+    cmap = mcolors.ListedColormap([TISSUE_KEY_RGB[Tissue(c)] for c in codes])
+    norm = mcolors.BoundaryNorm(np.arange(len(codes) + 1) - 0.5, len(codes))
+    x = np.linspace(view.extent[0], view.extent[1], len(view.xc) + 1)
+    y = np.linspace(view.extent[2], view.extent[3], len(view.yc) + 1)
+    ax.pcolormesh(x, y, np.asarray(labels2d), cmap=cmap, norm=norm, gid="tissue-key", rasterized=True)
+    _outlines(ax, labels2d, view)
+    ax.set_xlim(view.extent[:2])
+    ax.set_ylim(view.extent[2:])
+    ax.set_aspect("equal")
+
+
+def _label_bones(ax, labels2d: np.ndarray, view: _View, bones: tuple[str, str] | None) -> None:
+    """Write the upper and lower bone's names on them (a joint preset's vertical views only)."""
+    if bones is None or not view.long_axis_vertical:
+        return
+    yy, xx = np.meshgrid(view.yc, view.xc, indexing="ij")
+    middle = (view.extent[2] + view.extent[3]) / 2
+    bone = np.asarray(labels2d) == Tissue.BONE
+    for name, side, where in zip(bones, (yy > middle, yy < middle), ("upper", "lower")):
+        cells = bone & side
+        if not cells.any():
+            continue
+        ax.text(
+            float(np.median(xx[cells])), float(np.median(yy[cells])), name, ha="center", va="center", fontsize=7,
+            fontstyle="italic", color="#1f1f1f", gid=f"bone:{where}", zorder=5,
+            bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1.0},
+        )  # fmt: skip
+
+
+def _tissue_legend(fig: Figure, labels: np.ndarray, habitat: np.ndarray, style: SpeciesStyle) -> None:
+    """One legend under the maps: the key's colours, the greys of the maps, the outlines."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    present = set(np.unique(labels).tolist())
+    order = (Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE, Tissue.CARTILAGE, Tissue.BONE, Tissue.EXCLUDED)
+    handles = [
+        Patch(facecolor=TISSUE_KEY_RGB[t], edgecolor="0.4", lw=0.5, label=TISSUE_TEXT[t]) for t in order if int(t) in present
+    ]
+    absent = ~habitat & ~np.isin(labels, [int(Tissue.BONE), int(Tissue.EXCLUDED)])
+    if absent.any():
+        handles.append(
+            Patch(facecolor=OTHER_TISSUE_RGB, edgecolor="0.4", lw=0.5, label=f"light grey: tissue without {style.label}")
+        )
+    handles.append(Line2D([], [], color=OUTLINE["colors"], lw=0.8, label="tissue boundary"))
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(len(handles), 5), frameon=False,
+        title="Tissues (key in the first column; on the maps bone is grey, outside the model white)",
+        title_fontsize=7, handlelength=1.4, columnspacing=1.2,
+    )  # fmt: skip
+
+
+def _peak_frame(run: RunFile) -> int | None:
+    """The frame of the synovial-fluid TNF peak after the first (as :func:`default_frames` picks it)."""
+    series = run.summary.get("synovial_fluid_tnf")
+    if series is None or len(series) < 2:
+        return None
+    later = np.asarray(series, dtype=float)[1:]
+    return 1 + int(np.nanargmax(later)) if np.isfinite(later).any() else None
+
+
 def _colorbar(fig: Figure, image: AxesImage, axes, label: str, norm: mcolors.Normalize, rows: int = 1):
     extend = "min" if isinstance(norm, mcolors.LogNorm) else "neither"
     bar = fig.colorbar(image, ax=axes, label=label, extend=extend, shrink=0.9, aspect=20 * rows, pad=0.02, extendfrac=0.03)
@@ -365,14 +499,14 @@ def _species_label(run: RunFile, species: str) -> str:
 def _map_layout(views: Sequence[_View], n_cols: int) -> tuple[tuple[float, float], list[float]]:
     """Figure size (inches, multiples of 0.25) and row height ratios of a map figure."""
     ratios = [(v.extent[3] - v.extent[2]) / (v.extent[1] - v.extent[0]) for v in views]
-    width = n_cols * PANEL_WIDTH_IN + COLORBAR_IN
+    width = (n_cols + 1) * PANEL_WIDTH_IN + COLORBAR_IN  # + 1: the tissue key
     # Panels end up narrower than PANEL_WIDTH_IN (labels, colour bar): 0.9 of it, plus title and labels.
-    height = sum(0.9 * PANEL_WIDTH_IN * r for r in ratios) + 0.7 * len(views) + 0.4
+    height = sum(0.9 * PANEL_WIDTH_IN * r for r in ratios) + 0.7 * len(views) + 0.4 + LEGEND_IN
     return (_quarter(width), _quarter(height)), ratios
 
 
 def map_figure_size(run: RunFile, n_times: int, slice_point_mm: Sequence[float] | None = None) -> tuple[float, float]:
-    """Size (inches) of the map figure of ``run`` with ``n_times`` columns."""
+    """Size (inches) of the map figure of ``run`` with ``n_times`` columns (and the tissue key)."""
     return _map_layout(_views(run, slice_point_mm), n_times)[0]
 
 
@@ -394,28 +528,46 @@ def map_figure(
     norm = _norm(np.concatenate([data[k][habitat] for k in frames]), style, log)
     cmap = _cmap(style)
 
+    events = run_events(run)
+    peak = _peak_frame(run)
     size, ratios = _map_layout(views, len(frames))
     fig = new_figure(size)
-    axes = fig.subplots(len(views), len(frames), squeeze=False, sharex="row", sharey="row", height_ratios=ratios)
+    grid = fig.subplots(len(views), len(frames) + 1, squeeze=False, sharex="row", sharey="row", height_ratios=ratios)
+    keys, axes = grid[:, 0], grid[:, 1:]
     image = None
     for row, view in enumerate(views):
+        key = keys[row]
+        _draw_tissue_key(key, labels[view.index], view)
+        _label_bones(key, labels[view.index], view, events.bones)
+        key.set_title(f"tissues, {view.name}" if view.name else "tissues")
+        key.set_ylabel(view.ylabel)
+        if row == len(views) - 1 or view.xlabel != views[row + 1].xlabel:
+            key.set_xlabel(view.xlabel)
         for col, k in enumerate(frames):
             ax = axes[row, col]
             image = _draw_map(ax, data[k][view.index], labels[view.index], habitat[view.index], view, cmap, norm)
+            if col == 0:
+                _label_bones(ax, labels[view.index], view, events.bones)
             title = f"t = {time[k]:g} h"
             ax.set_title(f"{title}, {view.name}" if view.name else title)
+            if k == peak and row == 0:
+                value = float(run.summary["synovial_fluid_tnf"][k])
+                unit = _unit(run, "synovial_fluid_tnf")
+                ax.text(
+                    0.5, 0.98, f"fluid TNF peak: {value:.3g} {unit}".rstrip(), transform=ax.transAxes, ha="center",
+                    va="top", fontsize=7, fontweight="bold", gid="tnf-peak", zorder=6,
+                    bbox={"facecolor": "white", "alpha": 0.85, "lw": 0.5, "edgecolor": "#d8453b", "pad": 1.5},
+                )  # fmt: skip
             if style.fixed_range is not None and habitat[view.index].any():
                 low = float(np.nanmin(data[k][view.index][habitat[view.index]]))
                 ax.text(0.02, 0.02, f"min {low:.4f}", transform=ax.transAxes, fontsize=7, va="bottom", ha="left")
             if row == len(views) - 1 or view.xlabel != views[row + 1].xlabel:
                 ax.set_xlabel(view.xlabel)
-            if col == 0:
-                ax.set_ylabel(view.ylabel)
-            else:
-                ax.tick_params(labelleft=False)
+            ax.tick_params(labelleft=False)
     _colorbar(fig, image, axes, _species_label(run, species), norm, rows=len(views))
+    _tissue_legend(fig, labels, habitat, style)
     scale = "log scale" if isinstance(norm, mcolors.LogNorm) else "linear scale"
-    fig.suptitle(f"{style.label} ({_unit(run, species) or 'no unit'}), {run.path.name}: {scale}; grey = bone")
+    fig.suptitle(f"{style.label} ({_unit(run, species) or 'no unit'}), {run.path.name}: {scale}")
     return fig
 
 
@@ -447,10 +599,76 @@ def shade_range(ax, r: ClinicalRange, name: str) -> tuple[float, float] | None:
     return low, high
 
 
+def mark_events(ax, events: RunEvents, t0: float, t1: float, *, text: bool) -> list:
+    """Vertical lines at the injury's end and each dose (gids ``event:injury_end``, ``event:dose:<k>``).
+
+    With ``text``, a short rotated label beside each line (only the first dose's when there are more
+    than :data:`MAX_DOSE_LABELS`). Events outside ``t0 .. t1`` are left out. Returns the lines drawn.
+    """
+    lines = []
+    blend = ax.get_xaxis_transform()
+    span = max(t1 - t0, 1e-12)
+
+    def label(t: float, y: float, words: str, colour: str, gid: str) -> None:
+        # Beside the line at the top, on the side with room (left of a line near the right edge).
+        right = (t - t0) / span > 0.8
+        ax.text(
+            t, y, f"{words} " if right else f" {words}", ha="right" if right else "left", va="top", fontsize=6.5,
+            color=colour, transform=blend, zorder=4, gid=gid,
+            bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 0.6},
+        )  # fmt: skip
+
+    if events.injury_end_h is not None and t0 <= events.injury_end_h <= t1:
+        t = events.injury_end_h
+        lines.append(ax.axvline(t, **INJURY_END_STYLE, gid="event:injury_end", zorder=2))
+        if text:
+            label(t, 0.985, "injury ends", INJURY_END_STYLE["color"], "event-label:injury_end")
+    doses = events.dose_times_h
+    for k, t in enumerate(doses):
+        if not t0 <= t <= t1:
+            continue
+        lines.append(ax.axvline(t, **DOSE_STYLE, gid=f"event:dose:{k}", zorder=2))
+        if text and (k == 0 or len(doses) <= MAX_DOSE_LABELS):
+            words = f"dose {k + 1}" if len(doses) <= MAX_DOSE_LABELS else f"dose 1 of {len(doses)}"
+            label(t, 0.925, words, DOSE_STYLE["color"], f"event-label:dose:{k}")
+    return lines
+
+
+def _timecourse_legend(fig: Figure, events: RunEvents, t0: float, t1: float) -> None:
+    """The figure's legend: the model line, the events, the range colours, the two OA IL-1β ranges."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color="black", lw=1.4, label="model (synovial-fluid mean)")]
+    if events.injury_end_h is not None and t0 <= events.injury_end_h <= t1:
+        handles.append(Line2D([], [], **INJURY_END_STYLE, label=f"injury source ends, t = {events.injury_end_h:g} h"))
+    shown = [t for t in events.dose_times_h if t0 <= t <= t1]
+    if shown:
+        when = ", ".join(f"{t:g}" for t in shown[:4]) + (", ..." if len(shown) > 4 else "")
+        handles.append(Line2D([], [], **DOSE_STYLE, label=f"{events.drug} dose ({len(shown)}), t = {when} h"))
+    for group, words in (("healthy", "healthy range"), ("OA", "osteoarthritis (OA) range"), ("RA", "rheumatoid (RA) range")):
+        handles.append(Patch(facecolor=GROUP_COLOUR[group], alpha=0.25, lw=0, label=words))
+    handles.append(Line2D([], [], color="0.4", lw=0.7, ls=":", label="dotted: the range's mean or median"))
+    il1 = [r for r in CLINICAL_RANGES if r.summary == "synovial_fluid_il1" and r.group == "OA"]
+    note = (
+        "IL-1β has two OA ranges (blue): two studies of OA synovial fluid that differ about 25-fold, "
+        + "; ".join(f"{r.label.split(' (')[0].removeprefix('OA ')} ({r.source})" for r in il1)
+        + ". Both are shown; the model's resting joint takes Sohn's median. Ranges: docs/model.md, \"Clinical ranges\"."
+    )
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=4, frameon=False, fontsize=7,
+        title=textwrap.fill(note, IL1_NOTE_WIDTH), title_fontsize=7,
+    )  # fmt: skip
+
+
 def timecourse_figure(run: RunFile) -> Figure:
-    """The clinical summaries against time (2 x 2 panels) with the clinical ranges shaded."""
+    """The clinical summaries against time (2 x 2 panels) with the clinical ranges shaded and the
+    injury's end and the drug doses marked."""
     time = run.time
     summary = run.summary
+    events = run_events(run)
+    t0 = float(time[0]) if len(time) else 0.0
+    t1 = float(time[-1]) if len(time) else 0.0
     fig = new_figure(TIMECOURSE_SIZE_IN)
     axes = fig.subplots(2, 2, sharex=True).ravel()
     for ax, (name, title, log) in zip(axes, TIMECOURSE_PANELS):
@@ -487,8 +705,11 @@ def timecourse_figure(run: RunFile) -> Figure:
             )  # fmt: skip
         if len(time):
             ax.set_xlim(float(time[0]), float(time[-1]) if time[-1] > time[0] else float(time[0]) + 1.0)
+    for row, ax in enumerate(axes):
+        mark_events(ax, events, t0, t1, text=row < 2)
     for ax in axes[2:]:
         ax.set_xlabel("time (h)")
+    _timecourse_legend(fig, events, t0, t1)
     fig.suptitle(f"Clinical summaries, {run.path.name} (shaded: measured synovial-fluid ranges, healthy green, OA blue, RA red)")
     return fig
 

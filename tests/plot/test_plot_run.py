@@ -391,3 +391,127 @@ def test_xdmf_sidecar_reads_back_in_vtk(which, request):
                 np.testing.assert_array_equal(
                     vtk_to_numpy(arrays.GetArray(species)), run.field(species, k).ravel(), err_msg=species
                 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Read by a clinician: tissue legend, bones, the TNF peak, events, the two OA IL-1 ranges.
+# ---------------------------------------------------------------------------------------------
+
+
+def _legend_texts(fig):
+    (legend,) = fig.legends
+    return [t.get_text() for t in legend.get_texts()], legend.get_title().get_text()
+
+
+def test_maps_have_a_tissue_key_legend_and_bone_names(run2d):
+    with RunFile.open(run2d) as run, matplotlib.rc_context(_plot.RC):
+        labels = run.labels
+        tnf = _plot.map_figure(run, "tnf", [0, 2])
+        cartilage = _plot.map_figure(run, "cartilage", [2])
+    key = tnf.axes[0]
+    (mesh,) = [c for c in key.collections if c.get_gid() == "tissue-key"]
+    np.testing.assert_array_equal(np.asarray(mesh.get_array()).reshape(labels.shape), labels)
+    assert key.get_title() == "tissues" and not key.get_images()
+    texts, title = _legend_texts(tnf)
+    for words in ("synovial fluid", "synovium (lining)", "capsule", "cartilage", "bone", "tissue boundary"):
+        assert words in texts
+    assert "outside the model" in title and "bone is grey" in title
+    assert not [t for t in texts if t.startswith("light grey")]  # TNF lives in every soft tissue
+    texts, _ = _legend_texts(cartilage)
+    assert "light grey: tissue without Cartilage integrity" in texts
+    # The MCP preset: metacarpal above the joint space, proximal phalanx below, on the key and the first map.
+    for ax in (key, tnf.axes[1]):
+        bones = {t.get_gid(): t for t in ax.texts if str(t.get_gid()).startswith("bone:")}
+        assert bones["bone:upper"].get_text() == "metacarpal"
+        assert bones["bone:lower"].get_text() == "proximal phalanx"
+        (x_up, y_up), (_, y_low) = bones["bone:upper"].get_position(), bones["bone:lower"].get_position()
+        assert y_up > 8.0 > y_low  # the joint centre is the domain centre (16 mm high)
+        row, col = int(y_up / run_grid_spacing(run2d)), int(x_up / run_grid_spacing(run2d))
+        assert labels[row, col] == Tissue.BONE
+    assert not [t for t in tnf.axes[2].texts if str(t.get_gid()).startswith("bone:")]
+
+
+def run_grid_spacing(path):
+    with RunFile.open(path) as run:
+        return run.grid.spacing[0]
+
+
+def test_3d_horizontal_slice_has_no_bone_names(run3d):
+    with RunFile.open(run3d) as run, matplotlib.rc_context(_plot.RC):
+        fig = _plot.map_figure(run, "tnf", [1])
+    keys = [ax for ax in fig.axes if ax.get_title().startswith("tissues")]
+    assert len(keys) == 3
+    named = [{t.get_text() for t in ax.texts} for ax in keys]
+    assert named[0] == named[1] == {"metacarpal", "proximal phalanx"} and named[2] == set()
+
+
+def test_the_tnf_peak_column_is_labelled(run2d):
+    with RunFile.open(run2d) as run, matplotlib.rc_context(_plot.RC):
+        series = run.summary["synovial_fluid_tnf"]
+        peak = 1 + int(np.argmax(series[1:]))
+        frames = _plot.default_frames(run.time, series)
+        fig = _plot.map_figure(run, "il1", frames)
+        elsewhere = _plot.map_figure(run, "il1", [k for k in range(run.n_frames) if k != peak])
+        time = run.time
+    maps = [ax for ax in fig.axes if ax.get_images()]
+    marked = [ax for ax in maps if any(t.get_gid() == "tnf-peak" for t in ax.texts)]
+    assert len(marked) == 1 and marked[0].get_title() == f"t = {time[peak]:g} h"
+    (text,) = [t for t in marked[0].texts if t.get_gid() == "tnf-peak"]
+    assert text.get_text() == f"fluid TNF peak: {series[peak]:.3g} pg/mL"
+    assert not [t for ax in elsewhere.axes for t in ax.texts if t.get_gid() == "tnf-peak"]
+
+
+def test_run_events_come_from_the_stored_config(run2d, run3d):
+    from solver.physics import dose_times
+
+    with RunFile.open(run2d) as run:
+        events = _plot.run_events(run)
+    assert events.bones == ("metacarpal", "proximal phalanx")
+    assert events.dose_times_h == dose_times(0.0, (), 168.0, 3.0) == (0.0,)
+    assert events.drug.startswith("etanercept 50 mg")
+    assert events.injury_end_h is not None and events.injury_end_h > 0
+    with RunFile.open(run3d) as run:
+        assert _plot.run_events(run).dose_times_h == ()
+
+
+def test_timecourses_mark_the_doses_and_explain_the_oa_il1_ranges(run2d):
+    with RunFile.open(run2d) as run, matplotlib.rc_context(_plot.RC):
+        fig = _plot.timecourse_figure(run)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    for row, ax in enumerate(axes):
+        (dose,) = [ln for ln in ax.lines if ln.get_gid() == "event:dose:0"]
+        assert list(dose.get_xdata()) == [0.0, 0.0]
+        labels = [t.get_text().strip() for t in ax.texts if str(t.get_gid()).startswith("event-label:")]
+        assert labels == (["dose 1"] if row < 2 else [])
+        # the injury (onset 0, 24 h by default) outlasts this 3 h run: no line
+        assert not [ln for ln in ax.lines if ln.get_gid() == "event:injury_end"]
+    texts, title = _legend_texts(fig)
+    assert any(t.startswith("etanercept 50 mg sc dose (1), t = 0 h") for t in texts)
+    assert "model (synovial-fluid mean)" in texts
+    flat = " ".join(title.split())
+    assert "two OA ranges" in flat and "Westacott et al. 1990" in flat and "Sohn et al. 2012" in flat
+    for r in _plot.CLINICAL_RANGES:
+        if r.summary == "synovial_fluid_il1" and r.group == "OA":
+            assert r.label.split(" (")[0].removeprefix("OA ") in flat
+
+
+def test_event_lines_at_every_dose_and_the_injury_end():
+    from matplotlib.figure import Figure
+
+    doses = tuple(float(t) for t in range(0, 240, 24))  # 10 daily doses
+    events = _plot.RunEvents(injury_end_h=30.0, dose_times_h=doses, drug="anakinra 100 mg sc")
+    ax = Figure().subplots()
+    lines = _plot.mark_events(ax, events, 0.0, 200.0, text=True)
+    shown = [t for t in doses if t <= 200.0]
+    assert [ln.get_gid() for ln in lines] == ["event:injury_end"] + [f"event:dose:{k}" for k in range(len(shown))]
+    assert [ln.get_xdata()[0] for ln in lines] == [30.0, *shown]
+    words = sorted(t.get_text().strip() for t in ax.texts)
+    assert words == ["dose 1 of 10", "injury ends"]  # more than MAX_DOSE_LABELS doses: only the first labelled
+    few = _plot.RunEvents(dose_times_h=(10.0, 50.0, 190.0))
+    ax = Figure().subplots()
+    _plot.mark_events(ax, few, 0.0, 200.0, text=True)
+    texts = {t.get_text().strip(): t for t in ax.texts}
+    assert sorted(texts) == ["dose 1", "dose 2", "dose 3"]
+    assert texts["dose 3"].get_horizontalalignment() == "right"  # near the right edge: left of its line
+    assert texts["dose 1"].get_horizontalalignment() == "left"
+    assert not _plot.mark_events(Figure().subplots(), _plot.RunEvents(), 0.0, 10.0, text=True)
