@@ -5,7 +5,7 @@ Subpackages, each importing only those before it (checked by tests/test_architec
 - ``solver.physics``: the model as pure functions (parameters, drugs, masks, operators, right-hand side, adjoint, limits)
 - ``solver.time``: steppers, the step plan, the compiled :class:`Solver`, steady states
 - ``solver.setup``: configs, scenarios, the generated config reference, the memory budget
-- ``solver.io``: HDF5 run files and their XDMF sidecars
+- ``solver.io``: HDF5 run files (netCDF-readable; ``open_dataset`` reads one into xarray) and their XDMF sidecars
 - ``solver.study``: running a scenario to a file, and sweeps
 - ``solver.plot``: figures of runs and studies
 - ``solver.cli``: the ``synovia`` command
@@ -27,6 +27,7 @@ from fields import __version__ as __version__
 
 from .io import RunFile as RunFile
 from .io import RunWriter as RunWriter
+from .io import open_dataset as open_dataset
 from .physics import DIFFUSIVITIES as DIFFUSIVITIES
 from .physics import DRUGS as DRUGS
 from .physics import PARAMETERS as PARAMETERS

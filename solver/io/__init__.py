@@ -1,8 +1,13 @@
 """Run files: the HDF5 layout (one file per run, appended frame by frame, readable while written and
-after a crash), its XDMF sidecar for ParaView, resuming a file, and ``synovia info``'s description.
-The layout is documented in ``_runfile``'s docstring and docs/hdf5.md.
+after a crash, with the dimension scales and CF attributes netCDF tools read), its XDMF sidecar for
+ParaView, resuming a file, ``synovia info``'s description, and :func:`open_dataset` (a run file as an
+xarray Dataset; xarray is the optional extra ``synovia[xarray]``). The layout is documented in
+``_runfile``'s docstring and docs/hdf5.md.
 """
 
+from ._dataset import XARRAY_EXTRA as XARRAY_EXTRA
+from ._dataset import open_dataset as open_dataset
+from ._runfile import CF_CONVENTIONS as CF_CONVENTIONS
 from ._runfile import LAYOUT_VERSION as LAYOUT_VERSION
 from ._runfile import SIDECAR_EVERY_S as SIDECAR_EVERY_S
 from ._runfile import NotARunFile as NotARunFile

@@ -1,6 +1,6 @@
 """HDF5 run files: one file per run, appended frame by frame, readable while written.
 
-Layout (``layout_version = 1``)
+Layout (``layout_version = 2``)
 -------------------------------
 All arrays are stored slowest axis first: spatial shape ``(ny, nx)`` in 2D and
 ``(nz, ny, nx)`` in 3D; lengths in mm, times in hours.
@@ -8,37 +8,50 @@ All arrays are stored slowest axis first: spatial shape ``(ny, nx)`` in 2D and
 ``/time``
     ``(frames,)`` float64, hours, ``maxshape=(None,)``. ``len(/time)`` is the number of
     *committed* frames: it is written last in every frame, so a reader that trusts it
-    never sees a half-written frame.
+    never sees a half-written frame. The dimension scale ``time`` (unlimited).
+``/z``, ``/y``, ``/x``
+    1D cell-centre coordinates, mm (2D has only y and x): the dimension scales ``z``, ``y``, ``x``.
 ``/fields/<species>``
     ``(frames, *spatial)`` in the run's precision (float32 or float64),
     ``maxshape=(None, *spatial)``, one frame per chunk (frames over 4 MiB are split
-    along the slowest spatial axis), gzip level 4 with shuffle. Attribute ``units``.
+    along the slowest spatial axis), gzip level 4 with shuffle. Attributes ``units``,
+    ``long_name``; dimensions ``(time, [z,] y, x)``.
     May hold one frame more than ``/time`` after a crash: ignore it.
 ``/summary/<name>``
     ``(frames,)`` float64, ``maxshape=(None,)``, one scalar diagnostic per frame.
-    Attribute ``units``. The group's attribute ``names`` lists the names in run order.
+    Attributes ``units``, ``long_name``; dimension ``time``. The group's attribute ``names``
+    lists the names in run order. May hold one frame more than ``/time`` after a crash.
 ``/geometry/labels``
-    ``(*spatial)`` uint8 tissue code per cell. Attributes ``tissue_names`` (name of
-    code ``i`` at index ``i``) and ``tissue_codes`` (``0 .. len-1``).
+    ``(*spatial)`` uint8 tissue code per cell, dimensions ``([z,] y, x)``. Attributes
+    ``tissue_names`` (name of code ``i`` at index ``i``), ``tissue_codes`` (``0 .. len-1``),
+    and CF's ``flag_values``, ``flag_meanings``, ``long_name``.
 ``/grid``
     Attributes ``shape``, ``spacing`` (mm), ``origin`` (mm, lower corner of the first
     cell), ``axes`` (``["y", "x"]`` or ``["z", "y", "x"]``); datasets ``/grid/z``,
-    ``/grid/y``, ``/grid/x``: 1D cell-centre coordinates, mm (2D has only y and x).
+    ``/grid/y``, ``/grid/x``: the same cell centres as ``/z``, ``/y``, ``/x`` (along those
+    dimensions), mm.
 Root attributes
     Everything the caller passes as ``attrs`` (for example ``config_toml``,
     ``version``, ``precision``, ``units``: a JSON object mapping species and summary
-    names to unit strings), plus ``layout_version = 1`` and ``species`` (list, in
-    run order).
+    names to unit strings), plus ``layout_version = 2``, ``species`` (list, in
+    run order), ``Conventions = "CF-1.8"`` and ``title``.
+
+The dimension scales (HDF5's, as netCDF-4 writes them) and the CF attributes make netCDF tools
+(``ncdump``, netCDF4, xarray with h5netcdf) see named dimensions and coordinates: ``float
+tnf(time, y, x)``. A netCDF reader takes the unlimited ``time`` as long as its longest variable,
+so after a crash it pads ``time`` with a fill value: :func:`open_dataset` (xarray) reads the
+committed frames only. Layout 1 (files written before the dimension scales) lacks ``/z``, ``/y``,
+``/x``, the scales and the CF attributes; :class:`RunFile` and :func:`open_dataset` read both.
 
 Compatibility and crash safety
 ------------------------------
 Files use ``libver=("v110", "v110")``: the oldest format that allows SWMR, and one that
 HDF5 1.10 tools (h5ls, h5dump) and VTK/ParaView read. The writer creates every group,
-dataset and attribute first, then switches to SWMR mode; each frame is written as
-fields, summary, flush, ``/time``, flush. Readers open with ``swmr=True``, which works
-while the run is writing and also after the writer was killed (``kill -9``), when a
-normal open fails until the file is repaired. :func:`resume_writer` does that repair
-without external tools.
+dataset and attribute first (the dimension scales and their attachments too), then
+switches to SWMR mode; each frame is written as fields, summary, flush, ``/time``, flush.
+Readers open with ``swmr=True``, which works while the run is writing and also after the
+writer was killed (``kill -9``), when a normal open fails until the file is repaired.
+:func:`resume_writer` does that repair without external tools.
 
 An XDMF sidecar (same stem, ``.xdmf``) next to the file lets ParaView open the run as a
 time series (cell data; a 2D run appears as a sheet one cell thick), listing the committed frames only.
@@ -70,6 +83,8 @@ import numpy.typing as npt
 from fields import TISSUE_NAMES, Grid, WriterLock, atomic_write_text, hdf5_problem, hdf5_shortfall, temporary_path
 
 __all__ = [
+    "CF_CONVENTIONS",
+    "LAYOUT_VERSION",
     "NotARunFile",
     "RunFile",
     "RunWriter",
@@ -81,7 +96,8 @@ __all__ = [
     "write_xdmf",
 ]
 
-LAYOUT_VERSION = 1
+#: 2: dimension scales (``time``, ``z``, ``y``, ``x``) and CF attributes, for netCDF tools; 1: without them
+LAYOUT_VERSION = 2
 
 # Oldest format with SWMR; "latest" files were unreadable by HDF5 1.10 tools and VTK.
 _LIBVER = ("v110", "v110")
@@ -91,7 +107,28 @@ _MAX_CHUNK_BYTES = 4 * 2**20
 _SERIES_CHUNK = 256
 _GZIP_LEVEL = 4
 # Root attributes written by the layer itself; the caller may not set them.
-_RESERVED_ATTRS = ("layout_version", "species")
+_RESERVED_ATTRS = ("layout_version", "species", "Conventions", "title")
+#: the CF conventions the files follow (netCDF tools and xarray read the dimensions without it; CF readers check it)
+CF_CONVENTIONS = "CF-1.8"
+#: CF ``axis`` of each dimension
+_CF_AXIS = {"time": "T", "z": "Z", "y": "Y", "x": "X"}
+#: what each species is, for CF's ``long_name`` (any other name: itself, underscores as spaces)
+_SPECIES_LONG_NAMES = {
+    "tnf": "TNF-alpha concentration",
+    "il1": "IL-1 concentration",
+    "leukocytes": "leukocyte density",
+    "cartilage": "cartilage matrix integrity (fraction of intact matrix)",
+    "drug": "free drug concentration",
+    "complex": "drug-TNF complex concentration",
+}
+#: what ``total_<species>`` adds up
+_SPECIES_WORDS = {
+    "tnf": "TNF-alpha",
+    "il1": "IL-1",
+    "leukocytes": "leukocytes",
+    "drug": "free drug",
+    "complex": "drug-TNF complex",
+}
 
 AttrValue = str | int | float
 #: what a file needs to be read as a run file
@@ -127,6 +164,26 @@ class NotARunFile(ValueError):
 
 def _axis_names(ndim: int) -> tuple[str, ...]:
     return ("z", "y", "x")[3 - ndim :]
+
+
+def long_name(name: str) -> str:
+    """CF ``long_name`` of a species or summary of a run file: what it is, in words."""
+    if name in _SPECIES_LONG_NAMES:
+        return _SPECIES_LONG_NAMES[name]
+    for prefix, words, table in (
+        ("synovial_fluid_", "mean {} in the synovial fluid", _SPECIES_LONG_NAMES),
+        ("total_", "total {} on the grid", _SPECIES_WORDS),
+    ):
+        if name.startswith(prefix) and name[len(prefix) :] in table:
+            return words.format(table[name[len(prefix) :]])
+    return {"plasma_drug": "drug concentration in plasma", "cartilage_integrity": "mean cartilage integrity"}.get(
+        name, name.replace("_", " ")
+    )
+
+
+def axis_long_name(name: str) -> str:
+    """CF ``long_name`` of a dimension's coordinate (``time``, ``z``, ``y``, ``x``)."""
+    return "time since the start of the run" if name == "time" else f"{name} of the cell centre"
 
 
 def _sidecar_path(h5_path: Path) -> Path:
@@ -512,14 +569,37 @@ def _create_layout(
     attrs: dict[str, Any],
     units: dict[str, str],
 ) -> None:
-    """Create every group, dataset and attribute of an empty run file (see module doc)."""
+    """Create every group, dataset and attribute of an empty run file (see module doc), the dimension
+    scales and their attachments included: after the switch to SWMR none can be added."""
     for key, value in attrs.items():
         f.attrs[key] = value
     f.attrs["layout_version"] = LAYOUT_VERSION
     f.attrs["species"] = list(species)
+    f.attrs["Conventions"] = CF_CONVENTIONS
+    f.attrs["title"] = "synovia run"
 
-    t = f.create_dataset("time", shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,), dtype="f8")
-    t.attrs["units"] = "h"
+    def coordinate(ds: h5py.Dataset, name: str, units: str) -> h5py.Dataset:
+        ds.make_scale(name)  # a netCDF dimension with its coordinate variable
+        ds.attrs["_Netcdf4Dimid"] = np.int32(len(scales))  # netCDF lists dimensions in this order
+        scales.append(ds)
+        ds.attrs["units"] = units
+        ds.attrs["long_name"] = axis_long_name(name)
+        ds.attrs["axis"] = _CF_AXIS[name]
+        return ds
+
+    scales: list[h5py.Dataset] = []  # time, then z, y, x
+    # NaN fill: a netCDF reader pads time to its longest variable (a crash's uncommitted frame) with it
+    t = f.create_dataset("time", shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,), dtype="f8", fillvalue=np.nan)
+    coordinate(t, "time", "h")
+    axes = _axis_names(grid.ndim)
+    centres = [grid.axis_centres(axis).astype(np.float64) for axis in range(grid.ndim)]
+    for name, c in zip(axes, centres, strict=True):
+        coordinate(f.create_dataset(name, data=c), name, "mm")
+    spatial_scales = scales[1:]
+
+    def attach(ds: h5py.Dataset, *dims: h5py.Dataset) -> None:
+        for k, scale in enumerate(dims):
+            ds.dims[k].attach_scale(scale)
 
     spatial = grid.shape
     chunks = _frame_chunks(spatial, dtype.itemsize)
@@ -536,12 +616,16 @@ def _create_layout(
             shuffle=True,
         )
         ds.attrs["units"] = units.get(name, "")
+        ds.attrs["long_name"] = long_name(name)
+        attach(ds, t, *spatial_scales)
 
     g = f.create_group("summary")
     g.attrs["names"] = list(summary_names)
     for name in summary_names:
         ds = g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,), dtype="f8")
         ds.attrs["units"] = units.get(name, "")
+        ds.attrs["long_name"] = long_name(name)
+        attach(ds, t)
 
     g = f.create_group("geometry")
     ds = g.create_dataset(
@@ -554,6 +638,10 @@ def _create_layout(
     )
     ds.attrs["tissue_names"] = list(TISSUE_NAMES)
     ds.attrs["tissue_codes"] = np.arange(len(TISSUE_NAMES), dtype=np.uint8)
+    ds.attrs["long_name"] = "tissue code"
+    ds.attrs["flag_values"] = np.arange(len(TISSUE_NAMES), dtype=np.uint8)
+    ds.attrs["flag_meanings"] = " ".join(TISSUE_NAMES)
+    attach(ds, *spatial_scales)
 
     g = f.create_group("grid")
     g.attrs["shape"] = np.asarray(grid.shape, dtype=np.int64)
@@ -561,9 +649,11 @@ def _create_layout(
     g.attrs["origin"] = np.asarray(grid.origin, dtype=np.float64)
     g.attrs["axes"] = list(_axis_names(grid.ndim))
     g.attrs["units"] = "mm"
-    for axis, axis_name in enumerate(_axis_names(grid.ndim)):
-        ds = g.create_dataset(axis_name, data=grid.axis_centres(axis).astype(np.float64))
+    for axis_name, c, scale in zip(axes, centres, spatial_scales, strict=True):
+        ds = g.create_dataset(axis_name, data=c)
         ds.attrs["units"] = "mm"
+        ds.attrs["long_name"] = axis_long_name(axis_name)
+        attach(ds, scale)
 
 
 def _read_grid(f: h5py.File) -> Grid:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fields import TISSUE_NAMES, Grid
-from solver.io import RunFile, RunWriter, describe, resume_writer, write_xdmf
+from solver.io import LAYOUT_VERSION, RunFile, RunWriter, describe, resume_writer, write_xdmf
 
 REPO = Path(__file__).resolve().parents[2]
 SPECIES = ("tnf", "il1", "leukocytes")
@@ -100,7 +100,7 @@ def test_round_trip(tmp_path: Path, dim: str, dtype: type) -> None:
 
     # The raw layout, as other tools see it.
     with h5py.File(path, "r") as f:
-        assert f.attrs["layout_version"] == 1
+        assert f.attrs["layout_version"] == LAYOUT_VERSION == 2
         assert list(f.attrs["species"]) == list(SPECIES)
         assert f["fields/tnf"].shape == (3, *grid.shape)
         assert f["fields/tnf"].maxshape == (None, *grid.shape)
