@@ -520,7 +520,7 @@ def _cmd_info(args) -> int:
     if not path.is_file():
         return error(_no_file(path))
     try:
-        text = describe(path)
+        text = describe(path, config=args.show_config)
     except (OSError, ValueError) as err:
         return error(f"cannot read '{path}': {err}" if isinstance(err, OSError) else str(err))
     print(text)
@@ -686,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("info", help="print what a run file or a study folder holds")
     p.add_argument("file", help="run file (.h5) or study folder")
+    p.add_argument("--config", dest="show_config", action="store_true", help="also print the run's full config (TOML)")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("repair", help="make a killed run's file open in any HDF5 reader (in place, every frame kept)")
     p.add_argument("file", help="run file (.h5)")

@@ -1008,12 +1008,12 @@ def _xdmf_text(h5_name: str, grid: Grid, species: list[str], times: list[float],
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def describe(path: str | os.PathLike[str]) -> str:
+def describe(path: str | os.PathLike[str], config: bool = False) -> str:
     """A human-readable summary of a run file, for ``synovia info FILE``.
 
-    Lists the file, version, precision, grid, tissues present with cell counts, species
-    (with units), frame count and time range (hours), every summary value at the last
-    committed frame (with units), and finally the run's config TOML.
+    First what the run found: the frames and time range (hours) and every summary value at the last
+    committed frame (with units); then the file: version, precision, grid, tissues present with cell
+    counts, species (with units); and with ``config`` the run's config TOML (``info --config``).
     """
     with RunFile.open(path) as run:
         grid = run.grid
@@ -1025,8 +1025,17 @@ def describe(path: str | os.PathLike[str]) -> str:
         def joined(values: Sequence[Any]) -> str:
             return " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
+        head = [f"file: {Path(path)}"]
+        if len(times):
+            head.append(f"frames: {len(times)}, t = {times[0]:g} .. {times[-1]:g} h")
+            head.append(f"summary at t = {times[-1]:g} h:")
+            for name, values in summary.items():
+                unit = run.units.get(name, "")
+                head.append(f"  {name} = {values[-1]:.6g}{' ' + unit if unit else ''}")
+        else:
+            head.append("frames: 0")
         lines = [
-            f"file: {Path(path)}",
+            *head,
             f"version: {attrs.get('version', 'unknown')}",
             f"precision: {attrs.get('precision', run.dtype.name)}",
             f"layout: {run.layout_version}",
@@ -1046,16 +1055,11 @@ def describe(path: str | os.PathLike[str]) -> str:
             return f"{name} [{unit}]" if unit else name
 
         lines.append(f"species: {', '.join(with_unit(s) for s in run.species)}")
-        if len(times):
-            lines.append(f"frames: {len(times)}, t = {times[0]:g} .. {times[-1]:g} h")
-            lines.append(f"summary at t = {times[-1]:g} h:")
-            for name, values in summary.items():
-                unit = run.units.get(name, "")
-                lines.append(f"  {name} = {values[-1]:.6g}{' ' + unit if unit else ''}")
+        text = run.config_toml
+        if not config:
+            lines.append("config: synovia info FILE --config prints it" if text else "config: (none)")
         else:
-            lines.append("frames: 0")
-        config = run.config_toml
-        lines.append("config:" if config else "config: (none)")
-        if config:
-            lines.append(config.rstrip("\n"))
+            lines.append("config:" if text else "config: (none)")
+            if text:
+                lines.append(text.rstrip("\n"))
     return "\n".join(lines) + "\n"

@@ -70,6 +70,9 @@ def test_run_writes_every_frame_and_info_reads_it(tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "frames: 7" in text and "synovial_fluid_tnf" in text
+    assert "[injury]" not in text
+    assert main(["info", str(out), "--config"]) == 0
+    assert "[injury]" in capsys.readouterr().out
 
 
 def test_outputs_default_to_the_inputs_name_and_progress_reads_cleanly(tmp_path):

@@ -490,4 +490,7 @@ def test_describe(tmp_path: Path) -> None:
     assert "bone" in text and "10 cells" in text
     assert "synovial_fluid" in text and "20 cells" in text
     assert "cartilage " not in text.split("species:")[0].replace("cartilage_loss", "")
-    assert text.rstrip().endswith(make_attrs()["config_toml"].rstrip())
+    # what the run found comes first; the config only when asked for
+    assert text.index("summary at t = 24 h") < text.index("version:") < text.index("tissues:")
+    assert make_attrs()["config_toml"].strip() not in text and "synovia info FILE --config prints it" in text
+    assert describe(path, config=True).rstrip().endswith(make_attrs()["config_toml"].rstrip())
