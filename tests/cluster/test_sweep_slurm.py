@@ -61,10 +61,11 @@ def test_a_study_submitted_as_one_job_array_matches_one_process(slurm_cluster, s
 
 
 def test_a_cancelled_task_is_finished_by_submitting_again(slurm_cluster, tmp_path, capsys):
-    """Two points (400 h at 0.2 mm, some 20 s of stepping, and 8 h) in one task, cancelled once point 0 has two
-    frames: scancel's SIGTERM (which submitit ignores), then SIGKILL after KillWait (5 s). The second submission
-    runs only what is unfinished, and both points end bit-identical to the sweep run in one process."""
-    vary = '[vary]\n"run.t_end_h" = [400.0, 8.0]\n"injury.rate" = [800.0, 100.0]\n'
+    """Two points (2000 h at 0.2 mm, some 30 s of stepping, and 8 h) in one task, cancelled once point 0 has two
+    frames: scancel's SIGTERM (which submitit ignores), then SIGKILL after KillWait (5 s); 400 h (6 s) could
+    finish before it. The second submission runs only what is unfinished, and both points end bit-identical to
+    the sweep run in one process."""
+    vary = '[vary]\n"run.t_end_h" = [2000.0, 8.0]\n"injury.rate" = [800.0, 100.0]\n'
     base = STUDY_SWEEP.split("[vary]")[0].replace("output_interval_h = 0.5", "output_interval_h = 8.0")
     base = base.replace("spacing_mm = 0.4", "spacing_mm = 0.2")
     sweep = 'combine = "zip"\n' + base + vary
@@ -91,7 +92,7 @@ def test_a_cancelled_task_is_finished_by_submitting_again(slurm_cluster, tmp_pat
     text = capsys.readouterr().out
     assert "status: 2 pending" in text and "to run: 0 1" in text, text
     with RunFile.open(first) as run:
-        assert 2 <= run.n_frames < 51 and run.time[-1] < 400.0
+        assert 2 <= run.n_frames < 251 and run.time[-1] < 2000.0
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "2 point(s) in 1 task(s)" in captured.err
