@@ -145,7 +145,7 @@ def _cmd_run(args) -> int:
             writer, start_frame, state = open_run(scenario, path, resume=True)
             out = path
         else:
-            out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+            out = _run_output(args)
             if problem := output_problem(out):
                 return error(problem)
             if out.exists() and not args.overwrite:
@@ -214,11 +214,16 @@ def _all_checked(processes: int) -> None:
         multihost_utils.sync_global_devices("synovia: input checked")
 
 
+def _run_output(args) -> Path:
+    """``run``'s output file: ``-o``, else the config's name with ``.h5`` (knee2d.h5 without a config)."""
+    return Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+
+
 def _run_follower(args) -> int:
     """A process other than the first of a multi-process run: the same checks and computation, no file, no
     messages (process 0 reports and writes)."""
     try:
-        out = Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
+        out = _run_output(args)
         if output_problem(out) or (out.exists() and not args.overwrite):
             return EXIT_USAGE  # process 0 says why
         config = load_config(args.config, args.set or [])

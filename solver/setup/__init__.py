@@ -37,6 +37,7 @@ from ._config import read_toml as read_toml
 from ._config import set_key as set_key
 from ._memory import CHECKPOINT_SHARE as CHECKPOINT_SHARE
 from ._memory import checkpoint_budget_bytes as checkpoint_budget_bytes
+from ._memory import device_memory_bytes as device_memory_bytes
 from ._memory import host_memory_bytes as host_memory_bytes
 from ._presets import Copied as Copied
 from ._presets import Preset as Preset

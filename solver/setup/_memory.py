@@ -14,13 +14,9 @@ from fields import host_memory_bytes
 CHECKPOINT_SHARE = 0.25
 
 
-def checkpoint_budget_bytes(device=None) -> int:
-    """Bytes ``Solver.trajectory(checkpoint="auto")`` may spend on stored step states:
-    :data:`CHECKPOINT_SHARE` of the memory of ``device`` (default: JAX's default device).
-
-    A GPU's memory is its allocator's ``bytes_limit`` (0, so one state per frame, where it reports
-    none); a CPU's the smallest of the host's RAM, the cgroup's limit and what is available now.
-    """
+def device_memory_bytes(device=None) -> int:
+    """The memory of ``device`` (default: JAX's default device): a GPU's allocator ``bytes_limit`` (0 where
+    it reports none); for a CPU the smallest of the host's RAM, the cgroup's limit and what is available now."""
     if device is None:
         default = jax.config.jax_default_device
         device = jax.devices(default)[0] if isinstance(default, str) else default or jax.devices()[0]
@@ -29,5 +25,12 @@ def checkpoint_budget_bytes(device=None) -> int:
             stats = device.memory_stats() or {}
         except Exception:  # a backend without memory_stats
             stats = {}
-        return int(CHECKPOINT_SHARE * stats.get("bytes_limit", 0))
-    return int(CHECKPOINT_SHARE * host_memory_bytes())
+        return int(stats.get("bytes_limit", 0))
+    return host_memory_bytes()
+
+
+def checkpoint_budget_bytes(device=None) -> int:
+    """Bytes ``Solver.trajectory(checkpoint="auto")`` may spend on stored step states:
+    :data:`CHECKPOINT_SHARE` of :func:`device_memory_bytes` (0, so one state per frame, for a GPU that
+    reports no limit)."""
+    return int(CHECKPOINT_SHARE * device_memory_bytes(device))

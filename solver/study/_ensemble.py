@@ -28,7 +28,7 @@ from fields import State, host_memory_bytes
 
 from ..io import RunWriter
 from ..physics import summaries
-from ..setup import ARRAYS_PER_CELL, Scenario
+from ..setup import ARRAYS_PER_CELL, Scenario, device_memory_bytes
 from ..time import Solver
 from ._run import Diverged, check_frame, open_run
 from ._study import PointResult, finish_point, point_lock, point_scenario, prepare_point, run_point_locked
@@ -37,34 +37,35 @@ from ._study import PointResult, finish_point, point_lock, point_scenario, prepa
 BATCH_SHARE = 0.5
 
 
-def batch_key(scenario: Scenario) -> tuple:
+def batch_key(scenario: Scenario, plan: bool = True) -> tuple:
     """Points with equal keys can be advanced together: the same grid, precision, static options, step
-    plan and frames."""
-    plan = scenario.plan
-    return (
-        scenario.geometry.grid.shape,
-        np.dtype(scenario.dtype).name,
-        scenario.options,
-        (plan.stepper, plan.dt, plan.substeps, plan.rkl2_stages),
-        scenario.n_frames,
-        scenario.interval,
-    )
+    plan (left out with ``plan=False``) and frames."""
+    p = scenario.plan
+    step = ((p.stepper, p.dt, p.substeps, p.rkl2_stages),) if plan else ()
+    shape, dtype = scenario.geometry.grid.shape, np.dtype(scenario.dtype).name
+    return (shape, dtype, scenario.options, *step, scenario.n_frames, scenario.interval)
 
 
 def batch_limit(scenario: Scenario, devices: Sequence | None = None) -> int:
     """How many members of ``scenario``'s size fit one batch: :data:`BATCH_SHARE` of the devices' memory
-    (the host's on a CPU) at ``ARRAYS_PER_CELL`` arrays a cell."""
+    (the host's on a CPU, or where a GPU reports none) at ``ARRAYS_PER_CELL`` arrays a cell."""
     devices = list(devices or jax.local_devices())
     per_member = math.prod(scenario.geometry.grid.shape) * ARRAYS_PER_CELL * np.dtype(scenario.dtype).itemsize
-    if devices[0].platform == "cpu":
-        memory = host_memory_bytes()
-    else:
-        try:
-            memory = sum((d.memory_stats() or {}).get("bytes_limit", 0) for d in devices)
-        except Exception:  # a backend without memory_stats
-            memory = 0
-        memory = memory or host_memory_bytes()
-    return max(1, int(BATCH_SHARE * memory // per_member))
+    memory = host_memory_bytes() if devices[0].platform == "cpu" else sum(map(device_memory_bytes, devices))
+    return max(1, int(BATCH_SHARE * (memory or host_memory_bytes()) // per_member))
+
+
+def batches(items: dict, scenario_of: Callable = lambda item: item, key: Callable = lambda item: ()) -> list[list]:
+    """``items``' keys grouped by :func:`batch_key` of ``scenario_of(item)`` (and ``key(item)``), each group cut
+    into batches of at most :func:`batch_limit` members."""
+    groups: dict[tuple, list] = {}
+    for name, item in items.items():
+        groups.setdefault((*batch_key(scenario_of(item)), *key(item)), []).append(name)
+    out = []
+    for names in groups.values():
+        size = batch_limit(scenario_of(items[names[0]]))
+        out += [names[k : k + size] for k in range(0, len(names), size)]
+    return out
 
 
 def describe_batches(sweep, points: Sequence[int]) -> tuple[list[tuple[list[int], str]], dict[int, str], bool]:
@@ -79,7 +80,7 @@ def describe_batches(sweep, points: Sequence[int]) -> tuple[list[tuple[list[int]
         else:
             scenarios[k] = scenario
     lines = []
-    for indices in _batches(scenarios):
+    for indices in batches(scenarios):
         s = scenarios[indices[0]]
         shape = "x".join(map(str, s.geometry.grid.shape))
         drug = f", drug on {s.options.drug_target} ({s.options.drug_route})" if s.options.drug else ""
@@ -90,19 +91,7 @@ def describe_batches(sweep, points: Sequence[int]) -> tuple[list[tuple[list[int]
 
 def split_by_step(scenarios: dict[int, Scenario]) -> bool:
     """Whether some of these points would batch together but for their step plans."""
-    keys = {batch_key(s) for s in scenarios.values()}
-    return len({k[:3] + k[4:] for k in keys}) < len(keys)
-
-
-def _batches(scenarios: dict[int, Scenario]) -> list[list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for index, scenario in scenarios.items():
-        groups.setdefault(batch_key(scenario), []).append(index)
-    out = []
-    for indices in groups.values():
-        size = batch_limit(scenarios[indices[0]])
-        out += [indices[k : k + size] for k in range(0, len(indices), size)]
-    return out
+    return len({batch_key(s, plan=False) for s in scenarios.values()}) < len({batch_key(s) for s in scenarios.values()})
 
 
 @functools.cache
@@ -161,17 +150,13 @@ def run_batched(
                 continue
             stack.enter_context(member.writer)
             members.append(member)
-        groups: dict[tuple, list[_Member]] = {}
-        for m in members:
-            groups.setdefault((*batch_key(m.scenario), m.start_frame), []).append(m)
-        for group in groups.values():
-            size = batch_limit(group[0].scenario)
-            for k in range(0, len(group), size):
-                batch = group[k : k + size]
-                _run_batch(batch, stop)
-                for m in batch:
-                    m.writer.close()
-                    done(finish_point(m.path, m.result))
+        by_index = {m.index: m for m in members}
+        for indices in batches(by_index, lambda m: m.scenario, lambda m: (m.start_frame,)):
+            batch = [by_index[i] for i in indices]
+            _run_batch(batch, stop)
+            for m in batch:
+                m.writer.close()
+                done(finish_point(m.path, m.result))
     return sorted(results, key=lambda r: r.index)
 
 
