@@ -124,13 +124,8 @@ def _cmd_run(args) -> int:
         processes = start_processes()  # under srun -n K: one run over every process's devices
     except Exception as err:  # the coordinator unreachable, a process missing
         return error(f"could not join the other processes of this job step (jax.distributed): {err}", EXIT_FAILED)
-    if processes > 1:
-        if args.resume:
-            return error("--resume in a multi-process job step: resume it with one process (srun -n 1), then go on")
-        import jax
-
-        if jax.process_index() > 0:  # process 0 checks and writes the file
-            return _run_follower(args)
+    if processes > 1 and args.resume:
+        return error("--resume in a multi-process job step: resume it with one process (srun -n 1), then go on")
     try:
         if args.resume:
             if args.config or args.set:
@@ -145,19 +140,23 @@ def _cmd_run(args) -> int:
             writer, start_frame, state = open_run(scenario, path, resume=True)
             out = path
         else:
-            out = _run_output(args)
-            if problem := output_problem(out):
-                return error(problem)
-            if out.exists() and not args.overwrite:
-                return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
-            check_output_name(out, args.overwrite)
-            config = load_config(args.config, args.set or [])
-            enable_precision(config)
-            scenario = build_scenario(config)
+            refusal, lead = None, True
+            try:
+                out, scenario = _new_run(args)
+            except (ConfigError, FileExistsError, OSError, ValueError) as err:
+                refusal = str(err)
+            if processes > 1:  # every process checked the input and the output path before process 0 creates it
+                refusal, lead = _agreed(refusal)
+            if refusal is not None:
+                return error(refusal) if refusal else EXIT_USAGE
             if scenario.config.initial["start"] == "rest":
-                _report_rest(scenario)
+                if lead:
+                    _report_rest(scenario)
+                else:
+                    scenario.rest  # noqa: B018 -- found alongside process 0, so that both reach the first step together
+            if not lead:  # the same computation, no file, no messages
+                return _run_follower(scenario)
             config_dir = Path(args.config).resolve().parent if args.config else Path.cwd()
-            _all_checked(processes)
             writer, start_frame, state = open_run(scenario, out, config_dir=config_dir, overwrite=args.overwrite)
     except ConfigError as err:
         return error(str(err))
@@ -205,13 +204,40 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _all_checked(processes: int) -> None:
-    """In a multi-process run, wait until every process has checked the input and the output path (each
-    sees the same files), so that process 0 creates the file only after the others looked for it."""
-    if processes > 1:
-        from jax.experimental import multihost_utils
+def _new_run(args):
+    """``run``'s output path and scenario for a new file, after checking both (raises ConfigError,
+    FileExistsError, OSError or ValueError with the message to print)."""
+    out = _run_output(args)
+    if problem := output_problem(out):
+        raise ValueError(problem)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"output file '{out}' exists; pass --overwrite to replace it, or --resume {out} to continue it")
+    check_output_name(out, args.overwrite)
+    config = load_config(args.config, args.set or [])
+    enable_precision(config)
+    return out, build_scenario(config)
 
-        multihost_utils.sync_global_devices("synovia: input checked")
+
+def _agreed(refusal: str | None) -> tuple[str | None, bool]:
+    """In a multi-process run, whether every process found the input and the output path good (they see
+    the same files): (None, is process 0) when all did; else the message this process prints ("" for
+    none: process 0 speaks for all, a later process only when process 0 found nothing wrong)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    rank = jax.process_index()
+    try:
+        refused = np.asarray(multihost_utils.process_allgather(np.int32(refusal is not None))).reshape(-1)
+    except Exception as err:  # a process died before it checked
+        return (f"could not reach the other processes of this job step (jax.distributed): {err}" if rank == 0 else ""), False
+    if not refused.any():
+        return None, rank == 0
+    if refusal is not None and (rank == 0 or not refused[0]):
+        return (refusal if rank == 0 else f"process {rank} of this job step: {refusal}"), False
+    if rank == 0:
+        return f"process(es) {', '.join(map(str, np.flatnonzero(refused)))} of this job step refused the run (above)", False
+    return "", False
 
 
 def _run_output(args) -> Path:
@@ -219,20 +245,15 @@ def _run_output(args) -> Path:
     return Path(args.output) if args.output else Path((Path(args.config).stem if args.config else "knee2d") + ".h5")
 
 
-def _run_follower(args) -> int:
-    """A process other than the first of a multi-process run: the same checks and computation, no file, no
-    messages (process 0 reports and writes)."""
+def _run_follower(scenario) -> int:
+    """A process other than the first of a multi-process run: the same computation, no file, no messages
+    (process 0 reports and writes)."""
+    import jax
+
     try:
-        out = _run_output(args)
-        if output_problem(out) or (out.exists() and not args.overwrite):
-            return EXIT_USAGE  # process 0 says why
-        config = load_config(args.config, args.set or [])
-        enable_precision(config)
-        scenario = build_scenario(config)
-        _all_checked(2)
         run(scenario, FrameCount(), progress=False, stop=stop_requested)
-    except (ConfigError, OSError, ValueError):
-        return EXIT_USAGE  # process 0 says why
+    except jax.errors.JaxRuntimeError as err:  # process 0 died or failed: it says why, when it can
+        return error(f"process {jax.process_index()} of this job step lost the others: {err}", EXIT_FAILED)
     except Diverged:
         return EXIT_DIVERGED
     except KeyboardInterrupt:

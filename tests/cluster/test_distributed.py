@@ -54,12 +54,42 @@ def test_resume_in_a_multi_process_step_is_refused(slurm_cluster, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_an_existing_output_file_is_refused_by_every_process(slurm_cluster, tmp_path):
+@pytest.mark.parametrize(
+    "taken, says",
+    [("taken.h5", "exists; pass --overwrite to replace it"), ("taken.xdmf", "would be replaced by the run's ParaView sidecar")],
+)
+def test_an_existing_output_file_is_refused_by_every_process(slurm_cluster, tmp_path, taken, says):
+    # the later process sees the same files and agrees with process 0 before anything is created: one
+    # message, exit 2 from both, no wait for a process that already gave up
     env = {**os.environ, **slurm_cluster.env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    (tmp_path / "taken.h5").write_bytes(b"the user's file")
+    (tmp_path / taken).write_bytes(b"the user's file")
     sets = [a for s in SETS for a in ("--set", s)]
-    taken = str(tmp_path / "taken.h5")
-    done = _run(["srun", "-n", "2", "synovia", "run", KNEE3D, *sets, "--set", "run.devices=2", "-o", taken], env)
+    done = _run(
+        ["srun", "-n", "2", "synovia", "run", KNEE3D, *sets, "--set", "run.devices=2", "-o", str(tmp_path / "taken.h5")], env
+    )
     assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.count("exists; pass --overwrite to replace it") == 1  # process 0 says it, once
-    assert (tmp_path / "taken.h5").read_bytes() == b"the user's file"
+    assert done.stderr.count(says) == 1, done.stderr[-3000:]  # process 0 says it, once
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / taken).read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken]
+
+
+def test_srun_with_reproducible_sums_is_bit_identical_to_one_process(slurm_cluster, tmp_path):
+    # run.reproducible adds every grid sum pairwise in an order fixed by the shape, so the processes'
+    # partial sums give one process's frames to the bit
+    env = {**os.environ, **slurm_cluster.env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    sets = [a for s in [*SETS, "run.reproducible=true", "initial.start=baseline"] for a in ("--set", s)]
+    one = _run(["synovia", "run", KNEE3D, *sets, "-o", str(tmp_path / "one.h5"), "-q"], env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run(
+        ["srun", "-n", "2", "synovia", "run", KNEE3D, *sets, "--set", "run.devices=2", "-o", str(tmp_path / "two.h5"), "-q"], env
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    with RunFile.open(tmp_path / "one.h5") as a, RunFile.open(tmp_path / "two.h5") as b:
+        assert a.n_frames == b.n_frames == 3
+        np.testing.assert_array_equal(a.time, b.time)
+        for k in range(a.n_frames):
+            for name, values in a.fields(k).items():
+                np.testing.assert_array_equal(b.fields(k)[name], values, err_msg=f"frame {k} {name}")
+        for name, series in a.summary.items():
+            np.testing.assert_array_equal(b.summary[name], series, err_msg=name)
