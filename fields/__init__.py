@@ -7,13 +7,17 @@ try:
 except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
+from ._files import LOCKING_ENV as LOCKING_ENV
 from ._files import FileBusy as FileBusy
+from ._files import FileLock as FileLock
+from ._files import SoftLockWarning as SoftLockWarning
 from ._files import WriterLock as WriterLock
 from ._files import atomic_write_text as atomic_write_text
 from ._files import check_size as check_size
 from ._files import hdf5_problem as hdf5_problem
 from ._files import hdf5_shortfall as hdf5_shortfall
 from ._files import host_memory_bytes as host_memory_bytes
+from ._files import lock_holder as lock_holder
 from ._files import size_text as size_text
 from ._files import temporary_path as temporary_path
 from ._geometry import PRESETS as PRESETS

@@ -12,6 +12,8 @@ Why each exists:
   files here are made by :func:`tempfile.mkstemp` (random name, ``O_EXCL``: never follows a link).
 - Two processes appending to one run file corrupt it or lose one's frames; :class:`WriterLock` is
   an ``flock`` on a lock file beside the output, released by the kernel when its holder dies.
+  Where the file system has no ``flock`` (NFS without a lock manager, Lustre without ``-o flock``)
+  :class:`FileLock` falls back to a soft lock: a file created exclusively that names its holder.
 """
 
 from __future__ import annotations
@@ -20,19 +22,27 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import struct
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, Self
 
 __all__ = [
+    "LOCKING_ENV",
     "FileBusy",
+    "FileLock",
+    "SoftLockWarning",
     "WriterLock",
     "atomic_write_text",
     "check_size",
     "hdf5_problem",
     "hdf5_shortfall",
     "host_memory_bytes",
+    "lock_holder",
     "size_text",
     "temporary_path",
 ]
@@ -43,7 +53,11 @@ _SUPERBLOCK_OFFSETS = (0, *(512 << k for k in range(23)))
 
 
 class FileBusy(OSError):
-    """Another process holds the file's writer lock."""
+    """Another process holds the file's writer lock (``holder``: who, where a soft lock says)."""
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 def hdf5_problem(path: str | os.PathLike[str]) -> str | None:
@@ -75,7 +89,7 @@ def hdf5_shortfall(path: str | os.PathLike[str]) -> int:
     return max(0, offset + end - size) if found and end is not None else 0
 
 
-def _superblock(path: Path) -> tuple[bool, int, int | None, int]:
+def _superblock(path: str | os.PathLike[str]) -> tuple[bool, int, int | None, int]:
     """(signature found, its offset, the superblock's end-of-file address or None where unknown or
     undefined, the file's size), from the first bytes of ``path``."""
     with Path(path).open("rb") as fh:
@@ -89,7 +103,7 @@ def _superblock(path: Path) -> tuple[bool, int, int | None, int]:
     return False, 0, None, size
 
 
-def _end_address(fh, offset: int) -> int | None:
+def _end_address(fh: BinaryIO, offset: int) -> int | None:
     """The end-of-file address in the superblock at ``offset`` (None: unknown or undefined)."""
     head = fh.read(40)
     if len(head) < 8 or head[0] not in (0, 1, 2, 3):
@@ -173,36 +187,287 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
-class WriterLock:
-    """An exclusive lock on writing ``path``: an ``flock`` on ``.NAME.lock`` beside it.
+#: ``SYNOVIA_LOCKING``: ``auto`` (the default: ``flock``, or a soft lock where the file system has no
+#: ``flock``), ``flock`` (never a soft lock: an error where ``flock`` fails) or ``soft`` (always a soft lock,
+#: for a file system whose ``flock`` is node-local while processes on several nodes share the files)
+LOCKING_ENV = "SYNOVIA_LOCKING"
+#: what ``flock`` answers on a file system without it: NFS without a lock manager (ENOLCK), Lustre
+#: mounted without ``flock``/``localflock`` (ENOSYS), some FUSE and SMB mounts (EOPNOTSUPP), the kernel's
+#: internal ENOTSUPP (524) that some network file systems leak
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, 524})
+_BUSY = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+_DOCS = "docs/hdf5.md, 'Shared file systems'"
+_soft_devices: set[int] = set()  # file systems (st_dev) where flock failed: soft locks there from then on
+_warned = False  # the soft-lock warning is given once per process
 
-    Taken without waiting: a second writer gets :class:`FileBusy` at once. The kernel drops the lock
-    when the holder's process ends however it ends (``kill -9`` included), so it is never stale.
-    The lock file (empty) is left in place: removing it would let two processes lock two files.
+
+class SoftLockWarning(UserWarning):
+    """Locks fell back to soft lock files (no ``flock`` on the file system), or a stale one was removed."""
+
+
+def _locking_mode() -> str:
+    mode = os.environ.get(LOCKING_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "flock", "soft"):
+        raise ValueError(f"{LOCKING_ENV}={mode!r}: expected auto, flock or soft")
+    return mode
+
+
+def soft_lock_path(lock_path: str | os.PathLike[str]) -> Path:
+    """The soft lock file that stands for the ``flock`` on ``lock_path``: ``NAME.soft`` beside it."""
+    lock_path = Path(lock_path)
+    return lock_path.with_name(lock_path.name + ".soft")
+
+
+def stale_hint(soft: Path) -> str:
+    """What to do about a soft lock that may be stale."""
+    return f"if that process no longer runs (killed, or its node went down), remove '{soft}' (see {_DOCS})"
+
+
+def _holder(soft: Path) -> tuple[str, int | None, str]:
+    """(host, pid, words) of a soft lock's holder, from its ``host:pid`` line (pid None: unreadable)."""
+    try:
+        fd = os.open(soft, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 4096).decode("utf-8", "replace")
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.fstat(fd).st_mtime))
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return "", None, "an unknown process"
+    host, _, pid = text.strip().partition("\n")[0].rpartition(":")
+    if not host or not pid.isdigit():
+        return "", None, f"an unknown process (since {since}; the file holds no host:pid)"
+    return host, int(pid), f"process {pid} on host {host} (since {since})"
+
+
+def _create_exclusive(soft: Path, text: str) -> bool:
+    """Create ``soft`` holding ``text`` if it does not exist (False if it does), atomically and whole: a
+    unique file is written, then hard-linked to ``soft`` (``O_EXCL`` alone is not atomic on old NFS, and
+    a file created empty could be read before its text is in). Where the file system has no hard links,
+    ``O_EXCL``."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{soft.name}.", suffix=".tmp", dir=soft.parent)
+    try:
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, soft)
+        except OSError as err:
+            if os.stat(tmp).st_nlink == 2:  # linked, and the reply lost (NFS): the lock is ours
+                return True
+            if isinstance(err, FileExistsError):
+                return False
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+                raise
+            try:
+                fd = os.open(soft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale(soft: Path, host: str, pid: int) -> bool:
+    """Remove ``soft`` if it is still the lock of ``host:pid``, a process of this host that has ended.
+
+    It is renamed away first, so that two processes finding it stale at once do not both remove it:
+    one of them might remove the other's new lock instead. A lock taken in between is put back."""
+    aside = soft.with_name(f"{soft.name}.stale.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.rename(soft, aside)
+    except FileNotFoundError:
+        return True  # someone else removed it: try again
+    try:
+        now = _holder(aside)[:2]
+    except FileNotFoundError:
+        return True
+    if now == (host, pid):
+        aside.unlink(missing_ok=True)
+        warnings.warn(
+            f"removed the stale lock '{soft}' of process {pid} on this host ({host}), which no longer runs",
+            SoftLockWarning,
+            stacklevel=4,
+        )
+        return True
+    with contextlib.suppress(OSError):  # not the stale lock: a new holder's, put it back
+        os.link(aside, soft)
+    aside.unlink(missing_ok=True)
+    return False
+
+
+def _warn_soft(lock_path: Path, err: OSError | None) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    why = (
+        f"the file system of '{lock_path.parent}' does not support flock ({errno.errorcode.get(err.errno or -1, err.errno)}: "
+        f"{err.strerror})"
+        if err is not None
+        else f"{LOCKING_ENV}=soft"
+    )
+    warnings.warn(
+        f"{why}: synovia's locks are now soft lock files ('NAME.lock.soft', holding the holder's host:pid). A process "
+        "killed with kill -9, or on a node that crashed, leaves its soft lock behind; one of a process on this host "
+        "that no longer runs is removed by the next process, any other stays until you remove it (after checking "
+        f"that its process no longer runs: the file says which). See {_DOCS}.",
+        SoftLockWarning,
+        stacklevel=4,
+    )
+
+
+class FileLock:
+    """An exclusive lock on the lock file ``path``: an ``flock`` on it, or, where the file system has no
+    ``flock`` (or ``SYNOVIA_LOCKING=soft``), a soft lock: ``path.soft`` created exclusively (``O_EXCL``),
+    holding ``host:pid``, removed on release.
+
+    The kernel drops an ``flock`` when its holder's process ends, however it ends; a soft lock outlives a
+    killed process. A soft lock whose process ran on this host and no longer runs is removed (with a
+    :class:`SoftLockWarning`); any other makes :class:`FileBusy` name its holder. ``wait`` seconds (0: not
+    at all; None: for ever) are waited for a lock held by another process before :class:`FileBusy`.
+    The ``flock`` file (empty) is left in place: removing it would let two processes lock two files.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, wait: float | None = 0.0) -> None:
+        self.path = Path(path)
+        self.soft: Path | None = None  # the soft lock file, while one is held
+        self._fd: int | None = None
+        mode = _locking_mode()
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            taken, who = self._try(mode)
+            if taken:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                text = f"'{self.path}' is held by {who or 'another process'}"
+                raise FileBusy(text + (f"; {stale_hint(self.soft_path)}" if who else ""), holder=who)
+            time.sleep(0.1)
+
+    @property
+    def soft_path(self) -> Path:
+        return soft_lock_path(self.path)
+
+    def _try(self, mode: str) -> tuple[bool, str | None]:
+        """Take the lock: (True, None); or (False, who holds it: None where an ``flock`` does not say)."""
+        if mode != "soft":
+            device = self.path.parent.stat().st_dev
+            if device not in _soft_devices:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as err:
+                    os.close(fd)
+                    if err.errno in _BUSY:
+                        return False, None
+                    if mode == "flock" or err.errno not in _NO_FLOCK:
+                        raise
+                    _soft_devices.add(device)
+                    _warn_soft(self.path, err)
+                else:
+                    self._fd = fd
+                    return True, None
+        else:
+            _warn_soft(self.path, None)
+        return self._try_soft()
+
+    def _try_soft(self) -> tuple[bool, str | None]:
+        soft = self.soft_path
+        for _ in range(10):
+            if not _create_exclusive(soft, f"{socket.gethostname()}:{os.getpid()}\n"):
+                try:
+                    host, pid, words = _holder(soft)
+                except FileNotFoundError:
+                    continue  # released meanwhile
+                if host == socket.gethostname() and pid is not None and pid != os.getpid() and not _alive(pid):
+                    _remove_stale(soft, host, pid)
+                    continue
+                return False, words
+            self.soft = soft
+            return True, None
+        return False, f"processes that keep taking and releasing '{soft.name}'"
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None or self.soft is not None
+
+    def release(self) -> None:
+        """Let another process in. Safe to call twice."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.soft is not None:
+            self.soft.unlink(missing_ok=True)
+            self.soft = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_holder(path: str | os.PathLike[str]) -> str | None:
+    """Who holds the lock file ``path`` (a :class:`FileLock`), in words, or None if nobody does: a test that
+    takes nothing (a soft lock of a process of this host that no longer runs counts as not held)."""
+    path = Path(path)
+    soft = soft_lock_path(path)
+    try:
+        host, pid, words = _holder(soft)
+    except FileNotFoundError:
+        pass
+    else:
+        if not (host == socket.gethostname() and pid is not None and not _alive(pid)):
+            return words
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        return "another process" if err.errno in _BUSY else None
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return None
+
+
+class WriterLock(FileLock):
+    """An exclusive lock on writing ``path``: a :class:`FileLock` on ``.NAME.lock`` beside it.
+
+    Taken without waiting: a second writer gets :class:`FileBusy` at once. The kernel drops an ``flock``
+    when the holder's process ends however it ends (``kill -9`` included), so it is never stale; a soft
+    lock (a file system without ``flock``) may be: see :class:`FileLock`.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
-        self.path = path.with_name(f".{path.name}.lock")
-        self._fd: int | None = None
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FileBusy(f"another process is writing '{path}' (it holds '{self.path.name}'); wait for it to end") from None
-            raise
-        self._fd = fd
-
-    def release(self) -> None:
-        """Let another writer in. Safe to call twice."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> WriterLock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+            super().__init__(path.with_name(f".{path.name}.lock"))
+        except FileBusy as err:
+            lock = path.with_name(f".{path.name}.lock")
+            if err.holder is None:
+                text = f"another process is writing '{path}' (it holds '{lock.name}'); wait for it to end"
+            else:
+                soft = soft_lock_path(lock)
+                text = f"another process is writing '{path}': {err.holder} holds '{soft.name}'; wait for it to end"
+                text += f", or {stale_hint(soft)}"
+            raise FileBusy(text, holder=err.holder) from None
