@@ -30,7 +30,6 @@ import contextlib
 import copy
 import csv
 import dataclasses
-import fcntl
 import io
 import itertools
 import json
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from fields import atomic_write_text, temporary_path
+from fields import FileBusy, FileLock, atomic_write_text, lock_holder, temporary_path
 
 from ..io import RunFile
 from ..setup import (
@@ -421,6 +420,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+PREPARE_WAIT_S = 600.0  # how long prepare_folder waits for another process's lock on the study folder
+
+
 def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> None:
     """Create the study folder and its manifest, or check an existing one holds this sweep.
 
@@ -439,8 +441,7 @@ def prepare_folder(sweep: Sweep, folder: Path, *, overwrite: bool = False) -> No
     ):
         raise ValueError(f"'{folder}' is not empty and is not a study folder; choose a new or empty output folder")
     folder.mkdir(exist_ok=True)
-    with open(folder / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(folder / ".lock", wait=PREPARE_WAIT_S):  # held for seconds; a soft lock may be stale
         if (folder / MANIFEST).is_file():
             old = read_manifest(folder)
             if _identity(old) != _identity(manifest):
@@ -522,11 +523,10 @@ def point_lock(path: Path, stack: contextlib.ExitStack) -> PointResult | None:
     index = int(path.stem.rsplit("_", 1)[-1])
     if path.with_suffix(".diverged").is_file():
         return PointResult(index, "diverged", path.with_suffix(".diverged").read_text().strip())
-    lock = stack.enter_context(open(path.with_name(f".{path.stem}.lock"), "a"))
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return PointResult(index, "busy", "another process is running this point")
+        stack.enter_context(FileLock(path.with_name(f".{path.stem}.lock")))
+    except FileBusy as err:
+        return PointResult(index, "busy", "another process is running this point" + (f": {err}" if err.holder else ""))
     for status in ("refused", "failed"):
         path.with_suffix(f".{status}").unlink(missing_ok=True)
     return None
@@ -543,7 +543,7 @@ def finish_point(path: Path, result: PointResult) -> PointResult:
     return result
 
 
-def run_point(config_toml: str, config_dir: str, path: str) -> PointResult:
+def run_point(config_toml: str, config_dir: str, path: str | Path) -> PointResult:
     """Run (or finish) one point's run file; safe to call in a fresh worker process.
 
     A point another process is running (its lock is held) is left to it ("busy"). A point that
@@ -612,6 +612,38 @@ def _ignore_interrupt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def local_gpus() -> list[str]:
+    """This node's GPUs as ``CUDA_VISIBLE_DEVICES`` names them for a child process: the entries of this
+    process's own ``CUDA_VISIBLE_DEVICES`` (SLURM sets it for a job's GPUs) or the indices of the GPUs JAX
+    sees; empty without GPUs."""
+    import jax
+
+    try:
+        count = len(jax.local_devices(backend="gpu"))
+    except RuntimeError:  # no GPU backend
+        return []
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[:count] if visible else [str(i) for i in range(count)]
+
+
+def deal_gpus(workers: int, gpus: Sequence[str]) -> list[str | None]:
+    """Per ``--jobs`` worker, the GPU it alone sees: the node's GPUs dealt round-robin (workers share one
+    only when there are more workers than GPUs); None for each without GPUs."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+
+
+def _start_worker(counter, gpus: Sequence[str]) -> None:
+    """A ``--jobs`` worker's start: its GPU (``CUDA_VISIBLE_DEVICES``, read when JAX first uses a device,
+    which no worker did before this) by the order in which the workers start, and Ctrl-C left to the parent."""
+    _ignore_interrupt()
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    gpu = deal_gpus(index + 1, gpus)[index]
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
 def _run_task(task: tuple[str, str, str]) -> PointResult:
     return run_point(*task)
 
@@ -652,9 +684,13 @@ def run_study(
             done(run_point(*task))
         return results
 
-    # Fresh processes (JAX must not be forked); on a GPU they share it, so none may take 75% of it.
+    # Fresh processes (JAX must not be forked), each on its own GPU of the node's while there are enough
+    # (round-robin beyond). None takes 75% of a GPU up front: they may share one, and this process, which
+    # only counts the GPUs, keeps off them too.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_interrupt)
+    workers, gpus = min(jobs, len(tasks)), local_gpus()
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(context.Value("i", 0), gpus))
     try:
         for result in pool.imap_unordered(_run_task, tasks):
             done(result)
@@ -822,20 +858,7 @@ def _read_row(path: Path) -> dict | None:
 
 def point_running(path: Path) -> bool:
     """Whether a process holds the lock of the point whose run file is ``path`` (it is running it)."""
-    lock_path = path.with_name(f".{path.stem}.lock")
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
+    return lock_holder(path.with_name(f".{path.stem}.lock")) is not None
 
 
 def read_study(folder: str | os.PathLike[str], *, series: bool = True) -> StudyTable:
@@ -876,7 +899,7 @@ def read_study(folder: str | os.PathLike[str], *, series: bool = True) -> StudyT
                 if data is not None:
                     if m.summary in data:
                         measures[m.name][i] = measure(m, data["time"], data[m.summary])
-                elif m.name in row["measures"]:
+                elif row is not None and m.name in row["measures"]:  # complete: row is not None
                     measures[m.name][i] = row["measures"][m.name]
         elif point_running(path):
             status.append("running")
@@ -944,9 +967,61 @@ def write_study_h5(table: StudyTable, path: Path) -> None:
                 dset.dims[0].attach_scale(point)
                 for k, v in attrs.items():
                     dset.attrs[k] = v
+            _write_virtual_fields(f, table, point)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _shared_layout(table: StudyTable) -> tuple[Path, str] | tuple[None, str]:
+    """The run file whose grid and frames every point shares, or None and why there is none: points share
+    them unless the sweep varies a ``geometry.`` or ``run.`` key (read from the keys alone, so that
+    collecting 1000 points opens one run file, not 1000)."""
+    varied = [k for k in table.keys if k.startswith(("geometry.", "run."))]
+    if varied:
+        return None, f"not written: the points' grids or frames differ ({', '.join(varied)} varied)"
+    done = [p for p, s in zip(table.files, table.status) if s == "complete"]
+    return (done[0], "") if done else (None, "not written: no point is complete")
+
+
+def _write_virtual_fields(f, table: StudyTable, point) -> None:
+    """Every complete point's fields as one virtual dataset per species under ``/fields``, shaped
+    ``(point, time, [z,] y, x)`` and read from the points' run files (paths relative to the study
+    folder; no copy), NaN for the points not complete; skipped, with the reason in the group's
+    ``note``, when the points' grids or frames differ."""
+    import h5py
+
+    group = f.create_group("fields")
+    first, why = _shared_layout(table)
+    if first is None:
+        group.attrs["note"] = why
+        return
+    with RunFile.open(first) as run:
+        time, species, dtype, units = run.time, run.species, run.dtype, run.units
+        names = list(run._file()["grid"].attrs["axes"])
+        centres = [run._file()["grid"][name][()] for name in names]
+    group.attrs["note"] = "each complete point's fields, read from its run file (HDF5 virtual datasets)"
+    axes = []
+    for name, values, attrs in [("time", time, {"units": "h", "long_name": "time", "axis": "T"})] + [
+        (name, c, {"units": "mm", "axis": name.upper()}) for name, c in zip(names, centres)
+    ]:
+        coord = group.create_dataset(name, data=values)
+        coord.make_scale(name)
+        coord.attrs.update(attrs)
+        axes.append(coord)
+    shape = (len(time), *(len(c) for c in centres))
+    done = [i for i, s in enumerate(table.status) if s == "complete"]
+    for name in species:
+        layout = h5py.VirtualLayout(shape=(len(table.files), *shape), dtype=dtype)
+        for i in done:
+            rel = table.files[i].relative_to(table.folder).as_posix()
+            layout[i] = h5py.VirtualSource(rel, f"fields/{name}", shape=shape)
+        dset = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+        dset.dims[0].attach_scale(point)
+        for d, axis in enumerate(axes, start=1):
+            dset.dims[d].attach_scale(axis)
+        if units.get(name):
+            dset.attrs["units"] = units[name]
 
 
 def is_study(path: str | os.PathLike[str]) -> bool:

@@ -67,6 +67,45 @@ def test_collect_writes_a_study_file_that_h5py_and_xarray_read(study, tmp_path, 
         assert ds[table.keys[0]].attrs["long_name"] == f"config key {table.keys[0]}"
 
 
+def test_the_study_file_reads_every_points_fields_from_its_run_file(study, tmp_path, monkeypatch):
+    # /fields/<species>: one virtual dataset over the points' run files, (point, time, y, x), no copy;
+    # a point not complete reads NaN, and the study folder may move
+    copy = _copy(study, tmp_path)
+    (copy / "runs" / "point_002.h5").rename(copy / "runs" / "point_002.h5.away")
+    assert main(["sweep", "--collect", str(copy)]) == 0  # collected with one point not run
+    moved = tmp_path / "moved"
+    copy.rename(moved)
+    monkeypatch.chdir(tmp_path)  # relative sources resolve from the study file's folder, not the cwd
+    with h5py.File(moved / "study.h5", "r") as f:
+        tnf = f["fields"]["tnf"]
+        assert tnf.is_virtual
+        with h5py.File(moved / "runs" / "point_001.h5", "r") as run:
+            assert tnf.shape == (4, *run["fields"]["tnf"].shape)
+            np.testing.assert_array_equal(f["fields"]["time"][()], run["time"][()])
+            np.testing.assert_array_equal(f["fields"]["x"][()], run["grid"]["x"][()])
+            for i in (0, 1, 3):
+                with h5py.File(moved / "runs" / f"point_{i:03d}.h5", "r") as point:
+                    for species in point["fields"]:
+                        np.testing.assert_array_equal(f["fields"][species][i], point["fields"][species][()])
+        assert np.isnan(tnf[2]).all()
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    with xr.open_dataset(moved / "study.h5", engine="h5netcdf", group="fields") as ds:
+        assert ds["leukocytes"].dims == ("point", "time", "y", "x")
+        assert {"time", "y", "x"} <= set(ds.coords)
+        assert float(ds["tnf"].isel(point=3, time=-1).max()) > 0
+
+
+def test_no_virtual_fields_when_the_points_grids_differ(tmp_path):
+    from tests.helpers import STUDY_SCENARIO, sweep_file
+
+    cfg = sweep_file(tmp_path, STUDY_SCENARIO + '\n[vary]\n"geometry.spacing_mm" = [1.0, 1.5]\n')
+    assert main(["sweep", str(cfg), "-o", str(tmp_path / "s"), "-q"]) == 0
+    with h5py.File(tmp_path / "s" / "study.h5", "r") as f:
+        assert list(f["fields"]) == []
+        assert "geometry.spacing_mm varied" in f["fields"].attrs["note"]
+
+
 def test_status_names_each_points_state_and_what_to_run(study, tmp_path, capsys):
     out = tmp_path / "partial"
     cfg = study.parent / "sweep.toml"
