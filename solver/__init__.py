@@ -8,6 +8,7 @@ Subpackages, each importing only those before it (checked by tests/test_architec
 - ``solver.io``: HDF5 run files (netCDF-readable; ``open_dataset`` reads one into xarray) and their XDMF sidecars
 - ``solver.study``: running a scenario to a file, and sweeps
 - ``solver.plot``: figures of runs and studies
+- ``solver.simulation``: :func:`simulate` a scenario into a :class:`Simulation` (its file, dataset, figures)
 - ``solver.cli``: the ``synovia`` command
 
 What users import is re-exported here::
@@ -44,6 +45,11 @@ from .physics import plasma_drug as plasma_drug
 from .physics import rhs as rhs
 from .physics import rhs_with_adjoint as rhs_with_adjoint
 from .physics import summaries as summaries
+from .plot import RunLike as RunLike
+from .plot import figure_maps as figure_maps
+from .plot import figure_study as figure_study
+from .plot import figure_study_timecourses as figure_study_timecourses
+from .plot import figure_timecourses as figure_timecourses
 from .plot import plot_run as plot_run
 from .plot import plot_study as plot_study
 from .setup import Config as Config
@@ -54,7 +60,12 @@ from .setup import checkpoint_budget_bytes as checkpoint_budget_bytes
 from .setup import config_from_dict as config_from_dict
 from .setup import enable_precision as enable_precision
 from .setup import load_config as load_config
+from .simulation import Simulation as Simulation
+from .simulation import simulate as simulate
+from .study import Callback as Callback
 from .study import Diverged as Diverged
+from .study import Frame as Frame
+from .study import interactive as interactive
 from .study import load_sweep as load_sweep
 from .study import open_run as open_run
 from .study import read_study as read_study

@@ -62,13 +62,19 @@ def _frames_array_types() -> tuple[type, type]:
             self.shape = (n_frames, *ds.shape[1:])
             self.dtype = ds.dtype
 
+        def __deepcopy__(self, memo: dict) -> FramesArray:
+            # a read-only view of the file: copies share it (xarray deep-copies lazy arrays, e.g. to
+            # align them in ``where``; an h5py dataset cannot be copied)
+            return self
+
         def __getitem__(self, key):
             return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
 
         def _read(self, key: tuple) -> np.ndarray:
             key = tuple(_within(k, n) for k, n in zip(key, self.shape, strict=True))
             with self._lock:
-                self._ds.refresh()  # a live run's dataset has grown since it was opened
+                if self._ds.shape[0] < self.shape[0]:  # a live run's dataset has grown since it was opened
+                    self._ds.refresh()  # (only then: HDF5 2.0 can misread chunks after a needless refresh)
                 return self._ds[key]
 
     return FramesArray, indexing.LazilyIndexedArray
@@ -82,7 +88,7 @@ def _free_name(name: str, taken: set[str], prefix: str) -> str:
     return name
 
 
-def open_dataset(path: str | os.PathLike[str]) -> xarray.Dataset:
+def open_dataset(path: str | os.PathLike[str] | RunFile) -> xarray.Dataset:
     """A run file as an :class:`xarray.Dataset`, trimmed to its committed frames.
 
     Coordinates ``time`` (h) and ``z``, ``y``, ``x`` (cell centres, mm; 2D runs have ``y``, ``x``),
@@ -96,13 +102,18 @@ def open_dataset(path: str | os.PathLike[str]) -> xarray.Dataset:
 
     Works on files of every layout version, on a run that is still writing (the frames committed when
     it opens) and on a killed run's file, whose uncommitted frame it leaves out. The file stays open
-    until the dataset is closed (``ds.close()``, or ``with solver.open_dataset(path) as ds:``).
+    until the dataset is closed (``ds.close()``, or ``with solver.open_dataset(path) as ds:``). Given an
+    open :class:`RunFile` instead of a path, the dataset reads through it and leaves it open.
 
     Raises:
         ImportError: xarray is not installed (``pip install 'synovia[xarray]'``).
         FileNotFoundError, NotARunFile: as :meth:`RunFile.open`.
     """
     xr = _xarray()
+    if isinstance(path, RunFile):
+        ds = _dataset(xr, path)
+        ds.encoding["source"] = str(path.path)
+        return ds
     run = RunFile.open(path)
     try:
         ds = _dataset(xr, run)
@@ -138,7 +149,8 @@ def _dataset(xr, run: RunFile) -> xarray.Dataset:
     data_vars = {}
     for species in run.species:
         ds = f["fields"][species]
-        ds.refresh()
+        if ds.shape[0] < n:
+            ds.refresh()
         data = lazy(frames_array(ds, n, lock))
         data_vars[_free_name(species, taken, "field")] = xr.Variable(("time", *axes), data, attrs_of(ds, species))
     for name in run.summary_names:

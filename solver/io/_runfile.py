@@ -71,7 +71,7 @@ import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -144,17 +144,22 @@ _ROOM_MARGIN = 2**20
 SIDECAR_EVERY_S = 30.0
 
 
-def _quiet_failed_writes(unraisable) -> None:
+#: the hook :func:`_quiet_failed_writes` passes other reports to (sys.unraisablehook when it was installed)
+_previous_hook: Callable[[sys.UnraisableHookArgs], Any] = sys.__unraisablehook__
+
+
+def _quiet_failed_writes(unraisable: sys.UnraisableHookArgs) -> None:
     """Drop h5py's reports of a write HDF5 failed (each object it frees afterwards retries it);
     pass anything else to the previous hook."""
     if isinstance(unraisable.exc_value, RuntimeError) and "write failed" in str(unraisable.exc_value):
         return
-    _quiet_failed_writes.previous(unraisable)
+    _previous_hook(unraisable)
 
 
 def _install_quiet_hook() -> None:
+    global _previous_hook
     if sys.unraisablehook is not _quiet_failed_writes:
-        _quiet_failed_writes.previous = sys.unraisablehook
+        _previous_hook = sys.unraisablehook
         sys.unraisablehook = _quiet_failed_writes
 
 
@@ -759,7 +764,8 @@ class RunFile:
         if not 0 <= index < n:
             raise IndexError(f"frame {frame} out of range: {self.path} has {n} committed frames")
         ds = self._file()["fields"][species]
-        ds.refresh()
+        if index >= ds.shape[0]:  # grown since last seen; HDF5 2.0 can misread after refreshing a handle needlessly
+            ds.refresh()
         return ds[index]
 
     def fields(self, frame: int) -> dict[str, np.ndarray]:

@@ -1,9 +1,15 @@
 """Figures of run files and study folders (matplotlib, no display needed): maps of the fields at
 chosen times, clinical time courses with their reference ranges, a movie, and a study's measures and
 time courses; the shared style (``RC``, :func:`species_style`, :func:`new_figure`, :func:`save_figure`)
-that inference's fit figures use too.
+that inference's fit figures use too. The ``figure_*`` functions return a run's or a study's figures
+(matplotlib Figures, for a notebook); :func:`plot_run` and :func:`plot_study` write them as PNG files.
 """
 
+from ._figures import RunLike as RunLike
+from ._figures import figure_maps as figure_maps
+from ._figures import figure_study as figure_study
+from ._figures import figure_study_timecourses as figure_study_timecourses
+from ._figures import figure_timecourses as figure_timecourses
 from ._run import CLINICAL_RANGES as CLINICAL_RANGES
 from ._run import GROUP_COLOUR as GROUP_COLOUR
 from ._run import RC as RC

@@ -35,6 +35,7 @@ import shutil
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -46,6 +47,10 @@ from matplotlib.image import AxesImage
 
 from fields import SPECIES_TISSUES, Tissue
 
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.typing import RcKeyType
+
 from ..io import RunFile
 
 __all__ = ["CLINICAL_RANGES", "ClinicalRange", "RunEvents", "mark_events", "plot_run", "run_events"]
@@ -55,7 +60,7 @@ __all__ = ["CLINICAL_RANGES", "ClinicalRange", "RunEvents", "mark_events", "plot
 # --------------------------------------------------------------------------------------------
 
 #: Matplotlib rc settings used for every figure (applied with rc_context, never globally).
-RC = {
+RC: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 9,
     "axes.labelsize": 8,
@@ -91,12 +96,12 @@ TISSUE_TEXT = {
 #: The bones of each joint preset, (upper, lower): fields' joint puts the femoral condyle / metacarpal
 #: head above the joint space and the tibial plateau / phalanx base below it (JointDimensions).
 PRESET_BONES = {"knee": ("femur", "tibia"), "mcp": ("metacarpal", "proximal phalanx")}
-INJURY_END_STYLE = {"color": "#e07b00", "ls": "--", "lw": 1.0}
-DOSE_STYLE = {"color": "#7b3fa0", "ls": ":", "lw": 1.1}
+INJURY_END_STYLE: dict[str, Any] = {"color": "#e07b00", "ls": "--", "lw": 1.0}
+DOSE_STYLE: dict[str, Any] = {"color": "#7b3fa0", "ls": ":", "lw": 1.1}
 #: At most this many doses get their own text label; beyond it only the first one is labelled.
 MAX_DOSE_LABELS = 6
 IL1_NOTE_WIDTH = 150  # characters per line of the time-course figure's IL-1 note
-OUTLINE = {"colors": "#1f1f1f", "linewidths": 0.4, "alpha": 0.6}  # tissue boundaries
+OUTLINE: dict[str, Any] = {"colors": "#1f1f1f", "linewidths": 0.4, "alpha": 0.6}  # tissue boundaries
 PANEL_WIDTH_IN = 2.5  # width of one map panel, inches
 COLORBAR_IN = 1.0  # room for the colour bar and the y labels, inches
 TIMECOURSE_SIZE_IN = (9.0, 7.75)
@@ -283,6 +288,19 @@ def default_frames(time: np.ndarray, peak_series: np.ndarray | None, n: int = 4)
     return sorted(chosen)
 
 
+def chosen_frames(run: RunFile, times: Sequence[float] | None) -> list[int]:
+    """The frames nearest ``times`` (h), or by default the first, the fluid TNF peak, the middle and the
+    last; ValueError for an empty ``times``, a time outside the run or a run without frames."""
+    time = run.time
+    if times is None:
+        if len(time) == 0:
+            raise ValueError(f"{run.path.name} has no committed frames to plot")
+        return default_frames(time, run.summary.get("synovial_fluid_tnf"))
+    if len(times) == 0:
+        raise ValueError("times is empty: give at least one time (h), or None for the default four")
+    return _frames_for_times(time, list(times), run.path.name)
+
+
 def movie_frames(count: int, max_frames: int = MOVIE_MAX_FRAMES) -> list[int]:
     """All frames, or ``max_frames`` of them evenly spread (first and last included)."""
     if count <= max_frames:
@@ -405,6 +423,7 @@ def _masked(field2d: np.ndarray, habitat2d: np.ndarray, norm: mcolors.Normalize)
     """The field where the species lives; on a log scale zeros get the lowest colour, not a hole."""
     field2d = np.asarray(field2d, dtype=float)
     if isinstance(norm, mcolors.LogNorm):
+        assert norm.vmin is not None  # the maps' norms are made with their limits
         field2d = np.where(field2d <= 0, 0.5 * norm.vmin, field2d)
     return np.ma.masked_where(~habitat2d | ~np.isfinite(field2d), field2d)
 
@@ -459,7 +478,7 @@ def _tissue_legend(fig: Figure, labels: np.ndarray, habitat: np.ndarray, style: 
 
     present = set(np.unique(labels).tolist())
     order = (Tissue.SYNOVIAL_FLUID, Tissue.SYNOVIUM, Tissue.CAPSULE, Tissue.CARTILAGE, Tissue.BONE, Tissue.EXCLUDED)
-    handles = [
+    handles: list[Artist] = [
         Patch(facecolor=TISSUE_KEY_RGB[t], edgecolor="0.4", lw=0.5, label=TISSUE_TEXT[t]) for t in order if int(t) in present
     ]
     absent = ~habitat & ~np.isin(labels, [int(Tissue.BONE), int(Tissue.EXCLUDED)])
@@ -564,6 +583,7 @@ def map_figure(
             if row == len(views) - 1 or view.xlabel != views[row + 1].xlabel:
                 ax.set_xlabel(view.xlabel)
             ax.tick_params(labelleft=False)
+    assert image is not None  # one map per view at least
     _colorbar(fig, image, axes, _species_label(run, species), norm, rows=len(views))
     _tissue_legend(fig, labels, habitat, style)
     scale = "log scale" if isinstance(norm, mcolors.LogNorm) else "linear scale"
@@ -639,7 +659,7 @@ def _timecourse_legend(fig: Figure, events: RunEvents, t0: float, t1: float) -> 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], color="black", lw=1.4, label="model (synovial-fluid mean)")]
+    handles: list[Artist] = [Line2D([], [], color="black", lw=1.4, label="model (synovial-fluid mean)")]
     if events.injury_end_h is not None and t0 <= events.injury_end_h <= t1:
         handles.append(Line2D([], [], **INJURY_END_STYLE, label=f"injury source ends, t = {events.injury_end_h:g} h"))
     shown = [t for t in events.dose_times_h if t0 <= t <= t1]
@@ -751,6 +771,7 @@ def _write_movie(run: RunFile, species: str, out_dir: Path, dpi: int, slice_poin
 
     if shutil.which("ffmpeg"):
         path = out_dir / f"movie_{species}.mp4"
+        writer: animation.AbstractMovieWriter
         writer = animation.FFMpegWriter(fps=MOVIE_FPS, codec="h264", extra_args=["-pix_fmt", "yuv420p"])
     else:
         path = out_dir / f"movie_{species}.gif"
@@ -810,15 +831,7 @@ def plot_run(
         raise ValueError(f"dpi must be at least 10, got {dpi}")
     written: list[Path] = []
     with RunFile.open(path) as run, matplotlib.rc_context(RC):
-        time = run.time
-        if times is None:
-            if len(time) == 0:
-                raise ValueError(f"{path.name} has no committed frames to plot")
-            frames = default_frames(time, run.summary.get("synovial_fluid_tnf"))
-        elif len(times) == 0:
-            raise ValueError("times is empty: give at least one time (h), or None for the default four")
-        else:
-            frames = _frames_for_times(time, list(times), path.name)
+        frames = chosen_frames(run, times)
         if movie and movie_species not in run.species:
             raise ValueError(f"movie species {movie_species!r} is not in {path.name}; it has {run.species}")
         _views(run, slice_point_mm)  # validate the slice point before drawing anything

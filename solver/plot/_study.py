@@ -253,7 +253,7 @@ def _heatmap_panels(fig: Figure, table: StudyTable, log: bool | None) -> None:
             grid[ys.index(_hashable(v[1])), xs.index(_hashable(v[0]))] = value
         finite = grid[np.isfinite(grid)]
         if _use_log(grid, m, log):
-            norm = mcolors.LogNorm(finite.min(), finite.max()) if finite.min() < finite.max() else None
+            norm: mcolors.Normalize | None = mcolors.LogNorm(finite.min(), finite.max()) if finite.min() < finite.max() else None
         elif finite.size:
             low, high = float(finite.min()), float(finite.max())
             norm = mcolors.Normalize(low, high if high > low else low + 1.0)

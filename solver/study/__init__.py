@@ -6,10 +6,13 @@ read from each run).
 from ._ensemble import batch_key as batch_key
 from ._ensemble import describe_batches as describe_batches
 from ._ensemble import run_batched as run_batched
+from ._run import Callback as Callback
 from ._run import Diverged as Diverged
+from ._run import Frame as Frame
 from ._run import FrameCount as FrameCount
 from ._run import RunResult as RunResult
 from ._run import file_attrs as file_attrs
+from ._run import interactive as interactive
 from ._run import new_writer as new_writer
 from ._run import open_run as open_run
 from ._run import resume_run as resume_run

@@ -10,8 +10,9 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -122,11 +123,49 @@ def check_frame(state_host: State, checks: dict, t: float) -> None:
 
 @dataclasses.dataclass
 class RunResult:
+    """What :func:`run` did: the last state (on the device), its time (h), the frames now in the file, the
+    steps taken and their wall time (s); ``stopped``: a callback ended the run before ``run.t_end_h``."""
+
     state: State
     time_h: float
     frames_in_file: int
     steps: int
     wall_s: float
+    stopped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One output frame as :func:`run` hands it to its callbacks, on the host: ``index`` (frame ``k`` is at
+    ``k * run.output_interval_h``), ``time_h`` (h), ``fields`` ({species: NumPy array over the grid}, the
+    values written to the file) and ``summaries`` ({summary name: value}, units in ``solver.SUMMARY_UNITS``)."""
+
+    index: int
+    time_h: float
+    fields: dict[str, np.ndarray]
+    summaries: dict[str, float]
+
+
+#: A run-loop callback: called with each frame after it is written; returning True stops the run there.
+Callback = Callable[[Frame], bool | None]
+
+
+def interactive() -> bool:
+    """Whether a person is likely watching: an IPython kernel or shell, or stderr on a terminal.
+
+    What ``progress=None`` means in :func:`run` and in ``inference.fit``: a progress bar only then."""
+    shell = sys.modules.get("IPython")
+    if shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None:
+        return True
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+def _call_back(callbacks: Sequence[Callback], frame: Frame) -> bool:
+    """Every callback with ``frame`` (each one, even after one asked to stop); True if any asked to stop."""
+    stop = False
+    for callback in callbacks:
+        stop = bool(callback(frame)) or stop
+    return stop
 
 
 def run(
@@ -135,16 +174,23 @@ def run(
     *,
     start_frame: int = 0,
     state: State | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     stop: Callable[[], bool] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Advance from frame ``start_frame`` (state ``state``, default the initial one) to the end.
 
     Frame ``k`` is at ``k * output_interval_h``. An empty file gets frame 0 first. Each frame
-    is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host.
+    is appended to ``writer`` (a ``RunWriter``) as soon as it is on the host, then handed to every
+    callable of ``callbacks`` as a :class:`Frame` (frame 0 too when this call writes it); one that
+    returns True ends the run after that frame, cleanly: the file holds every frame so far, and the
+    result says ``stopped`` (resuming the file continues it). ``progress``: a tqdm bar on stderr; None
+    (the default) shows one when a person is likely watching (:func:`interactive`).
     Raises :class:`Diverged` after writing every good frame, and KeyboardInterrupt after a frame
     when ``stop()`` turns true (a signal the caller caught).
     """
+    progress = interactive() if progress is None else progress
+    callbacks = tuple(callbacks)
     solver = scenario.solver
     species = scenario.options.species
     interval, dt = scenario.interval, scenario.plan.dt
@@ -160,6 +206,8 @@ def run(
     if writer.n_frames == 0:  # a new file (a resumed one holding only frame 0 has it already)
         fields, summ = frame_out(*to_host((state, summaries(state, domain, scenario.options, params, 0.0))))
         writer.append(0.0, fields, summ)
+        if _call_back(callbacks, Frame(0, 0.0, fields, summ)):
+            return RunResult(state, 0.0, writer.n_frames, 0, 0.0, stopped=True)
 
     t_end = scenario.n_frames * interval
     bar = tqdm(
@@ -174,11 +222,13 @@ def run(
     )
     steps, start = 0, time.perf_counter()
     pending = None
+    stopped = False
     try:
         k = start_frame
         if k < scenario.n_frames:
             pending = solver.advance_with_summary(state, k * interval, dt, params, domain)
         while k < scenario.n_frames:
+            assert pending is not None  # queued while k < n_frames
             new_state, summ, checks = pending
             k += 1
             # queue the next interval before waiting on this one's data
@@ -194,14 +244,18 @@ def run(
             bar.update(round(interval, 6))
             if stop is not None and stop():
                 raise KeyboardInterrupt
+            if _call_back(callbacks, Frame(k, k * interval, fields, summ)):
+                stopped = k < scenario.n_frames
+                break
     finally:
         bar.close()
-    return RunResult(state, scenario.n_frames * interval, writer.n_frames, steps, time.perf_counter() - start)
+    return RunResult(state, k * interval, writer.n_frames, steps, time.perf_counter() - start, stopped)
 
 
 def state_from_fields(fields: dict[str, np.ndarray], like: State) -> State:
     """A state from a file's frame; species not in the file (drug when off) are zero."""
-    return State(*(np.asarray(fields[s]) if s in fields else np.zeros_like(np.asarray(getattr(like, s))) for s in SPECIES))
+    # a host state: NumPy arrays where State's annotations say jax.Array (_make takes any values)
+    return State._make(np.asarray(fields[s]) if s in fields else np.zeros_like(np.asarray(getattr(like, s))) for s in SPECIES)
 
 
 def resume_run(scenario: Scenario, path: Path) -> tuple[RunWriter, int, State]:
