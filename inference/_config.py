@@ -2,6 +2,12 @@
 
 scenario = "knee_small.toml"        # a run config (path relative to this file) or an inline table
 observations = "data/knee_small.h5" # .h5 or .csv (inference._observations)
+# or PEtab tables (inference._petab; needs the petab package):
+# [observations.petab]
+# measurements = "data/m.tsv"       # observableId, simulationConditionId, time, measurement, noiseParameters
+# observables = "data/o.tsv"        # optional: observableFormula fluid_tnf, synovium_il1, plasma_drug, ...
+# parameters = "data/p.tsv"         # optional: instead of (or besides) the [parameters.<name>] tables
+# observable_kinds.box1_tnf = {species = "tnf", kind = "box", where = "0:2 3:5"}  # points and boxes
 
 [fit]                               # every key optional; defaults below
 optimizer = "lbfgs"
@@ -33,6 +39,7 @@ from solver.setup import (
     unknown_key,
 )
 
+from ._fit import fitted_config
 from ._observations import Observations, load_observations
 from ._problem import FitError, FitParameter, fittable_names
 
@@ -81,7 +88,7 @@ def _parameter(name: str, raw) -> FitParameter:
     for key in raw:
         if key not in PARAMETER_KEYS:
             raise unknown_key(key, where + ".", PARAMETER_KEYS)
-    values = {}
+    values: dict[str, Any] = {}
     for key in ("lower", "upper", "initial"):
         if key in raw:
             v = raw[key]
@@ -106,16 +113,75 @@ def fit_config_from_dict(raw: dict, base_dir: Path, text: str = "") -> FitConfig
     else:
         raise ConfigError("config key 'scenario' is missing: give a run config's path or an inline [scenario] table")
     obs_path = raw.get("observations")
-    if not isinstance(obs_path, str) or not obs_path:
-        raise ConfigError("config key 'observations' is missing: give the path of an .h5 or .csv observation file")
-    path = Path(obs_path) if Path(obs_path).is_absolute() else base_dir / obs_path
-    observations = load_observations(path)
+    tables = None
+    if isinstance(obs_path, dict):
+        tables, path = _petab_tables(obs_path, base_dir)
+        observations = tables.observations
+        if tables.fixed:  # estimate = 0: the nominal values become the scenario's
+            config = fitted_config(config, tables.fixed)
+    elif not isinstance(obs_path, str) or not obs_path:
+        raise ConfigError(
+            "config key 'observations' is missing: give the path of an .h5 or .csv observation file, "
+            "or an [observations.petab] table of PEtab tables"
+        )
+    else:
+        path = Path(obs_path) if Path(obs_path).is_absolute() else base_dir / obs_path
+        observations = load_observations(path)
     fit = parse_section(FitSection, raw.get("fit", {}), "fit.")
+    if tables is not None and tables.log_residuals is not None and tables.log_residuals != fit.log_residuals:
+        if "log_residuals" in raw.get("fit", {}):
+            raise ConfigError(
+                f"config key 'fit.log_residuals' = {str(fit.log_residuals).lower()} contradicts the PEtab observable table "
+                f"(observableTransformation {'log' if tables.log_residuals else 'lin'}); drop the key: the table decides"
+            )
+        fit = dataclasses.replace(fit, log_residuals=tables.log_residuals)
     params = raw.get("parameters", {})
-    if not isinstance(params, dict) or not params:
-        raise ConfigError("config key 'parameters' is missing: add a [parameters.<name>] table per parameter to fit")
-    parameters = tuple(_parameter(name, v) for name, v in params.items())
+    petab_parameters = tables.parameters if tables is not None else ()
+    if not isinstance(params, dict) or not (params or petab_parameters):
+        raise ConfigError(
+            "config key 'parameters' is missing: add a [parameters.<name>] table per parameter to fit "
+            "(or observations.petab.parameters, a PEtab parameter table)"
+        )
+    parameters = petab_parameters + tuple(_parameter(name, v) for name, v in params.items())
+    names = [p.name for p in parameters]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"parameter(s) {twice} are both in the PEtab parameter table and in [parameters]: keep one")
     return FitConfig(config, observations, str(path), parameters, fit, text)
+
+
+PETAB_KEYS = ("measurements", "observables", "parameters", "observable_kinds")
+
+
+def _petab_tables(raw: dict, base_dir: Path):
+    """``[observations.petab]``: PEtab measurement (observable, parameter) tables (inference._petab)."""
+    from ._petab import read_petab
+
+    for key in raw:
+        if key != "petab":
+            raise unknown_key(key, "observations.", ("petab",))
+    petab = raw.get("petab")
+    if not isinstance(petab, dict):
+        raise ConfigError(
+            f"config key 'observations' must be a file's path or an [observations.petab] table with keys {list(PETAB_KEYS)}"
+        )
+    for key in petab:
+        if key not in PETAB_KEYS:
+            raise unknown_key(key, "observations.petab.", PETAB_KEYS)
+    paths = {}
+    for key in ("measurements", "observables", "parameters"):
+        value = petab.get(key)
+        if value is None and key != "measurements":
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config key 'observations.petab.{key}' = {value!r}: give the path of a PEtab table (.tsv)")
+        paths[key] = Path(value) if Path(value).is_absolute() else base_dir / value
+    kinds = petab.get("observable_kinds", {})
+    if not isinstance(kinds, dict):
+        raise ConfigError(
+            "config key 'observations.petab.observable_kinds' must be a table: observableId = {species, kind, where}"
+        )
+    tables = read_petab(paths["measurements"], paths.get("observables"), paths.get("parameters"), kinds)
+    return tables, paths["measurements"]
 
 
 def load_fit_config(path: str | Path, overrides=()) -> FitConfig:

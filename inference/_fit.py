@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ import optax
 from tqdm.auto import tqdm
 
 from fields import temporary_path
-from solver import Config, __version__, config_from_dict, default_params
+from solver import Config, __version__, config_from_dict, default_params, interactive
 
 from ._observations import Observations
 from ._problem import FitError, Problem, gauss_newton, get_value, plasma_levels
@@ -136,14 +135,6 @@ def _initial_guesses(problem: Problem, starts: int, spread: float, seed: int) ->
         z = rng.uniform(np.log(lo), np.log(hi))
         out.append(np.clip(np.exp(z), lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo)))
     return np.stack(out)
-
-
-def interactive() -> bool:
-    """Whether a person is likely watching: an IPython kernel or shell, or stderr on a terminal."""
-    shell = sys.modules.get("IPython")
-    if shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None:
-        return True
-    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def place_starts(u: jax.Array) -> jax.Array:
@@ -268,7 +259,7 @@ class Progress:
             raise FitError(f"initial must have shape (starts, {problem.n}), got {theta_init.shape}")
         u = place_starts(jnp.asarray(problem.transform.u(theta_init), problem.scenario.dtype))
         value, grad = step.value_and_grad(u, problem)
-        history = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
+        history: dict[str, list] = {"loss_history": [], "grad_norm_history": [], "theta_history": [], "time_history": []}
         n = len(theta_init)
         progress = cls(theta_init, u, step.init(u), value, grad, np.zeros(n, bool), np.zeros(n, int), history)
         progress.started = time.perf_counter() if started is None else started
@@ -489,9 +480,22 @@ def write_report(path, problem: Problem, progress: Progress, *, optimizer: str, 
     tmp = temporary_path(path, ".h5.tmp")  # an unpredictable name, made exclusively
     try:
         _write_report(tmp, problem, progress, history, wall_s, optimizer, status, settings_toml, final)
+        if final is not None and path.is_file():
+            _keep_profiles(path, tmp, final["result"].theta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _keep_profiles(old, new, theta) -> None:
+    """Copy the profiles of report ``old`` into ``new`` that were made about the same fitted values."""
+    try:
+        with h5py.File(old, "r") as src, h5py.File(new, "a") as dst:
+            for name, g in src.get("profiles", {}).items():
+                if np.array_equal(np.asarray(g.attrs.get("fit_parameters", []), float), np.asarray(theta, float)):
+                    src.copy(g, dst.require_group("profiles"), name=name)
+    except OSError:  # an unreadable old report has nothing to keep
+        pass
 
 
 def _write_report(tmp, problem, progress, history, wall_s, optimizer, status, settings_toml, final) -> None:
@@ -638,4 +642,7 @@ def read_report(path) -> dict:
             out["model"] = {k: (strings(m[k]) if k in ("species", "kind", "where") else m[k][()]) for k in m}
         if "model_plasma" in f:
             out["model_plasma"] = {k: f["model_plasma"][k][()] for k in f["model_plasma"]}
+        from ._profile import read_profiles  # (it imports this module)
+
+        out["profiles"] = read_profiles(f)
     return out

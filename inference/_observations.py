@@ -17,8 +17,11 @@ linearly in time (error O(interval^2) times the second time derivative).
 
 File formats (units: h, and the species' own: pg/mL, cells/uL, ug/mL, fraction):
 
-- CSV with a header ``time_h,species,kind,where,value,sigma`` (``#`` lines are comments);
-- HDF5 with datasets ``/observations/{time_h,species,kind,where,value,sigma}`` (one row each)
+- CSV with a header ``time_h,species,kind,where,value,sigma`` (``#`` lines are comments), and an
+  optional column ``censored``: ``below`` where ``value`` is a detection limit the measurement fell
+  below (left-censored; inference._problem's loss gives it a Tobit term), empty elsewhere;
+- HDF5 with datasets ``/observations/{time_h,species,kind,where,value,sigma}`` (one row each; optional
+  ``censored``, 1 where censored)
   and, for maps, groups ``/maps/<name>`` with attributes ``time_h`` and ``species`` and
   datasets ``value`` and ``sigma`` of the grid's shape (NaN in ``value`` = not observed).
 """
@@ -31,6 +34,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import jax
@@ -70,9 +74,15 @@ class Observations:
     sigma: np.ndarray
     maps: tuple[FieldMap, ...] = ()
     attrs: dict = dataclasses.field(default_factory=dict)
+    #: True where the value is a detection limit the measurement fell below (left-censored); empty: none is
+    censored: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         n = len(self.time_h)
+        censored = np.asarray(self.censored, bool) if len(self.censored) else np.zeros(n, bool)
+        object.__setattr__(self, "censored", censored)
+        if len(censored) != n:
+            raise ObservationError(f"observations: column 'censored' has {len(censored)} rows, time_h has {n}")
         for name in ("species", "kind", "where", "value", "sigma"):
             if len(getattr(self, name)) != n:
                 raise ObservationError(f"observations: column '{name}' has {len(getattr(self, name))} rows, time_h has {n}")
@@ -128,7 +138,24 @@ def make_observations(rows: Sequence[dict], maps: Sequence[FieldMap] = (), attrs
         sigma=np.array([float(r["sigma"]) for r in rows], dtype=float),
         maps=tuple(maps),
         attrs=dict(attrs or {}),
+        censored=np.array([_censored(r.get("censored", False), i) for i, r in enumerate(rows)], dtype=bool),
     )
+
+
+#: the optional column ``censored``: empty (a measured value) or ``below`` (the value is the detection limit)
+CENSORED = ("", "below")
+
+
+def _censored(flag, i: int) -> bool:
+    if isinstance(flag, (bool, np.bool_)):
+        return bool(flag)
+    text = str(flag).strip().lower()
+    if text not in CENSORED:
+        raise ObservationError(
+            f"observation {i + 1}: censored = {flag!r} must be empty or 'below' (the value is a detection limit the "
+            "measurement fell below)"
+        )
+    return text == "below"
 
 
 def _read_csv(path: Path) -> Observations:
@@ -153,7 +180,7 @@ def _read_csv(path: Path) -> Observations:
                 float(row[key])
             except (TypeError, ValueError):
                 raise ObservationError(f"'{path}' row {i + 1}: {key} = {row[key]!r} is not a number") from None
-        rows.append({k: (row.get(k) or "").strip() for k in COLUMNS})
+        rows.append({k: (row.get(k) or "").strip() for k in (*COLUMNS, "censored")})
     if not rows:
         raise ObservationError(f"observation file '{path}' has a header but no rows: nothing to fit")
     return make_observations(rows)
@@ -165,13 +192,15 @@ def _strings(ds) -> tuple[str, ...]:
 
 def _read_hdf5(path: Path) -> Observations:
     with h5py.File(path, "r") as f:
-        rows: dict[str, object] = {}
+        rows: dict[str, Any] = {}
         if "observations" in f:
             g = f["observations"]
             missing = [c for c in COLUMNS if c not in g]
             if missing:
                 raise ObservationError(f"'{path}': /observations lacks dataset(s) {missing}")
             rows = {c: (_strings(g[c]) if c in ("species", "kind", "where") else np.asarray(g[c], float)) for c in COLUMNS}
+            if "censored" in g:
+                rows["censored"] = np.asarray(g["censored"], bool)
         else:
             rows = {c: (() if c in ("species", "kind", "where") else np.zeros(0)) for c in COLUMNS}
         maps = []
@@ -230,7 +259,8 @@ def _save(obs: Observations, path: Path, csv_table: bool) -> None:
     if csv_table:
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(COLUMNS)
+            censored = bool(np.any(obs.censored))
+            w.writerow([*COLUMNS, "censored"] if censored else COLUMNS)
             for i in range(len(obs)):
                 w.writerow(
                     [
@@ -241,6 +271,7 @@ def _save(obs: Observations, path: Path, csv_table: bool) -> None:
                         repr(float(obs.value[i])),
                         repr(float(obs.sigma[i])),
                     ]
+                    + (["below" if obs.censored[i] else ""] if censored else [])
                 )
         return
     with h5py.File(path, "w", libver=("earliest", "v110")) as f:
@@ -251,6 +282,8 @@ def _save(obs: Observations, path: Path, csv_table: bool) -> None:
         g["time_h"] = np.asarray(obs.time_h, float)
         g["value"] = np.asarray(obs.value, float)
         g["sigma"] = np.asarray(obs.sigma, float)
+        if np.any(obs.censored):
+            g["censored"] = np.asarray(obs.censored, np.uint8)
         for c in ("species", "kind", "where"):
             g.create_dataset(c, data=np.array(getattr(obs, c), dtype=object), dtype=h5py.string_dtype())
         g.attrs["units"] = (
@@ -370,7 +403,7 @@ class ObservationOperator:
 
         species = tuple(dict.fromkeys(obs.species))
         keys: dict[tuple[str, str, str], int] = {}
-        rows_w = []
+        rows_w: list[np.ndarray] = []
         s_idx, r_idx, frame, frac = [], [], [], []
         in_tissue, plasma_rows, plasma_times = [], [], []
         for i in range(len(obs)):
@@ -448,9 +481,9 @@ class ObservationOperator:
             rows = rows.at[self.plasma_rows].set(plasma(jnp.asarray(self.plasma_times, dtype)).astype(dtype))
         if len(self.frame) or len(self.plasma_rows):
             parts.append(rows)
-        for species, k, a, seen in self.maps:
+        for species, k_map, a_map, seen in self.maps:
             u = getattr(frames, species)
-            field = (1 - a) * u[k] + a * u[k + 1]
+            field = (1 - a_map) * u[k_map] + a_map * u[k_map + 1]
             parts.append(field[seen])
         return jnp.concatenate(parts) if parts else jnp.zeros(0)
 

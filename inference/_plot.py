@@ -4,17 +4,20 @@
 quantity with the data, their error bars (1 sigma) and the fitted model's curve, and the
 correlation matrix of the fitted parameters; log-normal intervals when the fit compared
 log-concentrations) and, when the fit used field maps,
-``<stem>_maps.png`` (observed, fitted and residual/sigma for each map). Same style as the run
+``<stem>_maps.png`` (observed, fitted and residual/sigma for each map), and with profiles
+``<stem>_profiles.png`` (:func:`profiles_figure`). Same style as the run
 figures (solver._plot).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from solver.plot import RC, new_figure, save_figure, species_style
 
@@ -160,6 +163,79 @@ def maps_figure(report: dict):
     return fig
 
 
+def profiles_figure(report: dict):
+    """The profile likelihoods of a report: Delta chi^2 against each profiled parameter, the threshold,
+    the profile's interval (shaded) and the Gauss-Newton (Laplace) parabola in ln theta."""
+    profiles = report["profiles"]
+    names = list(report["names"])
+    truth = dict(zip(names, np.asarray(report.get("truth", [math.nan] * len(names)), float)))
+    cols = 2 if len(profiles) == 4 else min(3, len(profiles))
+    rows = math.ceil(len(profiles) / cols)
+    fig = new_figure((max(4.4, 3.6 * cols), 2.9 * rows + 0.3))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(profiles) :]:
+        ax.set_axis_off()
+    for ax, (name, p) in zip(axes.flat, profiles.items()):
+        x, d = np.asarray(p["values"], float), np.asarray(p["delta_chi2"], float)
+        threshold, fitted, se = float(p["threshold"]), float(p["fitted"]), float(p["stderr_log"])
+        top = 1.6 * threshold
+        lo, hi = float(p["lower"]), float(p["upper"])
+        left, right = float(np.min(x, initial=fitted)), float(np.max(x, initial=fitted))
+        ax.axvspan(lo if np.isfinite(lo) else left, hi if np.isfinite(hi) else right, color=MODEL_COLOUR, alpha=0.12, lw=0)
+        if np.isfinite(se) and se > 0:
+            grid = np.exp(np.linspace(math.log(left), math.log(right), 200)) if right > left else np.array([fitted])
+            ax.plot(grid, ((np.log(grid) - math.log(fitted)) / se) ** 2, "--", color=START_COLOUR, lw=1.1, label="Gauss-Newton")
+        ax.plot(x, d, "o-", ms=3, color=MODEL_COLOUR, lw=1.3, label="profile")
+        ax.axhline(threshold, color=BEST_COLOUR, lw=0.9, ls=":", label=f"{100 * float(p['confidence']):g}% ({threshold:.2f})")
+        ax.axvline(fitted, color=DATA_COLOUR, lw=0.8, label="fitted")
+        if np.isfinite(truth.get(name, math.nan)):
+            ax.axvline(truth[name], color=DATA_COLOUR, lw=0.8, ls="--", label="truth")
+        if right > 3 * left:
+            ax.set_xscale("log")
+        ax.set_ylim(-0.05 * top, max(top, float(np.nanmax(np.where(d < 2 * top, d, np.nan), initial=0.0))))
+        ax.set_xlabel(name)
+        ax.set_ylabel("Δχ² (2 Δ loss)")
+
+        def side(v):
+            return f"{v:.4g}" if np.isfinite(v) else "open"
+
+        title = f"{name.replace('diffusivity_', 'D_')}: [{side(lo)}, {side(hi)}]"
+        if not bool(p["identifiable"]):
+            ax.set_title(title + " not identifiable", color=BEST_COLOUR)
+        else:
+            ax.set_title(title)
+        if ax is axes.flat[0]:
+            ax.legend(loc="best", fontsize=6)
+    fig.suptitle("Profile likelihoods (the others re-optimised; shaded: the interval)")
+    return fig
+
+
+def _report(report: str | os.PathLike[str] | dict) -> dict:
+    return report if isinstance(report, dict) else read_report(report)
+
+
+def figure_fit(report: str | os.PathLike[str] | dict) -> Figure:
+    """The figure of a fit report (``<stem>.png`` of ``synovia plot``): loss per iteration for every start,
+    the data with their 1-sigma error bars against the fitted model, the fitted parameters' correlations.
+
+    ``report``: the report's path (``synovia fit -o fit.h5``, ``inference.fit(..., out=...)``) or its
+    :func:`read_report` dict. A new matplotlib Figure; nothing is shown or written."""
+    report = _report(report)
+    with matplotlib.rc_context(RC):
+        return fit_figure(report)
+
+
+def figure_fit_maps(report: str | os.PathLike[str] | dict) -> Figure:
+    """Observed, fitted and (model - data)/sigma of each field map of a fit report (``<stem>_maps.png``).
+
+    ValueError when the fit used no maps, or the report holds no fitted maps yet."""
+    report = _report(report)
+    if not report["maps"] or not all("predicted" in m for m in report["maps"].values()):
+        raise ValueError("this fit report holds no fitted field maps")
+    with matplotlib.rc_context(RC):
+        return maps_figure(report)
+
+
 def plot_fit(path, out_dir, *, stem: str | None = None, dpi: int = 120) -> list[Path]:
     """Write the figures of fit report ``path`` into ``out_dir``; the paths written."""
     path, out_dir = Path(path), Path(out_dir)
@@ -171,4 +247,6 @@ def plot_fit(path, out_dir, *, stem: str | None = None, dpi: int = 120) -> list[
         written.append(save_figure(fit_figure(report), out_dir / f"{stem}.png", dpi))
         if report["maps"] and all("predicted" in m for m in report["maps"].values()):
             written.append(save_figure(maps_figure(report), out_dir / f"{stem}_maps.png", dpi))
+        if report.get("profiles"):
+            written.append(save_figure(profiles_figure(report), out_dir / f"{stem}_profiles.png", dpi))
     return written

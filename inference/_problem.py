@@ -14,7 +14,9 @@ The loss is the Gaussian negative log-likelihood of the observations, constant t
 
 with whitened residuals r_i = (y_i(theta) - d_i) / sigma_i, or on log-concentrations
 r_i = (ln(y_i + e) - ln(d_i + e)) / (sigma_i / (d_i + e)) (delta method, e a small floor), and
-optional log-normal priors with median m_j and geometric standard deviation f_j.
+optional log-normal priors with median m_j and geometric standard deviation f_j. A value below a
+detection limit d_i (``Observations.censored``) contributes -ln Phi(-r_i), Phi(-r_i) being the probability that a
+measurement of y_i falls below d_i (a Tobit or M3 term), as the residual sqrt(-2 ln Phi(-r_i)).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 
 from fields import TISSUE_NAMES
 from solver import (
@@ -172,7 +176,7 @@ def normalize_parameters(spec, params: Params) -> tuple[FitParameter, ...]:
                 f"parameter '{p.name}': initial value {initial:g} must be > 0 and strictly inside "
                 f"its bounds [{lower:g}, {upper:g}]"
             )
-        prior = p.prior
+        prior: Any = p.prior  # as given: None, False, True, "literature" or [median, factor]
         if prior in (None, False):
             prior = None
         elif prior is True or prior == "literature":
@@ -280,13 +284,15 @@ class Problem:
         self._set_data(observations)
         self.log_residuals = bool(log_residuals)
         self._compiled: dict = {}
-        priors = [(j, p.prior) for j, p in enumerate(self.parameters) if p.prior is not None]
+        # normalized (normalize_parameters): each prior None or (median, factor)
+        priors = [(j, cast(tuple[float, float], p.prior)) for j, p in enumerate(self.parameters) if p.prior is not None]
         self.prior_index = np.array([j for j, _ in priors], int)
         self.prior_median = np.array([math.log(pr[0]) for _, pr in priors])
         self.prior_width = np.array([math.log(pr[1]) for _, pr in priors])
         # One step plan for every parameter set the fit may visit: the stability limits at the
         # upper bounds (or 4x the initial value where unbounded) are the tightest it can meet.
-        extreme = [p.upper if math.isfinite(p.upper) else 4.0 * p.initial for p in self.parameters]
+        # (normalized: every initial value set)
+        extreme = [p.upper if math.isfinite(p.upper) else 4.0 * cast(float, p.initial) for p in self.parameters]
         params_hi = set_values(scenario.params, self.names, jnp.asarray(extreme, scenario.dtype))
         run = config.run
         hi = StepPlan.choose(
@@ -322,6 +328,8 @@ class Problem:
         self.observations = observations
         self.data = jnp.asarray(values, self.scenario.dtype)
         self.sigma = jnp.asarray(sigmas, self.scenario.dtype)
+        # values below a detection limit (left-censored), in the order of ``data``: scalar rows, then map cells
+        self.censored = np.concatenate([observations.censored, np.zeros(len(values) - len(observations), bool)])
 
     def with_observations(self, observations: Observations) -> Problem:
         """The same problem with other values and sigmas at the same times and places.
@@ -340,6 +348,7 @@ class Problem:
                 for k in ("species_index", "region_index", "frame", "fraction")
             )
             and len(op.maps) == len(self.operator.maps)
+            and np.array_equal(observations.censored, self.observations.censored)
             and all(a[:3] == b[:3] and np.array_equal(a[3], b[3]) for a, b in zip(op.maps, self.operator.maps))
         )
         if not same:
@@ -390,8 +399,14 @@ class Problem:
         sigma = self.sigma if sigma is None else sigma
         if self.log_residuals:
             e = _log_floor(data)
-            return (jnp.log(jnp.maximum(predicted, 0) + e) - jnp.log(data + e)) * (data + e) / sigma
-        return (predicted - data) / sigma
+            r = (jnp.log(jnp.maximum(predicted, 0) + e) - jnp.log(data + e)) * (data + e) / sigma
+        else:
+            r = (predicted - data) / sigma
+        if self.censored.any():
+            # below the limit d: the likelihood is P(measurement < d) = Phi(-r), and -ln Phi(-r) = 1/2 r_c^2
+            tiny = jnp.finfo(r.dtype).tiny
+            r = jnp.where(jnp.asarray(self.censored), jnp.sqrt(-2.0 * log_ndtr(-r) + tiny), r)
+        return r
 
     def prior_residuals(self, theta):
         if not len(self.prior_index):
@@ -422,6 +437,7 @@ class Problem:
         s = np.asarray(self.sigma, float)
         if self.log_residuals:
             s = s / (np.asarray(self.data, float) + float(self.log_floor))
+        s = s[~self.censored]  # a censored value's term, -ln Phi, is whole
         return float(np.sum(np.log(s)) + 0.5 * s.size * math.log(2 * math.pi))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ def synthesize(
     scenario = build_scenario(config)
     interval, t_end = scenario.interval, config.run.t_end_h
     given = times is not None and len(times) > 0
-    last = max([*map(float, times), *map(float, map_times)]) if given else t_end
+    last = max([*map(float, times), *map(float, map_times)]) if times is not None and given else t_end
     if math.isfinite(last) and 0 <= last <= t_end * (1 + 1e-12):
         scenario.check_frames_memory(math.ceil(last / interval - 1e-9))  # before the list of times is made
     times = (
@@ -57,7 +58,7 @@ def synthesize(
     for t in list(times) + list(map_times):
         if not 0 <= t <= t_end * (1 + 1e-12):
             raise ObservationError(f"time {t:g} h lies outside the run (0 to run.t_end_h = {t_end:g} h)")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"time_h": t, "species": s, "kind": _parse_where(w)[0], "where": _parse_where(w)[1], "value": 0.0, "sigma": 1.0}
         for w in where
         for s in species

@@ -21,6 +21,7 @@ from ._fit import REPORT_FORMAT, fit
 from ._observations import ObservationError, save_observations
 from ._plot import plot_fit
 from ._problem import FitError, Problem
+from ._profile import profile
 from ._synth import synthesize
 
 
@@ -31,8 +32,8 @@ def _run_fit(args) -> int:
         args.output = args.resume
     out = Path(args.output or "fit.h5")
     try:
-        if problem := output_problem(out):
-            return error(problem)
+        if trouble := output_problem(out):
+            return error(trouble)
         if out.exists() and not (args.overwrite or args.resume):
             return error(f"output file '{out}' exists; pass --overwrite to replace it, or --resume to continue that fit")
         if clash := _sidecar_clash(out, replace=args.overwrite or args.resume):
@@ -47,6 +48,11 @@ def _run_fit(args) -> int:
         )
         if note := problem.start_note():
             info(f"note: {note}")
+        profiled = list(problem.names) if "all" in (args.profile or []) else list(dict.fromkeys(args.profile or []))
+        if unknown := [n for n in profiled if n not in problem.names]:
+            return error(f"--profile {unknown[0]}: not a free parameter of this fit (free: {', '.join(problem.names)}, or all)")
+        if args.profile_points < 1:
+            return error(f"--profile-points {args.profile_points} must be at least 1")
         problem_note = f"{problem.n} parameters, {fc.observations.count} observed values from '{fc.observations_path}'"
         info(
             f"{'resuming' if args.resume else 'fitting'} {problem_note}; {fc.fit.optimizer}, {fc.fit.starts} start(s), "
@@ -88,6 +94,35 @@ def _run_fit(args) -> int:
         f"{result.status} after {result.iterations} iterations in {result.wall_s:.1f} s, loss {result.loss:.6g}; "
         f"wrote '{out}', '{toml_path}', " + ", ".join(f"'{f}'" for f in figures)
     )
+    return _run_profiles(args, result, profiled, out) if profiled else 0
+
+
+def _run_profiles(args, result, names, out: Path) -> int:
+    """Profile each of ``names`` about the fit into the report, then redraw its figures."""
+    for name in names:
+        info(f"profile of {name}: up to {args.profile_points} points each side, the others re-optimised by L-BFGS")
+        try:
+            prof = profile(
+                result, name, max_points=args.profile_points, progress=not args.quiet, report=out, on_iteration=_stop_if_asked
+            )
+        except FitError as err:
+            return error(str(err))
+        except OSError as err:
+            return error(f"writing the profile into '{out}' failed: {err.strerror or err}", EXIT_FAILED)
+        except KeyboardInterrupt:
+            return error(
+                f"interrupted; the fit and the profile points so far are in '{out}' (synovia plot {out} draws them); "
+                f"profile again with: synovia fit {args.config} --resume {out} --profile {name}",
+                EXIT_INTERRUPTED,
+            )
+        print(prof.summary())
+    try:
+        figures = plot_fit(out, out.parent, stem=out.stem)
+    except OSError as err:
+        return error(
+            f"the profiles are in '{out}', but drawing them failed: {err}; draw them: synovia plot {out} -o DIR", EXIT_FAILED
+        )
+    info("wrote the profiles into '" + str(out) + "' and " + ", ".join(f"'{f}'" for f in figures))
     return 0
 
 
@@ -98,7 +133,7 @@ def _stop_if_asked(iteration: int, values) -> None:
 
 def _sidecars(out: Path) -> list[Path]:
     """The files a fit writes beside its report: the fitted config and the figures."""
-    return [out.with_name(out.stem + "_fitted.toml"), out.with_name(out.stem + ".png"), out.with_name(out.stem + "_maps.png")]
+    return [out.with_name(out.stem + s) for s in ("_fitted.toml", ".png", "_maps.png", "_profiles.png")]
 
 
 def _sidecar_clash(out: Path, replace: bool) -> str | None:
@@ -154,6 +189,14 @@ def _fit_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the fit stored in FILE (or the -o report) to fit.max_iterations",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument(
+        "--profile",
+        action="append",
+        metavar="NAME",
+        help="after the fit, the profile likelihood of this free parameter (repeat, or 'all'), into the report and "
+        "NAME_profiles.png; with --resume on a finished fit, profiles it without fitting again",
+    )
+    p.add_argument("--profile-points", type=int, default=12, metavar="N", help="profile points per side at most (default 12)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

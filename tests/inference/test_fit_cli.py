@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 import tomllib
 import warnings
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import inference
 from solver import load_config
 from solver.cli import main
+from tests.helpers import assert_close
 
 SCENARIO = textwrap.dedent(
     """
@@ -182,3 +184,48 @@ def test_fit_and_synth_into_a_missing_folder_exit_2_before_any_work(case, tmp_pa
         assert err[-1].startswith("synovia: error: ") and f"folder '{missing}' does not exist" in err[-1], err
         assert "Traceback" not in "\n".join(err)
     assert not missing.exists()
+
+
+def _one_parameter_fit(case) -> Path:
+    fit_toml = case / "fit1.toml"
+    one = FIT.format(obs="data.h5").split("[parameters.recruitment_rate]")[0].replace("starts = 2", "starts = 1")
+    fit_toml.write_text(one.replace("max_iterations = 3", "max_iterations = 2"))
+    return fit_toml
+
+
+def test_fit_profile_goes_into_the_report_and_its_figure(case, tmp_path, capsys):
+    """`--profile` after a fit: the report's /profiles group, NAME_profiles.png, a summary line; drawn
+    again by `synovia plot`; a name the fit does not free exits 2 before any work."""
+    fit_toml, out = _one_parameter_fit(case), tmp_path / "fit.h5"
+    assert main(["fit", str(fit_toml), "-o", str(out), "-q", "--profile", "chemotaxis"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "synovia: error: --profile chemotaxis: not a free parameter of this fit (free: tnf_per_leukocyte, or all)" == err[-1]
+    assert not out.exists()
+    assert main(["fit", str(fit_toml), "-o", str(out), "-q", "--profile", "all", "--profile-points", "2"]) == 0
+    report = inference.read_report(out)
+    prof = report["profiles"]["tnf_per_leukocyte"]
+    assert len(prof["values"]) == 5 and prof["status"] == "complete" and prof["fitted"] == report["fitted"][0]
+    assert prof["threshold"] == pytest.approx(3.841458820694124) and np.min(prof["delta_chi2"]) == 0
+    assert "tnf_per_leukocyte: " in capsys.readouterr().out
+    image = matplotlib.image.imread(tmp_path / "fit_profiles.png")
+    assert image.shape[0] > 200 and image.std() > 0.05
+    assert main(["plot", str(out), "--dpi", "50"]) == 0
+    assert (tmp_path / "fit_figs" / "fit_profiles.png").is_file()
+
+
+@pytest.mark.slow  # three fits' worth of compiling (~1.5 min on 2 cores); the fast test above profiles after a fit
+def test_profile_of_a_finished_fit_does_not_fit_again_and_a_resume_keeps_it(case, tmp_path):
+    fit_toml, out = _one_parameter_fit(case), tmp_path / "fit.h5"
+    assert main(["fit", str(fit_toml), "-o", str(out), "-q"]) == 0
+    fitted = inference.read_report(out)
+    assert fitted["profiles"] == {}
+    profile = ["--profile", "tnf_per_leukocyte", "--profile-points", "2"]
+    assert main(["fit", str(fit_toml), "-q", "--resume", str(out), *profile]) == 0
+    report = inference.read_report(out)
+    assert report["iterations"] == 2 and np.array_equal(report["fitted"], fitted["fitted"])
+    assert len(report["profiles"]["tnf_per_leukocyte"]["values"]) == 5
+    assert main(["fit", str(fit_toml), "-q", "--resume", str(out)]) == 0  # the same fitted values: the profile stays
+    kept = inference.read_report(out)["profiles"]["tnf_per_leukocyte"]
+    assert_close(kept["loss"], report["profiles"]["tnf_per_leukocyte"]["loss"], rtol=0)
+    assert main(["fit", str(fit_toml), "-q", "--resume", str(out), "--set", "fit.max_iterations=3"]) == 0  # fitted again: it goes
+    assert inference.read_report(out)["profiles"] == {}
