@@ -25,7 +25,7 @@ import os
 import types
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -634,7 +634,8 @@ def _read_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...], tuple[float, 
     except ImportError as exc:
         raise ValueError(f"reading NIfTI file {path!r} needs nibabel: pip install 'synovia[imaging]'") from exc
     try:
-        image = nibabel.load(path)
+        # a label map is a spatial image (nibabel.load is typed for any file-based image)
+        image = cast("nibabel.spatialimages.SpatialImage", nibabel.load(path))
     except Exception as exc:  # nibabel's errors for a bad header or a truncated file vary
         raise ValueError(f"could not read {path!r} as NIfTI: {exc}") from exc
     shape = tuple(int(n) for n in image.shape)
@@ -721,5 +722,5 @@ def ball_mask(grid: Grid, centre_mm: Sequence[float], radius_mm: float) -> np.nd
     r = float(radius_mm)
     if not (math.isfinite(r) and r >= 0):
         raise ValueError(f"radius_mm must be finite and >= 0, got {radius_mm!r}")
-    d2 = sum((m - c) ** 2 for m, c in zip(grid.mesh(), centre, strict=True))
+    d2 = cast(np.ndarray, sum((m - c) ** 2 for m, c in zip(grid.mesh(), centre, strict=True)))  # ndim >= 1
     return d2 <= r * r

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -18,7 +19,7 @@ def squared_distance(grid: Grid, centre_mm: Sequence[float]) -> np.ndarray:
     """|x - centre|^2 at every cell centre, mm^2."""
     if len(centre_mm) != grid.ndim:
         raise ValueError(f"centre {tuple(centre_mm)} needs {grid.ndim} coordinates (slowest axis first)")
-    return sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre_mm))
+    return cast(np.ndarray, sum((x - c) ** 2 for x, c in zip(grid.mesh(), centre_mm)))  # an array: ndim >= 1
 
 
 def baseline_fields(labels: np.ndarray, baseline: Mapping[str, Mapping[str, float]]) -> dict[str, np.ndarray]:
@@ -27,12 +28,12 @@ def baseline_fields(labels: np.ndarray, baseline: Mapping[str, Mapping[str, floa
     return {s: table[i][labels] for i, s in enumerate(SPECIES)}
 
 
-def add_blob(field: np.ndarray, grid: Grid, centre_mm, sigma_mm: float, amplitude: float) -> np.ndarray:
+def add_blob(field: np.ndarray, grid: Grid, centre_mm: Sequence[float], sigma_mm: float, amplitude: float) -> np.ndarray:
     """``field + amplitude * exp(-|x - centre|^2 / (2 sigma^2))``."""
     return field + amplitude * np.exp(-squared_distance(grid, centre_mm) / (2.0 * sigma_mm**2))
 
 
-def set_ball(field: np.ndarray, grid: Grid, centre_mm, radius_mm: float, value: float) -> np.ndarray:
+def set_ball(field: np.ndarray, grid: Grid, centre_mm: Sequence[float], radius_mm: float, value: float) -> np.ndarray:
     """``field`` with every cell centre within ``radius_mm`` of ``centre_mm`` set to ``value``."""
     return np.where(ball_mask(grid, centre_mm, radius_mm), value, field)
 
@@ -47,7 +48,8 @@ def load_arrays(path: str | Path, shape: tuple[int, ...], species: Iterable[str]
         raise ValueError(f"initial-condition file '{path}' does not exist")
     out: dict[str, np.ndarray] = {}
 
-    def check(names, shape_of) -> None:  # names and shapes, before any array is read
+    # names and shapes, before any array is read
+    def check(names: Iterable[str], shape_of: Callable[[str], Sequence[int]]) -> None:
         unknown = sorted(set(names) - set(species))
         if unknown:
             raise ValueError(f"initial-condition file '{path}' has unknown species {unknown}; allowed: {list(species)}")
@@ -80,7 +82,7 @@ def load_arrays(path: str | Path, shape: tuple[int, ...], species: Iterable[str]
     return out
 
 
-def _npz_shape(data, key: str) -> tuple[int, ...]:
+def _npz_shape(data: Any, key: str) -> tuple[int, ...]:  # data: an open np.lib.npyio.NpzFile
     """The shape of ``key`` in an open .npz archive, from its .npy header (nothing else read)."""
     with data.zip.open(f"{key}.npy") as member:
         version = np.lib.format.read_magic(member)

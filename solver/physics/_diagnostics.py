@@ -49,13 +49,18 @@ def summaries(state: State, domain: Domain, options: ModelOptions, params: Param
     def mean(u, mask):
         return masked_mean(u, mask, exact)
 
+    plasma = None
+    if options.drug:
+        assert params is not None, "summaries with the drug on need params"
+        plasma = plasma_drug(params, options, t)
+
     out = {
         "synovial_fluid_tnf": mean(state.tnf, domain.fluid),
         "synovial_fluid_il1": mean(state.il1, domain.fluid),
         "synovial_fluid_leukocytes": mean(state.leukocytes, domain.fluid),
         "synovial_fluid_drug": mean(state.drug, domain.fluid),
         "synovial_fluid_complex": mean(state.complex, domain.fluid),
-        "plasma_drug": plasma_drug(params, options, t) if options.drug else None,
+        "plasma_drug": plasma,
         "cartilage_integrity": mean(state.cartilage, domain.cartilage),
         "total_tnf": grid_sum(state.tnf, exact) * vol * 1e-3,
         "total_il1": grid_sum(state.il1, exact) * vol * 1e-3,

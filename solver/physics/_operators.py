@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -148,14 +149,14 @@ def diffusion(
     ``walls`` gives, per axis, the (low, high) wall conditions; ``d_cell`` (the cell
     diffusivity) is needed only when a wall is not no-flux.
     """
-    out = 0.0
+    out: jax.Array | float = 0.0  # a weakly typed zero, an Array after the first axis
     for axis, (df, h) in enumerate(zip(d_faces, spacing)):
         prev, nxt = _neighbours(u, axis)
         d_low, d_high = _low_high(df, axis)
         out = out + (d_high * (nxt - u) - d_low * (u - prev)) / (h * h)
     if any(w.kind != "no_flux" for pair in walls for w in pair):
-        out = _add_wall_fluxes(out, u, d_cell, spacing, walls)
-    return out
+        out = _add_wall_fluxes(cast(jax.Array, out), u, d_cell, spacing, walls)
+    return cast(jax.Array, out)
 
 
 def _minmod(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -178,9 +179,10 @@ def advection(
     """
     if scheme not in ("upwind", "limited"):
         raise ValueError(f"chemotaxis scheme {scheme!r}: allowed upwind, limited")
-    out = 0.0
+    out: jax.Array | float = 0.0  # a weakly typed zero, an Array after the first axis
     for axis, (v, h) in enumerate(zip(velocities, spacing)):
-        open_low = open_high = 1.0
+        open_low: jax.Array | float = 1.0
+        open_high: jax.Array | float = 1.0
         if open_faces is not None:
             v = v * open_faces[axis]
             open_low, open_high = _low_high(open_faces[axis], axis)
@@ -195,7 +197,7 @@ def advection(
             high = jnp.maximum(v_high, 0.0) * (u + 0.5 * slope) + jnp.minimum(v_high, 0.0) * (nxt - 0.5 * s_next)
             low = jnp.maximum(v_low, 0.0) * (prev + 0.5 * s_prev) + jnp.minimum(v_low, 0.0) * (u - 0.5 * slope)
         out = out - (high - low) / h
-    return out
+    return cast(jax.Array, out)
 
 
 def gradient_on_faces(u: jax.Array, spacing: Sequence[float]) -> tuple[jax.Array, ...]:
@@ -226,7 +228,7 @@ def diffusion_vjp(
     gets ``(u_high - u_low) (g_low - g_high) / h^2``, passed to its two cells through the
     harmonic mean's derivatives.
     """
-    d_bar = 0.0
+    d_bar: jax.Array | float = 0.0  # a weakly typed zero, an Array after the first axis
     for axis, h in enumerate(spacing):
         u_prev, u_next = _neighbours(u, axis)
         g_prev, g_next = _neighbours(g, axis)
@@ -234,7 +236,7 @@ def diffusion_vjp(
         high = (u_next - u) * (g - g_next) / (h * h)
         low = (u - u_prev) * (g_prev - g) / (h * h)
         d_bar = d_bar + high * _harmonic_derivative(d_cell, d_next) + low * _harmonic_derivative(d_cell, d_prev)
-    return diffusion(g, d_faces, spacing), d_bar
+    return diffusion(g, d_faces, spacing), cast(jax.Array, d_bar)
 
 
 def _upwind_derivative(v: jax.Array, low_cell: jax.Array, high_cell: jax.Array) -> jax.Array:
@@ -257,7 +259,10 @@ def upwind_chemotaxis_vjp(
     walls (as the model's leukocyte faces are): the adjoint relies on it where the forward
     operator's wall velocities are zero anyway.
     """
-    u_bar = s_bar = chi_cells = 0.0
+    # weakly typed zeros, Arrays after the first axis
+    u_bar: jax.Array | float = 0.0
+    s_bar: jax.Array | float = 0.0
+    chi_cells: jax.Array | float = 0.0
     for axis, h in enumerate(spacing):
         u_prev, u_next = _neighbours(u, axis)
         s_prev, s_next = _neighbours(s, axis)
@@ -274,4 +279,4 @@ def upwind_chemotaxis_vjp(
         v_bar_low = flux_low * _upwind_derivative(v_low, u_prev, u)
         s_bar = s_bar + chi * (open_low * v_bar_low - open_high * v_bar_high) / h
         chi_cells = chi_cells + v_bar_high * grad_high  # each face once, as its low cell's high face
-    return u_bar, s_bar, jnp.sum(chi_cells)
+    return cast(jax.Array, u_bar), cast(jax.Array, s_bar), jnp.sum(chi_cells)

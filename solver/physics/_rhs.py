@@ -35,7 +35,7 @@ acts in the synovium and the fluid.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ def per_tissue(table: jax.Array, labels: jax.Array) -> jax.Array:
     entries, which a GPU serialises on atomics (benchmarks case ``gradient``). Here the gradient is
     one masked sum per tissue.
     """
-    return sum(table[k] * (labels == k).astype(table.dtype) for k in range(table.shape[0]))
+    return cast(jax.Array, sum(table[k] * (labels == k).astype(table.dtype) for k in range(table.shape[0])))  # >= 1 tissue
 
 
 def coefficients(params: Params, domain: Domain) -> Coefficients:
@@ -183,7 +183,9 @@ def loss_rates(state: State, params: Params, domain: Domain, options: ModelOptio
 def without_drug(state: State) -> State:
     """``state`` with the drug's fields (:data:`DRUG_FIELDS`) left out (None): what a stepper carries
     when the drug is off."""
-    return state._replace(**dict.fromkeys(DRUG_FIELDS))
+    # State's fields are Arrays to its users; a stepper's carry leaves fields out as None
+    left_out: dict[str, Any] = dict.fromkeys(DRUG_FIELDS)
+    return state._replace(**left_out)
 
 
 def binding_pair(T, B, a, b, c, d, tau):

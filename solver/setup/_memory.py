@@ -18,7 +18,7 @@ def device_memory_bytes(device=None) -> int:
     """The memory of ``device`` (default: JAX's default device): a GPU's allocator ``bytes_limit`` (0 where
     it reports none); for a CPU the smallest of the host's RAM, the cgroup's limit and what is available now."""
     if device is None:
-        default = jax.config.jax_default_device
+        default = jax.config.jax_default_device  # type: ignore[attr-defined]  # jax's options are untyped
         device = jax.devices(default)[0] if isinstance(default, str) else default or jax.devices()[0]
     if device.platform != "cpu":
         try:

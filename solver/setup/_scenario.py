@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -194,7 +195,7 @@ def _geometry(config: Config, itemsize: int) -> tuple[Geometry, Config]:
     try:
         if g.kind == "joint":
             dims = preset_dimensions(g.preset, g.ndim)
-            changes = {}
+            changes: dict[str, Any] = {}
             for key in _DIMENSION_KEYS:
                 value = getattr(g, key)
                 if value not in (0.0, ()):
@@ -238,7 +239,7 @@ def _centre(centre, geometry: Geometry, key: str) -> tuple[float, ...]:
 
 def _params(config: Config, dtype) -> Params:
     inj, drug = config.injury, config.drug
-    values = dict(config.parameters)
+    values: dict[str, Any] = dict(config.parameters)  # floats, and arrays per tissue
     values.update(
         injury_rate=inj.rate if inj.enabled else 0.0,
         injury_onset=inj.onset_h,
@@ -300,7 +301,7 @@ def build_scenario(config: Config) -> Scenario:
     Raises :class:`ConfigError` for anything the user must change.
     """
     run = config.run
-    if run.precision == "float64" and not jax.config.jax_enable_x64:
+    if run.precision == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]  # jax's options are untyped
         raise ConfigError(
             'run.precision = "float64" needs JAX\'s 64-bit mode, which is off: call '
             'jax.config.update("jax_enable_x64", True) (or solver.enable_precision(config)) at the start of the program'
@@ -331,8 +332,9 @@ def build_scenario(config: Config) -> Scenario:
         raise ConfigError(str(err)) from None
     if plan.substeps > MAX_SUBSTEPS:
         binding = binding_limits(plan.limits, run.stepper)
-        worst = min(binding, key=binding.get)
-        cls, causes = stepper_class(run.stepper), {}
+        worst = min(binding, key=binding.__getitem__)
+        cls = stepper_class(run.stepper)
+        causes: dict[str, str] = {}
         stable_dt(params, state, options, domain, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)
         raise ConfigError(
             f"the stable time step is {plan.limits[worst]:.3g} h ({limit_reason(worst, causes)}): "

@@ -134,8 +134,8 @@ def run_batched(
 
     with contextlib.ExitStack() as stack:
         members: list[_Member] = []
-        for config_toml, config_dir, path in tasks:
-            path = Path(path)
+        for config_toml, config_dir, point_path in tasks:
+            path = Path(point_path)
             index = int(path.stem.rsplit("_", 1)[-1])
             early = point_lock(path, stack)
             if early is not None:
@@ -156,6 +156,7 @@ def run_batched(
             _run_batch(batch, stop)
             for m in batch:
                 m.writer.close()
+                assert m.result is not None  # _run_batch gives every member one
                 done(finish_point(m.path, m.result))
     return sorted(results, key=lambda r: r.index)
 
@@ -211,6 +212,7 @@ def _run_batch(batch: list[_Member], stop: Callable[[], bool] | None) -> None:
     k = start
     pending = advance(state, k * interval, dt, params, domain) if k < n_frames else None
     while k < n_frames and live:
+        assert pending is not None  # k < n_frames
         new_state, summ, checks = pending
         k += 1
         pending = advance(new_state, k * interval, dt, params, domain) if k < n_frames else None

@@ -64,8 +64,9 @@ def parse_slurm_time(text: str) -> int:
     if not m:
         raise ValueError(f"--time {text!r}: expected minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
     days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+    assert a is not None  # (\d+) is not optional; b matched wherever c did
     if days is None:
-        h, mins, s = (0, a, b or 0) if c is None else (a, b, c)
+        h, mins, s = (0, a, b or 0) if c is None else (a, b or 0, c)
     else:
         h, mins, s = a, b or 0, c or 0
     minutes = (days or 0) * 1440 + h * 60 + mins + (1 if s else 0)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Rhs = Callable[[Any, Any], Any]
+Rhs = Callable[..., Any]  # rhs(y, t), or rhs(y, t, values) with Terms.forcing
 
 #: How Runge-Kutta stages are laid out: "platform" (chosen when the program is lowered for its
 #: platform: :data:`PLATFORM_LAYOUTS`), or one of these everywhere (the tests and the benchmarks'
@@ -62,7 +62,9 @@ class Stepper(Protocol):
     ssp_coefficient: ClassVar[float]
     splits_losses: ClassVar[bool]
     splits_diffusion: ClassVar[bool]
-    layout: str
+
+    @property
+    def layout(self) -> str: ...  # read-only: the steppers are frozen dataclasses
 
     def step(self, terms: Terms, y, t, dt): ...
 

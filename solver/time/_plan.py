@@ -58,7 +58,7 @@ def choose_substeps(
     binding = binding_limits(limits, stepper)
     stability = {k: v for k, v in binding.items() if k != "splitting"}
     if dt is not None and dt > 0:
-        worst = min(stability, key=stability.get)
+        worst = min(stability, key=stability.__getitem__)
         if dt > stability[worst] * (1 + 1e-12):
             causes: dict[str, str] = {}
             stable_dt(params, state, options, domain, cls.ssp_coefficient, cls.splits_losses, cls.splits_diffusion, causes)

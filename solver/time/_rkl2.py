@@ -80,8 +80,8 @@ def rkl2(diffuse: Callable[[Any], Any], y, tau, stages: int, layout: str = "plat
 
     # written out as in ShuOsher.step (solver.time._ssp); with barriers, one on the input too (it may come straight
     # from a pointwise update of the reaction step)
-    stages = [start] + [functools.partial(stage, jj) for jj in range(2, s + 1)]
-    return run_stages(stages, looped, y, layout, barrier_input=True)[2]
+    stage_fns = [start] + [functools.partial(stage, jj) for jj in range(2, s + 1)]
+    return run_stages(stage_fns, looped, y, layout, barrier_input=True)[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +120,12 @@ class StrangRKL2:
         dt = jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
         half = 0.5 * dt
         inner = StrangSSPRK3(self.layout)
+        diffuse = terms.diffuse
+        assert diffuse is not None, "strang_rkl2 needs Terms.diffuse"
 
         def diffusion(y, tau):
             # cartilage does not diffuse: kept out of the super-step's stages (carry, barriers, passes)
-            return rkl2(terms.diffuse, y._replace(cartilage=None), tau, self.stages, self.layout)._replace(cartilage=y.cartilage)
+            return rkl2(diffuse, y._replace(cartilage=None), tau, self.stages, self.layout)._replace(cartilage=y.cartilage)
 
         @checkpoint
         def body(i, y):

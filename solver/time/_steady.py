@@ -47,10 +47,10 @@ def relative_change(new: State, old: State) -> float:
     """Largest over species of max |new - old| / max(max |new|, floor) (:data:`FLOORS`); NaN if
     ``new`` is not finite. Species left out (None) are skipped."""
     worst = 0.0
-    for name, a, b in zip(State._fields, new, old):
-        if a is None:
+    for name, new_u, old_u in zip(State._fields, new, old):
+        if new_u is None:
             continue
-        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        a, b = np.asarray(new_u, dtype=float), np.asarray(old_u, dtype=float)
         if not np.all(np.isfinite(a)):
             return math.nan
         scale = max(float(np.max(np.abs(a))), FLOORS[name])
@@ -81,7 +81,8 @@ def relax(
     start = time.perf_counter()
     t, change = 0.0, math.inf
     history: list[tuple[np.ndarray, np.ndarray]] = []  # (x, G(x) - x) of the last windows
-    accelerated, previous, fallback, pause = False, math.inf, None, 0
+    accelerated, previous, pause = False, math.inf, 0
+    fallback: State | None = None  # the plain iterate an extrapolation started from
     while t < max_h:
         old = state
         for _ in range(per_window):
@@ -95,6 +96,7 @@ def relax(
         if accelerated and not change < previous:
             # the extrapolated state relaxes no better than the plain one did: go back to the plain
             # iterate and step plainly for a while (near a threshold the slow mode is nonlinear)
+            assert fallback is not None  # set whenever accelerated is
             state, history, pause = fallback, [], 4
             accelerated = False
             continue

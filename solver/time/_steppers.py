@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ._base import LAYOUTS, Stepper
 from ._rkl2 import StrangRKL2
 from ._ssp import SSPRK2, SSPRK3, ForwardEuler
 from ._strang import StrangSSPRK3
 
-STEPPERS: dict[str, type] = {
+STEPPERS: dict[str, type[Stepper]] = {
     "forward_euler": ForwardEuler,
     "ssp_rk2": SSPRK2,
     "ssp_rk3": SSPRK3,
@@ -16,7 +18,7 @@ STEPPERS: dict[str, type] = {
 }
 
 
-def stepper_class(name: str) -> type:
+def stepper_class(name: str) -> type[Stepper]:
     """The class of stepper ``name``: its ``order``, ``ssp_coefficient``, ``splits_losses`` and ``splits_diffusion``."""
     try:
         return STEPPERS[name]
@@ -28,8 +30,9 @@ def make_stepper(name: str, rkl2_stages: int = 0, layout: str = "platform") -> S
     """Stepper ``name``; ``rkl2_stages`` for one that splits diffusion (:class:`StepPlan` chooses it),
     ``layout`` how its stages are laid out (``"platform"`` or one of ``LAYOUTS``)."""
     cls = stepper_class(name)
+    make: Callable[..., Stepper] = cls  # the stepper's own constructor (the Protocol's is object())
     if layout != "platform" and layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: allowed platform, {', '.join(LAYOUTS)}")
     if cls.splits_diffusion:
-        return cls(stages=int(rkl2_stages), layout=layout)
-    return cls(layout=layout)
+        return make(stages=int(rkl2_stages), layout=layout)
+    return make(layout=layout)

@@ -42,15 +42,18 @@ class StrangSSPRK3:
     splits_diffusion: ClassVar[bool] = False
 
     def step(self, terms: Terms, y, t, dt):
+        decay = terms.decay
+        assert decay is not None, "strang_ssp_rk3 needs Terms.decay"
         half = 0.5 * jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
-        y = SSPRK3(self.layout).step(Terms(terms.rhs, forcing=terms.forcing), terms.decay(y, half), t, dt)
-        return terms.decay(y, half)
+        y = SSPRK3(self.layout).step(Terms(terms.rhs, forcing=terms.forcing), decay(y, half), t, dt)
+        return decay(y, half)
 
     def steps(self, terms: Terms, y, t0, dt, n: int, checkpoint=no_checkpoint):
         """``n`` steps from ``t0``, each step's closing half of the losses merged with the next one's
         opening half (one pass over the fields instead of two; still second order)."""
         dt = jnp.asarray(dt, jax.tree.leaves(y)[0].dtype)
         decay, inner = terms.decay, SSPRK3(self.layout)
+        assert decay is not None, "strang_ssp_rk3 needs Terms.decay"
 
         @checkpoint
         def body(i, y):

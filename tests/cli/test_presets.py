@@ -216,6 +216,8 @@ def test_every_preset_finds_the_files_it_names():
         for path in preset_files(name):
             assert path.is_file(), (name, path)
     assert [f.name for f in preset_files("fit_synthetic")] == ["fit_synthetic.toml", "fit_truth.toml", "synthetic_knee.h5"]
+    tables = [f"synthetic_knee_{t}.tsv" for t in ("measurements", "observables", "parameters")]
+    assert [f.name for f in preset_files("fit_petab")] == ["fit_petab.toml", "fit_truth.toml", *tables]
 
 
 # --- the package: every module and preset in the wheel ---
@@ -265,5 +267,7 @@ def test_the_wheel_holds_the_presets_and_the_license(tmp_path):
     assert {"synovia_presets/ra.toml", "synovia_presets/knee2d.toml", "synovia_presets/data/synthetic_knee.h5"} <= names
     modules = {p.relative_to(REPO).as_posix() for name in ("fields", "solver", "inference") for p in (REPO / name).rglob("*.py")}
     assert modules | {"synovia_command.py"} <= names, sorted(modules - names)
+    typed = {f"{name}/py.typed" for name in ("fields", "solver", "inference")}  # PEP 561: the packages ship their types
+    assert typed <= names, f"not in the wheel: {sorted(typed - names)}"
     assert f"synovia-{VERSION}.dist-info/licenses/LICENSE" in names
     assert "License-Expression: MIT" in meta and "License-File: LICENSE" in meta
