@@ -1036,8 +1036,8 @@ def describe(path: str | os.PathLike[str], config: bool = False) -> str:
             head.append(f"frames: {len(times)}, t = {times[0]:g} .. {times[-1]:g} h")
             head.append(f"summary at t = {times[-1]:g} h:")
             for name, values in summary.items():
-                unit = run.units.get(name, "")
-                head.append(f"  {name} = {values[-1]:.6g}{' ' + unit if unit else ''}")
+                unit = run.units.get(name, "")  # "1": a fraction (CF's dimensionless unit), printed bare
+                head.append(f"  {name} = {values[-1]:.6g}{' ' + unit if unit not in ('', '1') else ''}")
         else:
             head.append("frames: 0")
         lines = [

@@ -1,6 +1,7 @@
 """The command line: runs to HDF5, resume after kill -9, info, config errors, divergence."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def test_run_writes_every_frame_and_info_reads_it(tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "frames: 7" in text and "synovial_fluid_tnf" in text
+    assert " pg/mL\n" in text  # a fraction's unit "1" is not printed after its value
+    assert re.search(r"^  cartilage_integrity = [0-9.e+-]+$", text, re.MULTILINE), text
     assert "[injury]" not in text
     assert main(["info", str(out), "--config"]) == 0
     assert "[injury]" in capsys.readouterr().out
