@@ -23,6 +23,11 @@ def _interrupted_while_loading(signum, frame):
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--version"]:  # answered without loading JAX (a second or two)
+        from importlib import metadata
+
+        print(f"synovia {metadata.version('synovia')}")
+        return 0
     handlers = {s: signal.signal(s, _interrupted_while_loading) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         from solver.cli import main as run_command

@@ -59,6 +59,11 @@ def test_the_command_prints_its_version():
         [sys.executable, "-m", "synovia_command", "--version"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == f"synovia {VERSION}", done.stderr[-2000:]
+    probe = (
+        "import sys, synovia_command; synovia_command.main(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'jax'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, "--version"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == [f"synovia {VERSION}", "[]"], done.stderr[-2000:]  # JAX was not loaded
 
 
 def test_license_and_citation():
