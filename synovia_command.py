@@ -26,7 +26,11 @@ def main() -> int:
     if sys.argv[1:] == ["--version"]:  # answered without loading JAX (a second or two)
         from importlib import metadata
 
-        print(f"synovia {metadata.version('synovia')}")
+        try:
+            version = metadata.version("synovia")
+        except metadata.PackageNotFoundError:  # a source tree never installed (as fields.__version__ says)
+            version = "0+unknown"
+        print(f"synovia {version}")
         return 0
     handlers = {s: signal.signal(s, _interrupted_while_loading) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

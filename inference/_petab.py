@@ -364,6 +364,11 @@ def write_petab(
 
     if obs.maps:
         raise ObservationError("PEtab tables hold scalar observations only; write maps to an .h5 file")
+    if obs.censored.any():
+        raise ObservationError(
+            "PEtab measurement tables have no column for values below a detection limit; write censored "
+            "observations to a .csv or .h5 file (column 'censored')"
+        )
     ids: dict[tuple[str, str, str], str] = {}
     kinds: dict[str, dict[str, str]] = {}
     for species, kind, where in zip(obs.species, obs.kind, obs.where):

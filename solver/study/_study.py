@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import os
 import signal
+import subprocess
 import tomllib
 import warnings
 from collections.abc import Callable, Sequence
@@ -614,34 +615,50 @@ def _ignore_interrupt() -> None:
 
 def local_gpus() -> list[str]:
     """This node's GPUs as ``CUDA_VISIBLE_DEVICES`` names them for a child process: the entries of this
-    process's own ``CUDA_VISIBLE_DEVICES`` (SLURM sets it for a job's GPUs) or the indices of the GPUs JAX
-    sees; empty without GPUs."""
-    import jax
-
-    try:
-        count = len(jax.local_devices(backend="gpu"))
-    except RuntimeError:  # no GPU backend
+    process's own ``CUDA_VISIBLE_DEVICES`` (SLURM sets it for a job's GPUs), else those ``nvidia-smi -L``
+    lists; empty without GPUs or with ``JAX_PLATFORMS`` naming no GPU platform. JAX is not asked: it would
+    open every GPU in this process, which only hands out work (and on GPUs in exclusive-process mode would
+    keep the workers off them)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms and not any(p in platforms for p in ("cuda", "gpu")):
         return []
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    return visible[:count] if visible else [str(i) for i in range(count)]
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if v.strip() and v.strip() != "-1"]
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no NVIDIA driver here
+        return []
+    lines = listed.stdout.splitlines() if listed.returncode == 0 else []
+    return [str(i) for i, line in enumerate(line for line in lines if line.startswith("GPU "))]
 
 
-def deal_gpus(workers: int, gpus: Sequence[str]) -> list[str | None]:
-    """Per ``--jobs`` worker, the GPU it alone sees: the node's GPUs dealt round-robin (workers share one
-    only when there are more workers than GPUs); None for each without GPUs."""
-    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+def deal_gpus(workers: int, gpus: Sequence[str], per: int = 1) -> list[str | None]:
+    """Per ``--jobs`` worker, the GPUs it alone sees (``CUDA_VISIBLE_DEVICES``): the node's GPUs in groups
+    of ``per`` (the points' largest ``run.devices``), dealt round-robin; workers share a group only when
+    there are more workers than groups. None (every GPU visible) without GPUs or with fewer than ``per``."""
+    groups = [",".join(gpus[j * per : (j + 1) * per]) for j in range(len(gpus) // max(per, 1))]
+    return [groups[i % len(groups)] if groups else None for i in range(workers)]
 
 
-def _start_worker(counter, gpus: Sequence[str]) -> None:
-    """A ``--jobs`` worker's start: its GPU (``CUDA_VISIBLE_DEVICES``, read when JAX first uses a device,
-    which no worker did before this) by the order in which the workers start, and Ctrl-C left to the parent."""
+def _start_worker(counter, workers: int, gpus: Sequence[str], per: int) -> None:
+    """A ``--jobs`` worker's start: Ctrl-C left to the parent; SIGTERM (the parent stopping the pool) ends
+    it through SystemExit, so that its locks are released and its file closed; its GPUs, by the order in
+    which the workers start (read when JAX first uses a device, which no worker did before this); and no
+    GPU memory taken up front where workers share GPUs."""
     _ignore_interrupt()
+    signal.signal(signal.SIGTERM, _exit_on_term)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    gpu = deal_gpus(index + 1, gpus)[index]
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    dealt = deal_gpus(workers, gpus, per)
+    if dealt[index] is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = dealt[index]
+    if len(set(dealt)) < workers:
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_task(task: tuple[str, str, str]) -> PointResult:
@@ -684,13 +701,11 @@ def run_study(
             done(run_point(*task))
         return results
 
-    # Fresh processes (JAX must not be forked), each on its own GPU of the node's while there are enough
-    # (round-robin beyond). None takes 75% of a GPU up front: they may share one, and this process, which
-    # only counts the GPUs, keeps off them too.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # Fresh processes (JAX must not be forked), each on its own GPUs of the node's while there are enough
     workers, gpus = min(jobs, len(tasks)), local_gpus()
+    per = max(sweep.configs[i].run.devices for i in chosen)
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(workers, initializer=_start_worker, initargs=(context.Value("i", 0), gpus))
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(context.Value("i", 0), workers, gpus, per))
     try:
         for result in pool.imap_unordered(_run_task, tasks):
             done(result)
@@ -974,12 +989,12 @@ def write_study_h5(table: StudyTable, path: Path) -> None:
 
 
 def _shared_layout(table: StudyTable) -> tuple[Path, str] | tuple[None, str]:
-    """The run file whose grid and frames every point shares, or None and why there is none: points share
-    them unless the sweep varies a ``geometry.`` or ``run.`` key (read from the keys alone, so that
-    collecting 1000 points opens one run file, not 1000)."""
-    varied = [k for k in table.keys if k.startswith(("geometry.", "run."))]
+    """The run file whose grid, frames and species every point shares, or None and why there is none:
+    points share them unless the sweep varies a ``geometry.``, ``run.`` or ``drug.`` key (a drug adds a
+    species; read from the keys alone, so that collecting 1000 points opens one run file, not 1000)."""
+    varied = [k for k in table.keys if k.startswith(("geometry.", "run.", "drug."))]
     if varied:
-        return None, f"not written: the points' grids or frames differ ({', '.join(varied)} varied)"
+        return None, f"not written: the points' grids, frames or species may differ ({', '.join(varied)} varied)"
     done = [p for p, s in zip(table.files, table.status) if s == "complete"]
     return (done[0], "") if done else (None, "not written: no point is complete")
 

@@ -198,6 +198,10 @@ def test_written_tables_read_back(tmp_path):
     for column in ("time_h", "value", "sigma"):
         np.testing.assert_array_equal(getattr(back.observations, column), getattr(obs, column))
     assert back.log_residuals is False and back.fixed == {}
+    # PEtab v1 has no censoring column: a value below a detection limit is not written as a measurement
+    censored = inference.make_observations([dict(r, censored="below" if i == 0 else "") for i, r in enumerate(rows)])
+    with pytest.raises(inference.ObservationError, match="no column for values below a detection limit"):
+        inference.write_petab(censored, tmp_path / "c.tsv", tmp_path / "co.tsv")
     assert [p.name for p in back.parameters] == ["chemotaxis", "diffusivity_il1.capsule"]
     assert np.allclose(back.parameters[0].prior, (0.05, 3.0), rtol=1e-14) and back.parameters[1].prior is None
     # without an observable table the observableIds name the summaries; points and boxes need observable_kinds

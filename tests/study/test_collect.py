@@ -104,6 +104,10 @@ def test_no_virtual_fields_when_the_points_grids_differ(tmp_path):
     with h5py.File(tmp_path / "s" / "study.h5", "r") as f:
         assert list(f["fields"]) == []
         assert "geometry.spacing_mm varied" in f["fields"].attrs["note"]
+    table = _study.read_study(tmp_path / "s")
+    table.keys = ["drug.name"]  # the drug adds a species to some points only
+    first, why = _study._shared_layout(table)
+    assert first is None and why.endswith("species may differ (drug.name varied)")
 
 
 def test_status_names_each_points_state_and_what_to_run(study, tmp_path, capsys):
