@@ -186,6 +186,10 @@ def profiles_figure(report: dict):
             grid = np.exp(np.linspace(math.log(left), math.log(right), 200)) if right > left else np.array([fitted])
             ax.plot(grid, ((np.log(grid) - math.log(fitted)) / se) ** 2, "--", color=START_COLOUR, lw=1.1, label="Gauss-Newton")
         ax.plot(x, d, "o-", ms=3, color=MODEL_COLOUR, lw=1.3, label="profile")
+        if "converged" in p:  # (not in reports written before profiles recorded it)
+            bad = ~np.asarray(p["converged"], bool) & np.isfinite(d)
+            if bad.any():
+                ax.plot(x[bad], d[bad], "x", ms=6, color=BEST_COLOUR, label="not converged")
         ax.axhline(threshold, color=BEST_COLOUR, lw=0.9, ls=":", label=f"{100 * float(p['confidence']):g}% ({threshold:.2f})")
         ax.axvline(fitted, color=DATA_COLOUR, lw=0.8, label="fitted")
         if np.isfinite(truth.get(name, math.nan)):
@@ -196,11 +200,15 @@ def profiles_figure(report: dict):
         ax.set_xlabel(name)
         ax.set_ylabel("Δχ² (2 Δ loss)")
 
-        def side(v):
-            return f"{v:.4g}" if np.isfinite(v) else "open"
+        stops = (str(p.get("lower_stop", "")), str(p.get("upper_stop", "")))
 
-        title = f"{name.replace('diffusivity_', 'D_')}: [{side(lo)}, {side(hi)}]"
-        if not bool(p["identifiable"]):
+        def side(v, stop):
+            return f"{v:.4g}" if np.isfinite(v) else ("failed" if stop == "failed" else "open")
+
+        title = f"{name.replace('diffusivity_', 'D_')}: [{side(lo, stops[0])}, {side(hi, stops[1])}]"
+        if any(not np.isfinite(v) and stop == "failed" for v, stop in zip((lo, hi), stops)):
+            ax.set_title(title + " (profile failed)", color=BEST_COLOUR)
+        elif not bool(p["identifiable"]):
             ax.set_title(title + " not identifiable", color=BEST_COLOUR)
         else:
             ax.set_title(title)

@@ -6,9 +6,12 @@ log-likelihood, priors included). The points step outward from the fit's optimum
 up, then down, each warm-started from its neighbour (extrapolated linearly; the first step along the
 Gauss-Newton covariance's regression of the others on theta_k), with steps that adapt so each raises
 Delta chi^2 by about a quarter of the threshold. A side stops once Delta chi^2 exceeds 1.5 x the
-threshold (chi^2 quantile, 1 degree of freedom: 3.84 for 95 %), at a bound or after ``max_points``.
+threshold (chi^2 quantile, 1 degree of freedom: 3.84 for 95 %), at a bound, after ``max_points``, or
+at a point whose re-optimised loss is not finite ("failed": nothing is known beyond it). Each point
+records whether its re-optimisation converged within ``max_iterations``.
 The confidence interval is where the profile crosses the threshold (linear in ln theta between
-points); a side that never crosses is open and the parameter *practically not identifiable*.
+points); a side that never crosses is open and the parameter *practically not identifiable*; a side
+that reaches a failed point first is open too, but undetermined rather than unbounded.
 
 The held parameter is not removed from the problem: the optimiser's loss sees it through
 ``jax.lax.stop_gradient`` under a mask passed as data, so its gradient entry is exactly zero and
@@ -103,10 +106,13 @@ class Profile:
     stderr_log: float  # Gauss-Newton standard error of ln theta (inf: not identifiable)
     confidence: float
     threshold: float
-    upper_stop: str = "running"  # why each side stopped: "crossed", "bound", "points", "interrupted"
+    upper_stop: str = "running"  # why each side stopped: "crossed", "bound", "points", "failed", "interrupted"
     lower_stop: str = "running"
     status: str = "running"  # "complete" or "interrupted"
     wall_s: float = 0.0
+    # (points,) whether each point's re-optimisation converged within max_iterations (False where its loss
+    # is not finite); empty: not known (all taken as converged)
+    converged: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
 
     @property
     def reference_loss(self) -> float:
@@ -134,19 +140,44 @@ class Profile:
         w = math.sqrt(self.threshold) * self.stderr_log
         return (self.fitted * math.exp(-w), self.fitted * math.exp(w))
 
+    @property
+    def point_converged(self) -> np.ndarray:
+        """(points,) ``converged``, or all True where it is not known (a Profile made without it)."""
+        flags = np.asarray(self.converged, bool)
+        return flags if flags.shape == np.shape(self.values) else np.ones(np.shape(self.values), bool)
+
     def summary(self) -> str:
         lo, hi = self.interval
         glo, ghi = self.laplace_interval
         pct = f"{100 * self.confidence:g}%"
+        d = self.delta_chi2
+        (_, lower_points, lower_failed), (_, upper_points, upper_failed) = _sides(self.values, d, self.fitted, self.threshold)
 
-        def side(v, stop):
-            return f"{v:.5g}" if np.isfinite(v) else f"open ({stop})"
+        def side(v, stop, failed):
+            return f"{v:.5g}" if np.isfinite(v) else ("open (failed)" if failed else f"open ({stop})")
 
         text = f"{self.name}: {self.fitted:.5g}, profile {pct} interval "
-        text += f"[{side(lo, self.lower_stop)}, {side(hi, self.upper_stop)}]"
+        text += f"[{side(lo, self.lower_stop, lower_failed)}, {side(hi, self.upper_stop, upper_failed)}]"
         text += f", Gauss-Newton [{glo:.5g}, {ghi:.5g}]" if np.isfinite(glo) else ", Gauss-Newton: not identifiable"
-        if not self.identifiable:
+        open_unbounded = (np.isnan(lo) and not lower_failed) or (np.isnan(hi) and not upper_failed)
+        if open_unbounded:
             text += "; practically not identifiable"
+        if failed := [float(v) for v, x in zip(self.values, d) if not np.isfinite(x)]:
+            where = ", ".join(f"{v:.5g}" for v in failed)
+            text += (
+                f"; the re-optimisation failed (loss not finite) at {self.name} = {where}: "
+                "the interval is undetermined beyond it, not shown to be unbounded"
+            )
+        deciding = np.zeros(len(self.values), bool)
+        deciding[lower_points + upper_points] = True
+        unconverged = deciding & ~self.point_converged & np.isfinite(d)
+        if unconverged.any():
+            where = ", ".join(f"{v:.5g}" for v in np.asarray(self.values)[unconverged])
+            text += (
+                f"; {int(unconverged.sum())} point(s) within the interval's region did not converge "
+                f"({self.name} = {where}): their loss may be too high and the interval too narrow; "
+                "raise max_iterations"
+            )
         if self.fitted_loss - self.reference_loss > 0.005:
             text += f"; a profile point lies {2 * (self.fitted_loss - self.reference_loss):.3g} chi^2 below the fit: refit"
         state = "" if self.status == "complete" else f", {self.status}"
@@ -155,21 +186,42 @@ class Profile:
 
 def profile_interval(values, delta_chi2, fitted: float, threshold: float) -> tuple[float, float]:
     """Where a profile first crosses ``threshold`` going outward from ``fitted`` on each side, interpolated
-    linearly in ln theta between the points either side of it; NaN where it never does."""
+    linearly in ln theta between the points either side of it; NaN where it never does, or where it reaches
+    a point whose Delta chi^2 is not finite (a failed re-optimisation) first."""
+    (lo, _, _), (hi, _, _) = _sides(values, delta_chi2, fitted, threshold)
+    return lo, hi
+
+
+def _sides(values, delta_chi2, fitted: float, threshold: float) -> list[tuple[float, list[int], bool]]:
+    """For the lower, then the upper side: the crossing (NaN where none), the indices of the points that
+    decide it (the centre, the point nearest ``fitted``, then outward to the first point past the threshold,
+    or to the end) and whether the search stopped at a point whose Delta chi^2 is not finite.
+
+    The centre belongs to both sides: its value comes back through the transforms a few ulps off
+    ``fitted``, so a test against ``fitted`` alone would drop it from one side."""
     z = np.log(np.asarray(values, float))
     d = np.asarray(delta_chi2, float)
     z0 = math.log(fitted)
+    if not np.isfinite(z).any():
+        return [(math.nan, [], False), (math.nan, [], False)]
+    centre = int(np.argmin(np.where(np.isfinite(z), np.abs(z - z0), np.inf)))
     out = []
     for side in (-1, 1):
-        sel = np.flatnonzero(side * (z - z0) >= 0)
-        sel = sel[np.argsort(side * (z[sel] - z0))]
-        crossing = math.nan
+        outward = np.flatnonzero(side * (z - z[centre]) > 0)
+        sel = [centre, *outward[np.argsort(side * (z[outward] - z[centre]))].tolist()]
+        crossing, used, failed = math.nan, [centre], not np.isfinite(d[centre])
         for a, b in zip(sel[:-1], sel[1:]):
+            if failed:
+                break
+            used.append(b)
+            if not np.isfinite(d[b]):  # a failed point: nothing is known beyond it, nor between it and a
+                failed = True
+                break
             if d[a] <= threshold < d[b]:
                 crossing = math.exp(z[a] + (threshold - d[a]) / (d[b] - d[a]) * (z[b] - z[a]))
                 break
-        out.append(crossing)
-    return out[0], out[1]
+        out.append((crossing, used, failed))
+    return out
 
 
 def profile(
@@ -248,6 +300,7 @@ def profile(
         result.parameters = np.array([points[i]["theta"] for i in order]).reshape(len(points), problem.n)
         result.grad_norm = np.array([points[i]["grad"] for i in order])
         result.iterations = np.array([points[i]["iterations"] for i in order], int)
+        result.converged = np.array([points[i]["converged"] for i in order], bool)
         result.wall_s = time.perf_counter() - started
         if status is not None:
             result.status = status
@@ -270,14 +323,19 @@ def profile(
             state = Progress.start(pinned, step, np.exp(fallback)[None])
         value = float(np.asarray(state.value, float)[0])
         gnorm = float(np.max(np.abs(np.asarray(state.grad, float)[0]), initial=0.0))
-        if not gnorm <= tolerance * max(1.0, abs(value)):  # nothing to re-optimise (e.g. a one-parameter fit)
-            optimise(pinned, step, state, settings, on_iteration)
+        converged = True  # where there is nothing to re-optimise (e.g. a one-parameter fit)
+        if not gnorm <= tolerance * max(1.0, abs(value)):
+            converged = optimise(pinned, step, state, settings, on_iteration) == "converged"
         value = float(np.asarray(state.value, float)[0])
-        if not np.isfinite(value):
-            value = math.inf
-        theta_k = np.asarray(problem.transform.theta(state.u), float)[0]
+        theta_k = np.array(problem.transform.theta(state.u), float)[0]
+        if not (np.isfinite(value) and np.isfinite(theta_k).all()):  # failed: the held value is still known
+            value, converged = math.inf, False
+            theta_k[k] = math.exp(z_start[k])
         gnorm = float(np.max(np.abs(np.asarray(state.grad, float)[0]), initial=0.0))
-        return {"theta": theta_k, "z": np.log(theta_k), "loss": value, "grad": gnorm, "iterations": state.iteration}
+        return {
+            "theta": theta_k, "z": np.log(theta_k), "loss": value, "grad": gnorm, "iterations": state.iteration,
+            "converged": converged,
+        }  # fmt: skip
 
     bar = None
     if progress if progress is not None else interactive():
@@ -316,6 +374,9 @@ def profile(
                     bar.set_postfix({name: f"{point['theta'][k]:.4g}", "dchi2": f"{d_new:.3g}"})
                     bar.update(1)
                 save()
+                if not math.isfinite(point["loss"]):  # the re-optimisation failed: nothing is known beyond it
+                    stop = "failed"
+                    break
                 if d_new >= STOP_FACTOR * threshold:
                     stop = "crossed"
                     break
@@ -354,7 +415,7 @@ def profile(
 # In the fit report: /profiles/<name>
 # ----------------------------------------------------------------------------------------------
 
-_DATASETS = ("values", "loss", "delta_chi2", "parameters", "grad_norm", "iterations")
+_DATASETS = ("values", "loss", "delta_chi2", "parameters", "grad_norm", "iterations", "converged")
 
 
 def write_profile(path, result: Profile) -> None:
@@ -398,7 +459,8 @@ def write_profile(path, result: Profile) -> None:
 
 
 def read_profiles(f: h5py.File) -> dict[str, dict]:
-    """The profiles of an open fit report: ``{name: {dataset or attribute: value}}``."""
+    """The profiles of an open fit report: ``{name: {dataset or attribute: value}}`` (no ``converged`` in
+    a report written before profiles recorded it)."""
     out = {}
     for name, g in f.get("profiles", {}).items():
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}

@@ -4,13 +4,17 @@ profile for a parameter the data do not see."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import h5py
 import numpy as np
 import pytest
 from scipy.optimize import brentq, minimize_scalar
 
 import inference
+from inference._plot import profiles_figure
+from inference._profile import profile_interval
 from solver import load_config
 from tests.helpers import assert_close
 
@@ -52,6 +56,7 @@ def test_profile_is_the_closed_form_loss_with_its_minimum_at_the_optimum(decay):
     assert np.all(prof.delta_chi2 >= 0) and prof.delta_chi2.max() >= 1.5 * prof.threshold
     assert_close(prof.parameters[:, 1], 0.01, rtol=1e-12)  # the other one has no gradient: never moved
     assert np.all(prof.iterations == 0)  # so nothing was re-optimised
+    assert prof.converged.shape == prof.values.shape and prof.converged.all()
     # the interval: the closed form's crossings (to the interpolation between points), and the Gauss-Newton
     # interval exp(+-1.96 se) where the model is near linear (sigma 1 %)
     assert prof.threshold == pytest.approx(1.959963984540054**2, rel=1e-12)
@@ -80,6 +85,117 @@ def test_bad_profile_requests(decay):
         inference.profile(problem, "chemotaxis", theta=np.array([k_best, 0.01]))
     with pytest.raises(inference.FitError, match="confidence = 1.5"):
         inference.chi2_threshold(1.5)
+
+
+def test_the_centre_point_a_few_ulps_off_the_fitted_value_belongs_to_both_sides():
+    """The centre comes back through the transforms (float32) a few ulps off the fitted value: it must
+    still start the search on both sides, not drop out of one and leave that side open."""
+    exact = profile_interval([0.9, 1.0, 1.5], [5, 0, 5], 1.0, 3.84)
+    off = profile_interval([0.9, 1 - 1e-7, 1.5], [5, 0, 5], 1.0, 3.84)
+    above = profile_interval([0.9, 1 + 1e-7, 1.5], [5, 0, 5], 1.0, 3.84)
+    assert exact == pytest.approx((0.92227, 1.36533), rel=1e-4)
+    assert off == pytest.approx(exact, rel=1e-6) and above == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_a_failed_point_leaves_its_side_open_not_crossed(bad):
+    """A point whose loss is not finite (a failed re-optimisation) is no crossing: interpolating to it
+    would put the bound exactly at the last good point and call the parameter identifiable."""
+    lo, hi = profile_interval([0.5, 1.0, 1.2, 2.0, 3.0], [5, 0, 1, bad, 10], 1.0, 3.84)
+    assert lo == pytest.approx(math.exp(math.log(0.5) * 3.84 / 5)) and math.isnan(hi)
+    # a crossing before the failed point still counts
+    assert profile_interval([1.0, 1.5, 2.0], [0, 5, bad], 1.0, 3.84)[1] < 1.5
+
+
+class _Breaking:
+    """``Progress`` whose starts fail (loss NaN) or need re-optimising (gradient 1) where the held parameter
+    (the first) exceeds ``fail`` or ``slow``; the optimiser (:func:`_budget`) then runs out of iterations."""
+
+    fail, slow = math.inf, math.inf
+
+    @classmethod
+    def start(cls, problem, step, theta_init, started=None):
+        progress = inference._fit.Progress.start(problem, step, theta_init, started)
+        k = float(theta_init[0, 0])
+        if k > cls.fail:
+            progress.value = progress.value * math.nan
+        if k > cls.slow:
+            progress.grad = progress.grad + 1.0
+        return progress
+
+
+def _budget(problem, step, progress, settings, on_iteration=None):
+    return "budget"
+
+
+def test_a_profile_point_whose_loss_turns_nan_stops_its_side_as_failed(decay, monkeypatch):
+    problem, _, k_best, _ = decay
+    theta = np.array([k_best, 0.01])
+    se = inference.gauss_newton(problem, theta)["relative_stderr"][0]
+    # the first step up (0.5 se) is fine; the next (about 1.5 se) fails, before the profile crosses (1.96 se)
+    monkeypatch.setattr(_Breaking, "fail", k_best * math.exp(se))
+    monkeypatch.setattr(inference._profile, "Progress", _Breaking)
+    prof = inference.profile(problem, "decay_tnf", theta=theta, max_points=8, progress=False)
+    assert prof.upper_stop == "failed" and prof.lower_stop == "crossed"
+    assert prof.values[-1] > _Breaking.fail and prof.loss[-1] == math.inf and not prof.converged[-1]
+    assert prof.converged[:-1].all()
+    lo, hi = prof.interval
+    assert lo < k_best and math.isnan(hi) and not prof.identifiable
+    text = prof.summary()
+    assert "open (failed)" in text and "re-optimisation failed" in text and "practically not identifiable" not in text
+
+
+def test_unconverged_points_are_flagged_and_kept_in_the_report(decay, monkeypatch, tmp_path):
+    problem, _, k_best, _ = decay
+    theta = np.array([k_best, 0.01])
+    monkeypatch.setattr(_Breaking, "slow", k_best * 1.001)  # the points above the centre need re-optimising
+    monkeypatch.setattr(inference._profile, "Progress", _Breaking)
+    monkeypatch.setattr(inference._profile, "optimise", _budget)  # ... and do not converge
+    report = tmp_path / "fit.h5"
+    h5py.File(report, "w").close()
+    prof = inference.profile(problem, "decay_tnf", theta=theta, max_points=8, progress=False, report=report)
+    above = prof.values > _Breaking.slow
+    assert above.any() and (~above).any()
+    assert np.array_equal(prof.converged, ~above)
+    assert "did not converge" in prof.summary() and "raise max_iterations" in prof.summary()
+    saved = _read_profile(report)
+    assert np.array_equal(saved["converged"], ~above)
+    assert "not converged" in _figure_legend(saved, problem.names)
+    # a report written before the flag: read and drawn without it
+    with h5py.File(report, "a") as f:
+        del f["profiles/decay_tnf/converged"]
+    old = _read_profile(report)
+    assert "converged" not in old and "not converged" not in _figure_legend(old, problem.names)
+    assert "did not converge" not in dataclasses.replace(prof, converged=np.zeros(0, bool)).summary()
+
+
+def test_only_unconverged_points_that_decide_the_interval_are_warned_of():
+    """The interval is decided by the points from the centre out to the first one past the threshold on
+    each side; an unconverged point beyond (here 2.0) does not matter, one within (1.2) does."""
+    values = np.array([0.5, 0.8, 1.0, 1.2, 1.5, 2.0])
+    d = np.array([10.0, 2.0, 0.0, 2.0, 5.0, 10.0])
+    prof = inference.Profile(
+        "k", ("k",), values, 1.0 + d / 2, values[:, None], np.zeros(6), np.ones(6, int), 1.0, np.ones(1), 1.0, 0.1,
+        0.95, 3.84, "crossed", "crossed", "complete", 1.0, np.ones(6, bool),
+    )  # fmt: skip
+    assert "did not converge" not in prof.summary()
+    outside, inside = prof.converged.copy(), prof.converged.copy()
+    outside[5] = inside[3] = False
+    assert "did not converge" not in dataclasses.replace(prof, converged=outside).summary()
+    assert (
+        "1 point(s) within the interval's region did not converge (k = 1.2)"
+        in dataclasses.replace(prof, converged=inside).summary()
+    )
+
+
+def _read_profile(path):
+    with h5py.File(path, "r") as f:
+        return inference._profile.read_profiles(f)["decay_tnf"]
+
+
+def _figure_legend(saved, names) -> list[str]:
+    fig = profiles_figure({"profiles": {"decay_tnf": saved}, "names": names})
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
 
 
 #: TNF decaying and diffusing from a blob in a closed box of fluid, seen at two points and as the fluid mean (5% noise).
