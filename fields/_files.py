@@ -29,7 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import BinaryIO, NamedTuple, Self
 
 __all__ = [
     "LOCKING_ENV",
@@ -196,8 +196,9 @@ LOCKING_ENV = "SYNOVIA_LOCKING"
 #: internal ENOTSUPP (524) that some network file systems leak
 _NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, 524})
 _BUSY = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+#: what os.link answers where the file system has no hard links
+_NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
 _DOCS = "docs/hdf5.md, 'Shared file systems'"
-_soft_devices: set[int] = set()  # file systems (st_dev) where flock failed: soft locks there from then on
 _warned = False  # the soft-lock warning is given once per process
 
 
@@ -223,8 +224,44 @@ def stale_hint(soft: Path) -> str:
     return f"if that process no longer runs (killed, or its node went down), remove '{soft}' (see {_DOCS})"
 
 
-def _holder(soft: Path) -> tuple[str, int | None, str]:
-    """(host, pid, words) of a soft lock's holder, from its ``host:pid`` line (pid None: unreadable)."""
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (the inode of ``/proc/self/ns/pid``), None where there is no telling:
+    containers sharing a host name (``--network host``) number their processes apart, so a pid is
+    looked up only in the namespace it was written in."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
+def _lock_text() -> str:
+    """A new soft lock's text: ``host:pid`` (all that older synovia reads), this process's PID namespace,
+    and a nonce that tells this lock from any other (a release removes only its own)."""
+    ns = _pid_namespace()
+    return f"{socket.gethostname()}:{os.getpid()}\n" + (f"pidns:{ns}\n" if ns else "") + f"nonce:{os.urandom(8).hex()}\n"
+
+
+class _Holder(NamedTuple):
+    """A soft lock as read: its holder's host, pid (None: unreadable), PID namespace (None: not written,
+    an older synovia's lock), the holder in words, and the file's whole text."""
+
+    host: str
+    pid: int | None
+    ns: str | None
+    words: str
+    text: str
+
+    def stale(self) -> bool:
+        """Its holder ran on this host, in this PID namespace (or the lock does not say), and has ended."""
+        if self.host != socket.gethostname() or self.pid is None or self.pid == os.getpid():
+            return False
+        if self.ns is not None and self.ns != _pid_namespace():
+            return False  # another container's process: its pid means nothing here
+        return not _alive(self.pid)
+
+
+def _holder(soft: Path) -> _Holder:
+    """The holder of the soft lock ``soft``, from its ``host:pid`` line (FileNotFoundError if there is none)."""
     try:
         fd = os.open(soft, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -235,11 +272,14 @@ def _holder(soft: Path) -> tuple[str, int | None, str]:
     except FileNotFoundError:
         raise
     except OSError:
-        return "", None, "an unknown process"
-    host, _, pid = text.strip().partition("\n")[0].rpartition(":")
+        return _Holder("", None, None, "an unknown process", "")
+    first, *rest = text.strip().splitlines() or [""]
+    host, _, pid = first.rpartition(":")
     if not host or not pid.isdigit():
-        return "", None, f"an unknown process (since {since}; the file holds no host:pid)"
-    return host, int(pid), f"process {pid} on host {host} (since {since})"
+        return _Holder("", None, None, f"an unknown process (since {since}; the file holds no host:pid)", text)
+    ns = next((line[6:].strip() for line in rest if line.startswith("pidns:")), None) or None
+    where = f"on host {host}" if ns is None or ns == _pid_namespace() else f"on host {host} in another PID namespace ({ns})"
+    return _Holder(host, int(pid), ns, f"process {pid} {where} (since {since})", text)
 
 
 def _create_exclusive(soft: Path, text: str) -> bool:
@@ -260,7 +300,7 @@ def _create_exclusive(soft: Path, text: str) -> bool:
                 return True
             if isinstance(err, FileExistsError):
                 return False
-            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            if err.errno not in _NO_LINK:
                 raise
             try:
                 fd = os.open(soft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -286,32 +326,61 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(soft: Path, host: str, pid: int) -> bool:
-    """Remove ``soft`` if it is still the lock of ``host:pid``, a process of this host that has ended.
+def _aside_name(soft: Path) -> Path:
+    return soft.with_name(f"{soft.name}.stale.{socket.gethostname()}.{os.getpid()}.{os.urandom(4).hex()}")
 
-    It is renamed away first, so that two processes finding it stale at once do not both remove it:
-    one of them might remove the other's new lock instead. A lock taken in between is put back."""
-    aside = soft.with_name(f"{soft.name}.stale.{socket.gethostname()}.{os.getpid()}")
+
+def _remove_stale(soft: Path, judged: _Holder) -> None:
+    """Remove ``soft`` if it is still the lock ``judged`` stale (its whole text: the nonce tells it apart).
+
+    It is renamed aside first, so that two processes finding it stale at once do not both remove it: the
+    second might remove a new lock taken in between. What was renamed aside is read again and removed only
+    if it is the lock judged stale; another (a live holder's, taken after the stale one went) is put back
+    where no lock has been taken since, and else left aside (never removed: its holder still runs)."""
+    aside = _aside_name(soft)
     try:
         os.rename(soft, aside)
     except FileNotFoundError:
-        return True  # someone else removed it: try again
+        return  # someone else removed it: try again
     try:
-        now = _holder(aside)[:2]
+        now = _holder(aside)
     except FileNotFoundError:
-        return True
-    if now == (host, pid):
+        return  # its holder released it (a release looks for its lock set aside)
+    if now.text == judged.text:
         aside.unlink(missing_ok=True)
         warnings.warn(
-            f"removed the stale lock '{soft}' of process {pid} on this host ({host}), which no longer runs",
+            f"removed the stale lock '{soft}' of process {judged.pid} on this host ({judged.host}), which no longer runs",
             SoftLockWarning,
             stacklevel=4,
         )
-        return True
-    with contextlib.suppress(OSError):  # not the stale lock: a new holder's, put it back
+        return
+    try:  # not the lock judged stale: put it back, unless a lock was taken meanwhile
         os.link(aside, soft)
+    except FileNotFoundError:
+        return  # its holder released it meanwhile
+    except OSError as err:
+        if isinstance(err, FileExistsError) or err.errno not in _NO_LINK or not _create_exclusive(soft, now.text):
+            warnings.warn(
+                f"the lock '{soft}' of {now.words} was replaced by another process's while a stale lock was being "
+                f"removed: it is left as '{aside}', and both processes may be writing",
+                SoftLockWarning,
+                stacklevel=4,
+            )
+            return
     aside.unlink(missing_ok=True)
-    return False
+
+
+def _soft_holder(soft: Path) -> str | None:
+    """Who holds the soft lock ``soft`` (None: nobody), a stale one removed on the way."""
+    for _ in range(10):
+        try:
+            holder = _holder(soft)
+        except FileNotFoundError:
+            return None
+        if not holder.stale():
+            return holder.words
+        _remove_stale(soft, holder)
+    return f"processes that keep taking and releasing '{soft.name}'"
 
 
 def _warn_soft(lock_path: Path, err: OSError | None) -> None:
@@ -326,7 +395,7 @@ def _warn_soft(lock_path: Path, err: OSError | None) -> None:
         else f"{LOCKING_ENV}=soft"
     )
     warnings.warn(
-        f"{why}: synovia's locks are now soft lock files ('NAME.lock.soft', holding the holder's host:pid). A process "
+        f"{why}: synovia's locks there are soft lock files ('NAME.lock.soft', holding the holder's host:pid). A process "
         "killed with kill -9, or on a node that crashed, leaves its soft lock behind; one of a process on this host "
         "that no longer runs is removed by the next process, any other stays until you remove it (after checking "
         f"that its process no longer runs: the file says which). See {_DOCS}.",
@@ -340,16 +409,23 @@ class FileLock:
     ``flock`` (or ``SYNOVIA_LOCKING=soft``), a soft lock: ``path.soft`` created exclusively (``O_EXCL``),
     holding ``host:pid``, removed on release.
 
+    The two kinds see each other: a process that takes the ``flock`` is refused while a live soft lock
+    exists (taken by a process whose ``flock`` failed, perhaps only for a moment, or by one with
+    ``SYNOVIA_LOCKING=soft``), and one that takes a soft lock also takes the ``flock`` where it works (and is
+    refused while another process holds it). Each lock tries ``flock`` first: a failure is not remembered.
+
     The kernel drops an ``flock`` when its holder's process ends, however it ends; a soft lock outlives a
-    killed process. A soft lock whose process ran on this host and no longer runs is removed (with a
-    :class:`SoftLockWarning`); any other makes :class:`FileBusy` name its holder. ``wait`` seconds (0: not
-    at all; None: for ever) are waited for a lock held by another process before :class:`FileBusy`.
-    The ``flock`` file (empty) is left in place: removing it would let two processes lock two files.
+    killed process. A soft lock whose process ran on this host (in this PID namespace) and no longer runs
+    is removed (with a :class:`SoftLockWarning`); any other makes :class:`FileBusy` name its holder.
+    ``wait`` seconds (0: not at all; None: for ever) are waited for a lock held by another process before
+    :class:`FileBusy`. The ``flock`` file (empty) is left in place: removing it would let two processes
+    lock two files.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, wait: float | None = 0.0) -> None:
         self.path = Path(path)
         self.soft: Path | None = None  # the soft lock file, while one is held
+        self._text = ""  # the soft lock's text, while one is held: a release removes only this
         self._fd: int | None = None
         mode = _locking_mode()
         deadline = None if wait is None else time.monotonic() + wait
@@ -366,44 +442,99 @@ class FileLock:
     def soft_path(self) -> Path:
         return soft_lock_path(self.path)
 
+    def _flock(self) -> tuple[int | None, OSError | None]:
+        """An ``flock`` on ``path``: (its fd, None); (None, None) held by another process; (None, the error)
+        where the file system has none. Any other error is raised."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in _BUSY:
+                return None, None
+            if err.errno not in _NO_FLOCK:
+                raise
+            return None, err
+        return fd, None
+
     def _try(self, mode: str) -> tuple[bool, str | None]:
         """Take the lock: (True, None); or (False, who holds it: None where an ``flock`` does not say)."""
-        if mode != "soft":
-            device = self.path.parent.stat().st_dev
-            if device not in _soft_devices:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as err:
-                    os.close(fd)
-                    if err.errno in _BUSY:
-                        return False, None
-                    if mode == "flock" or err.errno not in _NO_FLOCK:
-                        raise
-                    _soft_devices.add(device)
-                    _warn_soft(self.path, err)
-                else:
-                    self._fd = fd
-                    return True, None
-        else:
+        if mode == "soft":
             _warn_soft(self.path, None)
-        return self._try_soft()
+        fd, err = self._flock()
+        if fd is None and err is None:
+            return False, self._named()
+        if err is not None:
+            if mode == "flock":
+                raise err
+            if mode == "auto":
+                _warn_soft(self.path, err)
+        try:
+            if fd is not None and mode != "soft":
+                # a soft lock of a process whose flock failed (NFS's ENOLCK may pass) or that was told to use them
+                who = _soft_holder(self.soft_path)
+                if who is not None:
+                    return False, who
+            else:
+                taken, who = self._try_soft()
+                if not taken:
+                    return False, who
+                if fd is None:  # flock failed, perhaps for a moment only: a holder of it is not seen; ask again
+                    fd, err = self._flock()
+                    if fd is None and err is None:
+                        self._release_soft()
+                        return False, None
+            self._fd, fd = fd, None
+            return True, None
+        except BaseException:
+            self._release_soft()
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _named(self) -> str | None:
+        """The holder of the ``flock``, where it holds a soft lock too (``SYNOVIA_LOCKING=soft``), else None."""
+        with contextlib.suppress(FileNotFoundError):
+            holder = _holder(self.soft_path)
+            if holder.pid is not None and not holder.stale():
+                return holder.words
+        return None
 
     def _try_soft(self) -> tuple[bool, str | None]:
         soft = self.soft_path
+        text = _lock_text()
         for _ in range(10):
-            if not _create_exclusive(soft, f"{socket.gethostname()}:{os.getpid()}\n"):
-                try:
-                    host, pid, words = _holder(soft)
-                except FileNotFoundError:
-                    continue  # released meanwhile
-                if host == socket.gethostname() and pid is not None and pid != os.getpid() and not _alive(pid):
-                    _remove_stale(soft, host, pid)
-                    continue
-                return False, words
-            self.soft = soft
-            return True, None
+            if _create_exclusive(soft, text):
+                self.soft, self._text = soft, text
+                return True, None
+            who = _soft_holder(soft)
+            if who is not None:
+                return False, who
         return False, f"processes that keep taking and releasing '{soft.name}'"
+
+    def _release_soft(self) -> None:
+        """Remove this lock's soft lock file, and no other: it is checked to hold this lock's text. A process
+        removing a stale lock may have renamed it aside for a moment (and may put it back): it is looked for
+        there, and here once more."""
+        soft, self.soft = self.soft, None
+        if soft is None:
+            return
+        if not self._unlink_own(soft):
+            with contextlib.suppress(OSError):
+                for name in os.listdir(soft.parent):
+                    if name.startswith(f"{soft.name}.stale."):
+                        self._unlink_own(soft.with_name(name))
+            self._unlink_own(soft)
+
+    def _unlink_own(self, path: Path) -> bool:
+        try:
+            if _holder(path).text != self._text:
+                return False  # not this lock's: another process's, taken after this one's was removed
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     @property
     def held(self) -> bool:
@@ -411,12 +542,10 @@ class FileLock:
 
     def release(self) -> None:
         """Let another process in. Safe to call twice."""
+        self._release_soft()  # first: a process that takes the flock next finds no soft lock
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self.soft is not None:
-            self.soft.unlink(missing_ok=True)
-            self.soft = None
 
     def __enter__(self) -> Self:
         return self
@@ -431,12 +560,12 @@ def lock_holder(path: str | os.PathLike[str]) -> str | None:
     path = Path(path)
     soft = soft_lock_path(path)
     try:
-        host, pid, words = _holder(soft)
+        holder = _holder(soft)
     except FileNotFoundError:
         pass
     else:
-        if not (host == socket.gethostname() and pid is not None and not _alive(pid)):
-            return words
+        if not holder.stale():
+            return holder.words
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

@@ -641,12 +641,11 @@ def deal_gpus(workers: int, gpus: Sequence[str], per: int = 1) -> list[str | Non
 
 
 def _start_worker(counter, workers: int, gpus: Sequence[str], per: int) -> None:
-    """A ``--jobs`` worker's start: Ctrl-C left to the parent; SIGTERM (the parent stopping the pool) ends
-    it through SystemExit, so that its locks are released and its file closed; its GPUs, by the order in
-    which the workers start (read when JAX first uses a device, which no worker did before this); and no
-    GPU memory taken up front where workers share GPUs."""
+    """A ``--jobs`` worker's start: Ctrl-C left to the parent (which stops the pool with SIGTERM: the
+    workers end at once, their files as after ``kill -9``, readable and resumable); its GPUs, by the order
+    in which the workers start (read when JAX first uses a device, which no worker did before this); and
+    no GPU memory taken up front where workers share GPUs."""
     _ignore_interrupt()
-    signal.signal(signal.SIGTERM, _exit_on_term)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -655,10 +654,6 @@ def _start_worker(counter, workers: int, gpus: Sequence[str], per: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = dealt[index]
     if len(set(dealt)) < workers:
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-
-
-def _exit_on_term(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _run_task(task: tuple[str, str, str]) -> PointResult:
