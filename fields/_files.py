@@ -536,10 +536,6 @@ class FileLock:
             return False
         return True
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None or self.soft is not None
-
     def release(self) -> None:
         """Let another process in. Safe to call twice."""
         self._release_soft()  # first: a process that takes the flock next finds no soft lock

@@ -16,25 +16,12 @@ import inference  # noqa: E402
 from inference._config import load_fit_config  # noqa: E402
 from inference._petab import read_petab, summary_of  # noqa: E402
 from solver.cli import main  # noqa: E402
+from tests.inference.test_fit_cli import SCENARIO as FIT_CLI_SCENARIO  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-SCENARIO = textwrap.dedent(
-    """
-    [run]
-    t_end_h = 6.0
-    output_interval_h = 2.0
-    precision = "float64"
-
-    [geometry]
-    kind = "joint"
-    preset = "knee"
-    spacing_mm = 1.0
-
-    [injury]
-    radius_mm = 2.5
-    """
-)
+# the fit command tests' small knee, its observations ending at 6 h
+SCENARIO = FIT_CLI_SCENARIO.replace("t_end_h = 8.0", "t_end_h = 6.0")
 
 CSV = textwrap.dedent(
     """\
