@@ -1008,8 +1008,8 @@ def _write_virtual_fields(f, table: StudyTable, point) -> None:
         return
     with RunFile.open(first) as run:
         time, species, dtype, units = run.time, run.species, run.dtype, run.units
-        names = list(run._file()["grid"].attrs["axes"])
-        centres = [run._file()["grid"][name][()] for name in names]
+        names = ("z", "y", "x")[-run.grid.ndim :]
+        centres = [run.grid.axis_centres(axis) for axis in range(run.grid.ndim)]
     group.attrs["note"] = "each complete point's fields, read from its run file (HDF5 virtual datasets)"
     axes = []
     for name, values, attrs in [("time", time, {"units": "h", "long_name": "time", "axis": "T"})] + [
