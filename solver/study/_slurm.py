@@ -53,8 +53,24 @@ class SlurmOptions:
     gpus_per_task: int = 0
     mem_gb: float | None = None
     ensemble: bool = False  # a task advances its points in vmapped batches (solver.study._ensemble)
-    signal_delay_s: int = 90  # submitit signals the task this long before its time limit, to requeue it
+    #: submitit has SLURM signal the task this long before its time limit, to requeue it; None: 90 s, or half
+    #: the limit when that is under 3 min (a task signalled before its Python has set submitit's handler dies)
+    signal_delay_s: int | None = None
     additional: dict[str, str] = dataclasses.field(default_factory=dict)  # any other sbatch option
+
+    def __post_init__(self) -> None:
+        if self.time_min < 1:
+            raise ValueError(f"time_min = {self.time_min}: a SLURM time limit is at least one minute")
+        limit = self.time_min * 60
+        if self.signal_delay_s is not None and not 0 < self.signal_delay_s < limit:
+            raise ValueError(f"signal_delay_s = {self.signal_delay_s}: must be above 0 and under the time limit ({limit} s)")
+
+    @property
+    def signal_delay(self) -> int:
+        """Seconds before the time limit at which the task is signalled to checkpoint and requeue."""
+        if self.signal_delay_s is not None:
+            return self.signal_delay_s
+        return min(90, self.time_min * 60 // 2)
 
 
 def parse_slurm_time(text: str) -> int:
@@ -130,7 +146,7 @@ def _executor(folder: Path, options: SlurmOptions, name: str):
         "name": name,
         "timeout_min": options.time_min,
         "cpus_per_task": options.cpus_per_task,
-        "slurm_signal_delay_s": options.signal_delay_s,
+        "slurm_signal_delay_s": options.signal_delay,
     }
     if options.partition:
         params["slurm_partition"] = options.partition

@@ -105,26 +105,41 @@ def test_a_cancelled_task_is_finished_by_submitting_again(slurm_cluster, tmp_pat
 
 
 def test_a_task_at_its_time_limit_is_requeued_and_continues(slurm_cluster, tmp_path):
-    """A one-minute task that submitit asks SLURM to signal 45 s before its limit, and a point of about 45 s: SLURM
-    signals the task (SIGUSR2, 15 to 45 s in: slurmctld checks limits every 30 s), submitit requeues it, and the
-    rerun (about 2 min later: SLURM holds a requeued job until its credential expires) resumes the point from its
-    run file. Some 3-4 minutes."""
+    """A two-minute task, which submitit has SLURM signal 60 s before its limit, and a point of some 150 s: SLURM
+    signals the task (SIGUSR2, 60 to 90 s in: slurmctld checks limits every 30 s) and submitit requeues it. Once it
+    is requeued the test raises the job's limit, so that its rerun (about 2 min later: SLURM holds a requeued job
+    until its credential expires) finishes the point, resumed from its run file. Some 5 minutes."""
     from solver.study import SlurmOptions, load_sweep, prepare_folder, submit_slurm
 
     vary = '[vary]\n"injury.rate" = [800.0]\n'
-    base = STUDY_SWEEP.split("[vary]")[0].replace("output_interval_h = 0.5", "output_interval_h = 8.0")
-    base = base.replace("spacing_mm = 0.4", "spacing_mm = 0.2").replace("t_end_h = 2.0", "t_end_h = 2400.0")
+    base = STUDY_SWEEP.split("[vary]")[0].replace("output_interval_h = 0.5", "output_interval_h = 24.0")
+    base = base.replace("spacing_mm = 0.4", "spacing_mm = 0.2").replace("t_end_h = 2.0", "t_end_h = 12000.0")
     cfg = sweep_file(tmp_path, base + vary)
     out = tmp_path / "on_slurm"
     sweep = load_sweep(cfg)
     prepare_folder(sweep, out)
-    options = SlurmOptions(partition=slurm_cluster.partition, time_min=1, signal_delay_s=45)
+    options = SlurmOptions(partition=slurm_cluster.partition, time_min=2)
+    assert options.signal_delay == 60  # half the limit: the task's Python must have set submitit's handler by then
     job, tasks = submit_slurm(sweep, out, [0], options)
     assert tasks == [[0]]
+
+    def log() -> str:
+        return "".join(p.read_text() for p in sorted(out.glob(".slurm/*/*_log.*")))  # submitit logs INFO to .out
+
+    deadline = time.monotonic() + 300
+    while f"Requeued job {job}" not in log():
+        assert time.monotonic() < deadline, log()[-3000:]
+        time.sleep(1)
+    with RunFile.open(out / "runs" / "point_000.h5") as run:
+        stopped_at = run.time[-1]
+    assert 0.0 < stopped_at < 12000.0
+    env = {**os.environ, **slurm_cluster.env}
+    update = subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=15"], env=env, capture_output=True, text=True)
+    assert update.returncode == 0, update.stderr
     slurm_cluster.wait(job, timeout=600)
-    log = "".join(p.read_text() for p in sorted(out.glob(".slurm/*/*_log.*")))  # submitit logs INFO to .out
-    assert "Calling checkpoint method" in log and f"Requeued job {job}" in log, log[-3000:]
-    assert "Job completed successfully" in log, log[-3000:]
+    text = log()
+    assert "Calling checkpoint method" in text, text[-3000:]
+    assert "Job completed successfully" in text, text[-3000:]
     assert _study.read_study(out, series=False).status == ["complete"]
     with RunFile.open(out / "runs" / "point_000.h5") as run:
-        np.testing.assert_array_equal(run.time, np.arange(0.0, 2400.0 + 8.0, 8.0))
+        np.testing.assert_array_equal(run.time, np.arange(0.0, 12000.0 + 24.0, 24.0))

@@ -176,3 +176,17 @@ def test_slurm_time_limits_in_sbatch_forms():
     for bad in ("", "1h", "0", "1:2:3:4"):
         with pytest.raises(ValueError):
             parse_slurm_time(bad)
+
+
+def test_slurm_signal_comes_after_a_task_has_started():
+    """submitit's handler is set only once the task's Python has loaded its pickle: a signal 90 s before a one-minute
+    limit would kill the task at once, never requeued. Under 3 min the signal comes at half the limit."""
+    from solver.study import SlurmOptions
+
+    assert {t: SlurmOptions(time_min=t).signal_delay for t in (1, 2, 3, 60)} == {1: 30, 2: 60, 3: 90, 60: 90}
+    assert SlurmOptions(time_min=1, signal_delay_s=45).signal_delay == 45
+    for bad in (0, 60, 120):
+        with pytest.raises(ValueError, match=f"signal_delay_s = {bad}: must be above 0 and under the time limit"):
+            SlurmOptions(time_min=1, signal_delay_s=bad)
+    with pytest.raises(ValueError, match="time_min = 0"):
+        SlurmOptions(time_min=0)
