@@ -56,7 +56,7 @@ def test_readme_python_example_runs(monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
 
 
-# ~30 s: runs with the slow validation (tests/inference/test_fit_cli.py runs a fit command)
+# ~30 s: runs with the slow validation (tests/inference/test_petab.py runs a fit command)
 @pytest.mark.slow
 def test_readme_fit_example_runs(monkeypatch):
     """The README's fitting example, cut to one iteration (same code path)."""

@@ -88,6 +88,7 @@ def test_synth_writes_truth_and_noise_of_the_stated_size(case, tmp_path):
     assert np.allclose(noisy.sigma / clean.sigma, 5.0, rtol=0.02)
 
 
+@pytest.mark.slow  # ~70 s: a whole fit through the command
 def test_fit_command_writes_report_figure_and_runnable_toml(case, tmp_path, capsys):
     fit_toml = case / "fit.toml"
     fit_toml.write_text(FIT.format(obs="data.h5"))
@@ -193,6 +194,7 @@ def _one_parameter_fit(case) -> Path:
     return fit_toml
 
 
+@pytest.mark.slow  # ~40 s
 def test_fit_profile_goes_into_the_report_and_its_figure(case, tmp_path, capsys):
     """`--profile` after a fit: the report's /profiles group, NAME_profiles.png, a summary line; drawn
     again by `synovia plot`; a name the fit does not free exits 2 before any work."""

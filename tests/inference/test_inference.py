@@ -296,6 +296,7 @@ def _gradient_problem(overrides):
     return inference.Problem(config, obs, ["recruitment_rate"])
 
 
+@pytest.mark.slow  # ~30 s; the censored loss's gradient is checked in the fast suite
 @pytest.mark.filterwarnings("ignore:grid spacing")
 def test_loss_gradient_matches_finite_differences_2d(rng):
     _fd_check(_gradient_problem(["geometry.spacing_mm=1.0"]), rng, "2D")
@@ -406,7 +407,8 @@ def test_multistart_batches_equal_separate_evaluations(recover_problem, monkeypa
         assert_close(grads[k], g, rtol=1e-10, atol=1e-10 * scale)
 
 
-@pytest.mark.parametrize("optimizer", [pytest.param("lbfgs", marks=pytest.mark.slow), "adam"])
+@pytest.mark.slow  # ~30 s each
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_resumed_fit_equals_an_uninterrupted_one(recover_problem, tmp_path, optimizer):
     kw = dict(problem=recover_problem, optimizer=optimizer, starts=2, tolerance=0.0, learning_rate=0.1)
     straight = inference.fit(max_iterations=4, **kw)

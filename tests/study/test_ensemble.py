@@ -134,6 +134,7 @@ def test_ensemble_and_jobs_are_refused_together(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow  # ~50 s
 def test_a_reproducible_batch_with_the_drug_on_is_bit_identical_too(tmp_path):
     # doses on the way (subcutaneous and intravenous: the plasma profile and its kinks in the step's moments)
     text = STUDY_SCENARIO.replace('precision = "float64"', 'precision = "float64"\nreproducible = true') + textwrap.dedent(

@@ -12,8 +12,11 @@ from solver.physics import WallCondition, coefficients, has_adjoint, rhs_with_ad
 from tests.helpers import assert_close, setup, small_problem, uniform_labels
 
 
-# strang_rkl2's check (~25 s) runs with the slow validation; its adjoint is compared below
-@pytest.mark.parametrize("stepper", ["ssp_rk3", "strang_ssp_rk3", pytest.param("strang_rkl2", marks=pytest.mark.slow)])
+# the split steppers' checks (~15 and ~25 s) run with the slow validation
+@pytest.mark.parametrize(
+    "stepper",
+    ["ssp_rk3", pytest.param("strang_ssp_rk3", marks=pytest.mark.slow), pytest.param("strang_rkl2", marks=pytest.mark.slow)],
+)
 def test_gradient_through_the_solver_matches_central_differences(stepper):
     options, params, domain, state = small_problem(drug=True)
     state = state._replace(drug=0.5 * domain.cytokine)
@@ -160,6 +163,7 @@ def test_a_gradient_through_the_hand_written_adjoint_can_be_differentiated_again
     assert float(jnp.max(jnp.abs(adjoint.diffusivity_tnf))) > 0
 
 
+@pytest.mark.slow  # ~15 s
 def test_reverse_mode_keeps_about_one_state_per_step():
     """Checkpointing: the compiled gradient's working memory grows by a few states per extra sub-step,
     not by every intermediate of every stage (about 100 fields per step without it). Over 2 frames,

@@ -76,6 +76,7 @@ def sharded():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_a_run_split_over_devices_matches_one_device(sharded, n):
     assert sharded["devices"] == 4
@@ -86,6 +87,7 @@ def test_a_run_split_over_devices_matches_one_device(sharded, n):
     assert sharded[f"max_rel_diff_{n}_false"] < 1e-14, sharded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_a_reproducible_run_split_over_devices_is_bit_identical(sharded, n):
     # run.reproducible: every sum in an order fixed by the grid's shape, so the split changes nothing
@@ -93,6 +95,7 @@ def test_a_reproducible_run_split_over_devices_is_bit_identical(sharded, n):
     assert sharded[f"bit_identical_{n}_true"], sharded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_the_split_step_exchanges_halos_and_gathers_no_field(sharded, n):
     assert sharded[f"collective_permutes_{n}_false"] > 0, sharded
