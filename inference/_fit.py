@@ -544,6 +544,8 @@ def _write_report(tmp, problem, progress, history, wall_s, optimizer, status, se
         d["sigma"] = np.asarray(obs.sigma, float)
         for c in ("species", "kind", "where"):
             d.create_dataset(c, data=_strings(getattr(obs, c)), dtype=h5py.string_dtype())
+        if np.any(obs.censored):  # as in an observations file: 1 where the value is a detection limit
+            d["censored"] = np.asarray(obs.censored, np.uint8)
         if obs.attrs.get("source"):
             d.attrs["source"] = str(obs.attrs["source"])
         if final is not None:

@@ -115,8 +115,17 @@ def fit_figure(report: dict):
         y = np.asarray(obs["value"])[sel]
         log = bool(report.get("log_residuals", False))
         e = error_bars(y, np.asarray(obs["sigma"])[sel], log)
+        # a censored value is a detection limit the measurement fell below: drawn as the limit, not as data
+        below = np.asarray(obs["censored"], bool)[sel] if "censored" in obs else np.zeros(len(sel), bool)
         label = "data, 1σ (log-normal)" if log else "data ± 1σ"
-        ax.errorbar(t, y, yerr=e, fmt="o", ms=3, color=DATA_COLOUR, ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label=label)
+        if np.any(~below):
+            measured = ~below
+            ax.errorbar(
+                t[measured], y[measured], yerr=e[..., measured], fmt="o", ms=3, color=DATA_COLOUR,
+                ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label=label,
+            )  # fmt: skip
+        if np.any(below):
+            ax.plot(t[below], y[below], "v", ms=5, mfc="none", color=DATA_COLOUR, label="below detection limit (the limit)")
         plasma = report.get("model_plasma")
         if key[1] == "plasma" and plasma is not None:
             ax.plot(plasma["time_h"], plasma["drug"], color=MODEL_COLOUR, lw=1.3, label="fitted model")

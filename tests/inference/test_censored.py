@@ -138,3 +138,24 @@ def test_far_below_its_limit_a_censored_value_costs_nothing_and_has_a_finite_gra
     assert np.all(np.isfinite(np.asarray(jax.grad(lambda y: jnp.sum(far.whiten(y) ** 2))(y))))
     with pytest.raises(inference.ObservationError, match="same times, places"):
         problem.with_observations(_observations([False] * 5))
+
+
+def test_the_fit_report_keeps_the_censored_flags_and_its_figure_draws_them_as_limits(problem, tmp_path):
+    """A censored value is a detection limit, not a measurement: the report stores the flags (as an observations
+    file does) and fit.png draws those rows as open triangles at the limit, without error bars."""
+    from matplotlib.collections import LineCollection
+
+    inference.fit(problem=problem, max_iterations=2, progress=False, report=tmp_path / "fit.h5")
+    report = inference.read_report(tmp_path / "fit.h5")
+    np.testing.assert_array_equal(np.asarray(report["observations"]["censored"], bool), CENSORED)
+    assert inference.load_observations(tmp_path / "fit.h5").censored.tolist() == CENSORED
+    fig = inference.figure_fit(report)
+    keys = list(zip(*(report["observations"][k] for k in ("species", "kind", "where"))))
+    drawn_bars, drawn_limits = 0, 0
+    for ax in fig.axes:
+        limits = [line for line in ax.get_lines() if line.get_marker() == "v"]
+        drawn_limits += sum(len(line.get_xdata()) for line in limits)
+        assert all(line.get_markerfacecolor() == "none" for line in limits)
+        bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+        drawn_bars += sum(len(c.get_segments()) for c in bars)
+    assert drawn_limits == sum(CENSORED) and drawn_bars == len(CENSORED) - sum(CENSORED), (drawn_limits, drawn_bars, keys)
