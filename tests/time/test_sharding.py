@@ -68,6 +68,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# ~130 s (six 3D runs in a fresh process, compiled for 1, 2 and 4 devices): its tests run with the slow validation
 @pytest.fixture(scope="module")
 def sharded():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
