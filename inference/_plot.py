@@ -117,9 +117,9 @@ def fit_figure(report: dict):
         e = error_bars(y, np.asarray(obs["sigma"])[sel], log)
         # a censored value is a detection limit the measurement fell below: drawn as the limit, not as data
         below = np.asarray(obs["censored"], bool)[sel] if "censored" in obs else np.zeros(len(sel), bool)
+        measured = ~below
         label = "data, 1σ (log-normal)" if log else "data ± 1σ"
-        if np.any(~below):
-            measured = ~below
+        if np.any(measured):
             ax.errorbar(
                 t[measured], y[measured], yerr=e[..., measured], fmt="o", ms=3, color=DATA_COLOUR,
                 ecolor=DATA_COLOUR, elinewidth=0.7, capsize=1.5, label=label,

@@ -13,6 +13,7 @@ from ._runfile import SIDECAR_EVERY_S as SIDECAR_EVERY_S
 from ._runfile import NotARunFile as NotARunFile
 from ._runfile import RunFile as RunFile
 from ._runfile import RunWriter as RunWriter
+from ._runfile import axis_names as axis_names
 from ._runfile import check_output_name as check_output_name
 from ._runfile import describe as describe
 from ._runfile import repair as repair

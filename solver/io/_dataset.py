@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from ._runfile import _CF_AXIS, CF_CONVENTIONS, RunFile, _axis_names, _plain, axis_long_name, long_name
+from ._runfile import _CF_AXIS, CF_CONVENTIONS, RunFile, _plain, axis_long_name, axis_names, long_name
 
 if TYPE_CHECKING:
     import xarray
@@ -130,7 +130,7 @@ def _dataset(xr, run: RunFile) -> xarray.Dataset:
     times = run.time  # the committed frames: /time is written last in each frame
     n = len(times)
     grid = run.grid
-    axes = _axis_names(grid.ndim)
+    axes = axis_names(grid.ndim)
 
     def coordinate(name: str, values: np.ndarray, units: str):
         attrs = {"units": units, "long_name": axis_long_name(name), "axis": _CF_AXIS[name]}

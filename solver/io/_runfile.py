@@ -167,7 +167,8 @@ class NotARunFile(ValueError):
     """The file is not a readable synovia run file: not HDF5, truncated, or another program's HDF5."""
 
 
-def _axis_names(ndim: int) -> tuple[str, ...]:
+def axis_names(ndim: int) -> tuple[str, ...]:
+    """The names of a grid's axes, slowest first: ``("y", "x")`` or ``("z", "y", "x")``."""
     return ("z", "y", "x")[3 - ndim :]
 
 
@@ -596,7 +597,7 @@ def _create_layout(
     # NaN fill: a netCDF reader pads time to its longest variable (a crash's uncommitted frame) with it
     t = f.create_dataset("time", shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,), dtype="f8", fillvalue=np.nan)
     coordinate(t, "time", "h")
-    axes = _axis_names(grid.ndim)
+    axes = axis_names(grid.ndim)
     centres = [grid.axis_centres(axis).astype(np.float64) for axis in range(grid.ndim)]
     for name, c in zip(axes, centres, strict=True):
         coordinate(f.create_dataset(name, data=c), name, "mm")
@@ -652,7 +653,7 @@ def _create_layout(
     g.attrs["shape"] = np.asarray(grid.shape, dtype=np.int64)
     g.attrs["spacing"] = np.asarray(grid.spacing, dtype=np.float64)
     g.attrs["origin"] = np.asarray(grid.origin, dtype=np.float64)
-    g.attrs["axes"] = list(_axis_names(grid.ndim))
+    g.attrs["axes"] = list(axis_names(grid.ndim))
     g.attrs["units"] = "mm"
     for axis_name, c, scale in zip(axes, centres, spatial_scales, strict=True):
         ds = g.create_dataset(axis_name, data=c)
@@ -1026,7 +1027,7 @@ def describe(path: str | os.PathLike[str], config: bool = False) -> str:
         times = run.time
         summary = run.summary
         attrs = run.attrs
-        axes = _axis_names(grid.ndim)
+        axes = axis_names(grid.ndim)
 
         def joined(values: Sequence[Any]) -> str:
             return " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

@@ -49,7 +49,7 @@ import tomli_w
 
 from fields import FileBusy, FileLock, atomic_write_text, lock_holder, temporary_path
 
-from ..io import RunFile
+from ..io import RunFile, axis_names
 from ..setup import (
     Config,
     ConfigError,
@@ -1008,7 +1008,7 @@ def _write_virtual_fields(f, table: StudyTable, point) -> None:
         return
     with RunFile.open(first) as run:
         time, species, dtype, units = run.time, run.species, run.dtype, run.units
-        names = ("z", "y", "x")[-run.grid.ndim :]
+        names = axis_names(run.grid.ndim)
         centres = [run.grid.axis_centres(axis) for axis in range(run.grid.ndim)]
     group.attrs["note"] = "each complete point's fields, read from its run file (HDF5 virtual datasets)"
     axes = []
